@@ -1,0 +1,1 @@
+"""Fleet telemetry: wire protocol, agent, spool, collector, warehouse backends, explanation, simulation."""
