@@ -1,0 +1,398 @@
+"""The drill-down report: one data model for the CLI, HTTP, the dashboard and tests.
+
+`build_report(warehouse, since="12h", threshold=30)` asks the warehouse for compact counts
+(`facts`), ranks explanations (`explain`) and assembles the answer to "how bad is it, and
+where is it?": the share of high sessions, the explanations best first, the drill-down tree,
+the share over time per version, a version x stage heatmap, two versions side by side and
+the worst sessions to open.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from ..timeparse import TimeParseError, parse_time
+from . import explain as _explain
+from . import facts as _facts
+from .explain import Explanation, Settings
+from .facts import Profile, Window
+from .warehouse.base import Warehouse
+
+VERSION_KEYS = ("app_version", "version", "appVersion", "app.version")
+STAGE_KEYS = ("stage", "phase", "state")
+MAX_TIMELINE_SERIES = 8
+MAX_HEATMAP_ROWS = 12
+WORST_SESSIONS = 20
+_NICE_BUCKETS_S = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
+
+
+class ReportError(ValueError):
+    """Bad report parameters; the message is meant for the user."""
+
+
+class ReportWindow(msgspec.Struct):
+    """The time range the report covers."""
+
+    since: str
+    until: str
+    since_ms: int
+    until_ms: int
+
+
+class TreeNode(msgspec.Struct):
+    """One level of the drill-down: 'of those, 80% ran 6.04'."""
+
+    label: str
+    attrs: dict[str, str]
+    sessions: int
+    high_sessions: int
+    high_share: float
+    share_of_parent: float  # of the parent's high sessions, the share that are in this node
+    risk_ratio: float | None = None
+    children: list[TreeNode] = []
+
+
+class TimelineSeries(msgspec.Struct):
+    """Share of high sessions per time bucket for one version."""
+
+    name: str
+    sessions: list[int]
+    high_share: list[float | None]
+
+
+class Timeline(msgspec.Struct):
+    """Share of high sessions over time, per version (bucket start times in epoch ms)."""
+
+    key: str | None
+    bucket_ms: int
+    times: list[int]
+    series: list[TimelineSeries]
+
+
+class Heatmap(msgspec.Struct):
+    """Share of high phases for each (version, stage) cell."""
+
+    row_key: str | None
+    col_key: str | None
+    rows: list[str]
+    cols: list[str]
+    high_share: list[list[float | None]]
+    units: list[list[int]]
+
+
+class StageCell(msgspec.Struct):
+    """One stage of one version."""
+
+    sessions: int
+    high_sessions: int
+    high_share: float
+
+
+class VersionSide(msgspec.Struct):
+    """One version's numbers."""
+
+    version: str
+    sessions: int
+    high_sessions: int
+    high_share: float
+    mean: float | None
+    by_stage: dict[str, StageCell] = {}
+
+
+class Comparison(msgspec.Struct):
+    """Two versions side by side (by default the worst one and the most used other one)."""
+
+    key: str | None
+    a: VersionSide | None = None
+    b: VersionSide | None = None
+
+
+class WorstSession(msgspec.Struct):
+    """A session worth opening."""
+
+    session_id: str
+    samples: int
+    mean: float
+    max: float
+    high_phases: list[str]
+    attrs: dict[str, str]
+
+
+class Report(msgspec.Struct):
+    """The drill-down report (SPEC section 5)."""
+
+    window: ReportWindow
+    metric: str
+    threshold: float
+    sessions: int
+    high_sessions: int
+    high_share: float
+    units: int
+    high_units: int
+    explanations: list[Explanation]
+    tree: TreeNode
+    timeline: Timeline
+    heatmap: Heatmap
+    compare: Comparison
+    worst_sessions: list[WorstSession]
+    keys: dict[str, list[str]]
+    settings: Settings
+    took_ms: float = 0.0
+
+
+def resolve_window(since: str | None = "12h", until: str | None = None, now: dt.datetime | None = None) -> ReportWindow:
+    """Turn human `since`/`until` expressions into a window; raise ReportError on bad input."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    try:
+        end = parse_time(until, now) if until else now
+        start = parse_time(since, now) if since else end - dt.timedelta(hours=12)
+    except TimeParseError as exc:
+        raise ReportError(str(exc))
+    if start >= end:
+        raise ReportError(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
+    return ReportWindow(
+        since=start.isoformat().replace("+00:00", "Z"), until=end.isoformat().replace("+00:00", "Z"),
+        since_ms=int(start.timestamp() * 1000), until_ms=int(end.timestamp() * 1000),
+    )
+
+
+def build_report(
+    wh: Warehouse,
+    since: str | None = "12h",
+    until: str | None = None,
+    metric: str = "cpu",
+    threshold: float = 30.0,
+    min_support: float | None = None,
+    compare: Sequence[str] | None = None,
+    settings: Settings | None = None,
+    now: dt.datetime | None = None,
+) -> Report:
+    """Build the drill-down report over a warehouse for a time window."""
+    t0 = time.perf_counter()
+    if threshold is None or threshold != threshold or threshold < 0:
+        raise ReportError("threshold must be a number >= 0")
+    if not metric or not re.fullmatch(r"[\w.:-]{1,128}", metric):
+        raise ReportError(f"metric: not a metric name: {metric!r}")
+    settings = msgspec.structs.replace(settings or Settings())
+    if min_support is not None:
+        if min_support <= 0:
+            raise ReportError("min_support must be > 0 (a share of high sessions below 1, a count from 1)")
+        settings.min_support = float(min_support)
+    rw = resolve_window(since, until, now)
+    window = Window(rw.since_ms, rw.until_ms)
+
+    keys = _facts.discover_keys(wh, window, metric)
+    profiles = _facts.fetch_profiles(wh, keys, window, metric, threshold)
+    numeric = [nk.key for nk in keys.event_numeric]
+    explanations, counts, tot = _explain.explain(profiles, settings, numeric)
+
+    version_key = next((k for k in VERSION_KEYS if k in keys.session), None)
+    stage_key = next((k for k in STAGE_KEYS if k in keys.sample), keys.sample[0] if keys.sample else None)
+
+    bucket_ms = _bucket_ms(rw.until_ms - rw.since_ms)
+    timeline = _timeline(
+        _facts.fetch_timeline(wh, window, metric, threshold, bucket_ms, version_key), rw, bucket_ms, version_key
+    )
+    worst = _facts.fetch_worst_sessions(wh, keys, window, metric, threshold, limit=200)
+    for e in explanations:
+        e.examples = [
+            f.session_id for f in worst if _explain.matches(e.attrs, f.attrs, f.phases, f.event_max, f.event_text)
+        ][:5]
+
+    report = Report(
+        window=rw, metric=metric, threshold=float(threshold), sessions=tot.sessions, high_sessions=tot.high_sessions,
+        high_share=round(tot.high_sessions / tot.sessions, 4) if tot.sessions else 0.0,
+        units=tot.units, high_units=tot.high_units, explanations=explanations,
+        tree=build_tree(explanations, tot),
+        timeline=timeline,
+        heatmap=_heatmap(profiles, version_key, stage_key),
+        compare=_compare(profiles, version_key, stage_key, compare),
+        worst_sessions=[_worst(f) for f in worst[:WORST_SESSIONS]],
+        keys={
+            "session": list(keys.session), "sample": list(keys.sample), "event_numeric": numeric,
+            "event_text": list(keys.event_text), "version": [version_key] if version_key else [],
+            "stage": [stage_key] if stage_key else [],
+        },
+        settings=settings,
+    )
+    report.took_ms = round((time.perf_counter() - t0) * 1000, 1)
+    return report
+
+
+def build_tree(explanations: Sequence[Explanation], tot: _explain.Totals) -> TreeNode:
+    """Nest explanations under the largest simpler explanation they extend: the drill-down tree."""
+    root = TreeNode(
+        label="all sessions", attrs={}, sessions=tot.sessions, high_sessions=tot.high_sessions,
+        high_share=round(tot.high_sessions / tot.sessions, 4) if tot.sessions else 0.0, share_of_parent=1.0,
+    )
+    nodes: dict[tuple, TreeNode] = {}
+    ordered = sorted(explanations, key=lambda e: (len(e.attrs), -e.risk_ratio))
+    for e in ordered:
+        key = tuple(sorted(e.attrs.items()))
+        parent, parent_key = root, ()
+        for other_key, node in nodes.items():
+            if len(other_key) < len(key) and set(other_key) <= set(key):
+                if len(other_key) > len(parent_key) or (
+                    len(other_key) == len(parent_key) and (node.risk_ratio or 0) > (parent.risk_ratio or 0)
+                ):
+                    parent, parent_key = node, other_key
+        added = [(k, v) for k, v in key if (k, v) not in parent_key]
+        node = TreeNode(
+            label=", ".join(f"{k} {_fmt_value(v)}" for k, v in added), attrs=dict(e.attrs), sessions=e.sessions,
+            high_sessions=e.high_sessions, high_share=e.high_share,
+            share_of_parent=round(e.high_sessions / parent.high_sessions, 4) if parent.high_sessions else 0.0,
+            risk_ratio=e.risk_ratio,
+        )
+        nodes[key] = node
+        parent.children.append(node)
+    _sort_tree(root)
+    return root
+
+
+def _sort_tree(node: TreeNode) -> None:
+    node.children.sort(key=lambda c: (-c.high_sessions, -(c.risk_ratio or 0)))
+    for c in node.children:
+        _sort_tree(c)
+
+
+def _fmt_value(v: str) -> str:
+    return v if v[:1] in "<>" else f"= {v}"
+
+
+def _bucket_ms(span_ms: int) -> int:
+    for b in _NICE_BUCKETS_S:
+        if span_ms / (b * 1000) <= 60:
+            return b * 1000
+    return _NICE_BUCKETS_S[-1] * 1000
+
+
+def version_sort_key(v: str) -> tuple:
+    """Sort '6.10' after '6.9' and text after numbers."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-+_ ]", v))
+
+
+def _timeline(rows, rw: ReportWindow, bucket_ms: int, key: str | None) -> Timeline:
+    n_buckets = max(1, -(-(rw.until_ms - rw.since_ms) // bucket_ms))
+    per: dict[str, list[list[int]]] = {}
+    total: dict[str, int] = {}
+    for b, v, n, h in rows:
+        if not 0 <= b < n_buckets:
+            continue
+        cells = per.setdefault(v, [[0, 0] for _ in range(n_buckets)])
+        cells[b][0] += n
+        cells[b][1] += h
+        total[v] = total.get(v, 0) + n
+    names = sorted(total, key=lambda v: -total[v])
+    keep, rest = names[:MAX_TIMELINE_SERIES], names[MAX_TIMELINE_SERIES:]
+    if rest:
+        other = [[0, 0] for _ in range(n_buckets)]
+        for v in rest:
+            for i, (n, h) in enumerate(per[v]):
+                other[i][0] += n
+                other[i][1] += h
+        per["other"] = other
+        keep.append("other")
+    series = [
+        TimelineSeries(
+            name=v or "(none)", sessions=[n for n, _ in per[v]],
+            high_share=[round(h / n, 4) if n else None for n, h in per[v]],
+        )
+        for v in sorted(keep, key=lambda v: (v == "other", version_sort_key(v)))
+    ]
+    times = [rw.since_ms + i * bucket_ms for i in range(n_buckets)]
+    return Timeline(key=key, bucket_ms=bucket_ms, times=times, series=series)
+
+
+def _stage_of(items, stage_key: str | None) -> str:
+    for k, v in items:
+        if k == stage_key:
+            return v
+    return ""
+
+
+def _heatmap(profiles: Sequence[Profile], version_key: str | None, stage_key: str | None) -> Heatmap:
+    cells: dict[tuple[str, str], list[int]] = {}
+    per_version: dict[str, int] = {}
+    for p in profiles:
+        ver = dict(p.items).get(version_key, "") if version_key else ""
+        per_version[ver] = per_version.get(ver, 0) + p.sessions
+        for items, high in p.phases:
+            c = cells.setdefault((ver, _stage_of(items, stage_key)), [0, 0])
+            c[0] += p.sessions
+            c[1] += p.sessions if high else 0
+    rows = sorted(sorted(per_version, key=lambda v: -per_version[v])[:MAX_HEATMAP_ROWS], key=version_sort_key)
+    cols = sorted({s for _, s in cells})
+    return Heatmap(
+        row_key=version_key, col_key=stage_key, rows=[r or "(none)" for r in rows], cols=[c or "(none)" for c in cols],
+        high_share=[
+            [round(cells[(r, c)][1] / cells[(r, c)][0], 4) if cells.get((r, c), [0])[0] else None for c in cols]
+            for r in rows
+        ],
+        units=[[cells.get((r, c), [0, 0])[0] for c in cols] for r in rows],
+    )
+
+
+def _side(profiles: Sequence[Profile], version_key: str, version: str, stage_key: str | None) -> VersionSide:
+    sessions = high = samples = 0
+    total = 0.0
+    stages: dict[str, list[int]] = {}
+    for p in profiles:
+        if dict(p.items).get(version_key, "") != version:
+            continue
+        sessions += p.sessions
+        high += p.sessions if any(h for _, h in p.phases) else 0
+        samples += p.samples
+        total += p.metric_sum
+        for items, h in p.phases:
+            c = stages.setdefault(_stage_of(items, stage_key) or "(none)", [0, 0])
+            c[0] += p.sessions
+            c[1] += p.sessions if h else 0
+    return VersionSide(
+        version=version, sessions=sessions, high_sessions=high,
+        high_share=round(high / sessions, 4) if sessions else 0.0,
+        mean=round(total / samples, 2) if samples else None,
+        by_stage={s: StageCell(n, h, round(h / n, 4) if n else 0.0) for s, (n, h) in sorted(stages.items())},
+    )
+
+
+def _compare(profiles: Sequence[Profile], version_key: str | None, stage_key: str | None,
+             pick: Sequence[str] | None) -> Comparison:
+    if not version_key:
+        return Comparison(key=None)
+    counts: dict[str, list[int]] = {}
+    for p in profiles:
+        v = dict(p.items).get(version_key, "")
+        if not v:
+            continue
+        c = counts.setdefault(v, [0, 0])
+        c[0] += p.sessions
+        c[1] += p.sessions if any(h for _, h in p.phases) else 0
+    if pick:
+        chosen = list(pick)[:2]
+    else:
+        big = [v for v, (n, _) in counts.items() if n >= max(3, 0.01 * sum(n for n, _ in counts.values()))]
+        if not big:
+            return Comparison(key=version_key)
+        worst = max(big, key=lambda v: (counts[v][1] / counts[v][0], counts[v][0]))
+        others = [v for v in big if v != worst]
+        chosen = [worst] + ([max(others, key=lambda v: counts[v][0])] if others else [])
+    sides = [_side(profiles, version_key, v, stage_key) for v in chosen]
+    return Comparison(key=version_key, a=sides[0] if sides else None, b=sides[1] if len(sides) > 1 else None)
+
+
+def _worst(f: _facts.SessionFacts) -> WorstSession:
+    return WorstSession(
+        session_id=f.session_id, samples=f.samples, mean=round(f.mean, 2), max=round(f.max, 2),
+        high_phases=[", ".join(v for _, v in items) or "(all)" for items, high in f.phases if high],
+        attrs=dict(f.attrs),
+    )
+
+
+def to_json(report: Report) -> bytes:
+    """The report as JSON bytes."""
+    return msgspec.json.encode(report)
