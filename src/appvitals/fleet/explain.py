@@ -1,134 +1,64 @@
 """Which attribute combinations make the metric high: pure ranking over compact counts.
 
-MacroBase-style: every combination of up to three attr values (session attrs, event attrs
-bucketed, sample attrs such as stage) is a candidate; its *risk ratio* says how much more
-often its units are high than the rest's. A candidate is kept when it has enough support
-(high sessions it covers), a risk ratio of at least `min_risk_ratio`, passes a chi-square
-test (Bonferroni-corrected over every candidate tried), and, for combinations of two or
-three values, is significantly higher than each simpler combination it extends (else it
-adds nothing). Counts come from `facts.fetch_profiles`; nothing here touches a database.
+MacroBase-style: every combination of up to three attr values (session attrs, event attrs,
+sample attrs such as stage, numeric attrs as thresholds like ">=40") is a candidate; its
+*risk ratio* says how much more often its units are high than the rest's. A candidate is
+kept when it has enough support (high sessions it covers), a risk ratio of at least
+`min_risk_ratio`, passes a chi-square test (Bonferroni-corrected over every candidate
+tried), and -- for two or three values -- is significantly higher than each simpler
+combination it extends (otherwise it adds nothing). A simpler combination whose excess is
+entirely inside one of its extensions (e.g. `stage = receiving` when only long file names
+make receiving high) is kept for the drill-down tree but left out of the ranked list.
 
 Units are *phases* (one session's samples sharing their sample attrs); a combination with
 a sample attr covers the matching phases, one without covers every phase of its sessions.
 The chi-square uses counts scaled to sessions, since phases of one session are not
-independent.
+independent. Counts come from `facts.fetch_facts`; nothing here touches a database.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 
 import msgspec
 
-from .facts import Profile
-
-Item = tuple[str, str]
-Combo = tuple[Item, ...]
-
-MAX_ITEMS = 3
+from .facts import Combo, Counts, fmt_number, interval_bounds
 
 
 class Settings(msgspec.Struct):
     """Knobs of the explanation search."""
 
-    min_support: float = 0.02  # < 1: share of high sessions; >= 1: number of high sessions
+    min_support: float = 0.02  # < 1: share of all high sessions; >= 1: a number of high sessions
     min_support_sessions: int = 3
     min_risk_ratio: float = 2.0
-    alpha: float = 0.01  # family-wise, Bonferroni over all candidates
-    max_items: int = MAX_ITEMS
+    alpha: float = 0.01  # family-wise error rate, Bonferroni over all candidates
     max_explanations: int = 20
-
-
-class Counts(msgspec.Struct, array_like=True):
-    """Units (phases), high units, sessions and high sessions of one combination."""
-
-    units: int = 0
-    high_units: int = 0
-    sessions: int = 0
-    high_sessions: int = 0
 
 
 class Explanation(msgspec.Struct):
     """One combination of attr values that is high more often than the rest."""
 
     attrs: dict[str, str]
-    sessions: int
+    sessions: int  # sessions in the combination (session-phases when it names a sample attr)
     high_sessions: int
-    high_share: float  # high sessions / sessions
-    risk_ratio: float  # high-phase rate inside / outside, smoothed
-    coverage: float  # share of all high sessions this combination holds
+    high_share: float  # high_sessions / sessions
+    risk_ratio: float  # high-phase rate inside / outside, +0.5 smoothed
+    coverage: float  # share of all high sessions inside this combination
     units: int
     high_units: int
     p_value: float
-    examples: list[str] = []
+    same_as: list[dict[str, str]] = []  # other combinations covering exactly the same units
+    examples: list[str] = []  # worst sessions in this combination
 
 
-class Totals(msgspec.Struct):
-    """Fleet-wide counts the risk ratios compare against."""
+class Result(msgspec.Struct):
+    """Ranked explanations, plus the wider set the drill-down tree is built from."""
 
-    units: int = 0
-    high_units: int = 0
-    sessions: int = 0
-    high_sessions: int = 0
-
-
-def totals(profiles: Iterable[Profile]) -> Totals:
-    """Sum units, high units, sessions and high sessions over profiles."""
-    t = Totals()
-    for p in profiles:
-        hi = sum(1 for _, h in p.phases if h)
-        t.units += p.sessions * len(p.phases)
-        t.high_units += p.sessions * hi
-        t.sessions += p.sessions
-        t.high_sessions += p.sessions if hi else 0
-    return t
-
-
-def _combos(items: Sequence[Item], size: int) -> Iterable[Combo]:
-    for c in combinations(items, size):
-        keys = [k for k, _ in c]
-        if len(set(keys)) == len(keys):
-            yield c
-
-
-def count_combos(profiles: Iterable[Profile], allowed: set[Item] | None, max_items: int) -> dict[Combo, Counts]:
-    """Counts of every combination of up to max_items items (only items in `allowed`, when given)."""
-    out: dict[Combo, Counts] = {}
-    for p in profiles:
-        w = p.sessions
-        s_items = sorted(i for i in p.items if allowed is None or i in allowed)
-        n_ph = len(p.phases)
-        n_hi = sum(1 for _, h in p.phases if h)
-        local: dict[Combo, list] = {}
-        phases = [(sorted(i for i in items if allowed is None or i in allowed), h) for items, h in p.phases]
-        for size in range(0, max_items + 1):
-            for cs in _combos(s_items, size):
-                if cs:
-                    local[cs] = [n_ph, n_hi, bool(n_hi)]
-                for p_items, high in phases:
-                    for psize in range(1, max_items - size + 1):
-                        for cp in _combos(p_items, psize):
-                            combo = tuple(sorted(cs + cp))
-                            if len({k for k, _ in combo}) != len(combo):
-                                continue
-                            e = local.get(combo)
-                            if e is None:
-                                local[combo] = [1, int(high), high]
-                            else:
-                                e[0] += 1
-                                e[1] += int(high)
-                                e[2] = e[2] or high
-        for combo, (u, h, any_high) in local.items():
-            c = out.get(combo)
-            if c is None:
-                c = out[combo] = Counts()
-            c.units += w * u
-            c.high_units += w * h
-            c.sessions += w
-            c.high_sessions += w if any_high else 0
-    return out
+    explanations: list[Explanation]
+    tree_nodes: list[Explanation]
+    candidates: int
 
 
 def chi2_p(a: float, b: float, c: float, d: float) -> float:
@@ -146,83 +76,168 @@ def risk_ratio(h: float, u: float, rest_h: float, rest_u: float) -> float:
     return ((h + 0.5) / (u + 1.0)) / ((rest_h + 0.5) / (rest_u + 1.0))
 
 
-def _scaled_test(c: Counts, rest_units: int, rest_high: int, rest_sessions: float) -> float:
-    """p-value of 'c is high more often than the rest', counts scaled from phases to sessions."""
-    f1 = c.sessions / c.units if c.units else 1.0
-    f2 = rest_sessions / rest_units if rest_units else 1.0
-    a, b = c.high_units * f1, (c.units - c.high_units) * f1
-    cc, d = rest_high * f2, (rest_units - rest_high) * f2
-    return chi2_p(a, b, cc, d)
+def _test(h: float, u: float, f1: float, rest_h: float, rest_u: float, f2: float) -> float:
+    """p-value of inside vs outside, each side's phase counts scaled by its sessions-per-phase factor."""
+    return chi2_p(h * f1, (u - h) * f1, rest_h * f2, (rest_u - rest_h) * f2)
 
 
-def explain(profiles: Sequence[Profile], settings: Settings | None = None, numeric_keys: Iterable[str] = ()) -> tuple[
-    list[Explanation], dict[Combo, Counts], Totals
-]:
+def _factor(c: Counts) -> float:
+    return min(1.0, c.sessions / c.units) if c.units else 1.0
+
+
+def with_thresholds(counts: Mapping[Combo, Counts], numeric: Mapping[str, Sequence[float]]) -> dict[Combo, Counts]:
+    """Replace numeric interval items ('[20,30)') by threshold items ('>=20', '<30'), summing intervals."""
+    if not numeric:
+        return dict(counts)
+    bounds = {k: interval_bounds(edges) for k, edges in numeric.items()}
+    out: dict[Combo, Counts] = {}
+    for combo, c in counts.items():
+        num = [(k, v) for k, v in combo if k in bounds]
+        if not num:
+            out[combo] = c
+            continue
+        (key, label), rest = num[0], tuple(i for i in combo if i[0] != num[0][0])
+        lo, hi = bounds[key].get(label, (math.nan, math.nan))
+        for edge in numeric[key]:
+            if lo >= edge:
+                item = (key, ">=" + fmt_number(edge))
+            elif hi <= edge:
+                item = (key, "<" + fmt_number(edge))
+            else:
+                continue
+            target = tuple(sorted((*rest, item)))
+            acc = out.get(target)
+            if acc is None:
+                acc = out[target] = Counts()
+            acc.add(c)
+    return _cap_sessions(out, set(numeric))
+
+
+def _cap_sessions(counts: dict[Combo, Counts], numeric_keys: set[str]) -> dict[Combo, Counts]:
+    """Session counts of numeric-threshold combinations add up phases; cap them by the combination without it."""
+    for combo, c in counts.items():
+        if not any(k in numeric_keys for k, _ in combo):
+            continue
+        parent = counts.get(tuple(i for i in combo if i[0] not in numeric_keys))
+        if parent is not None and parent is not c:
+            c.sessions = min(c.sessions, parent.sessions)
+            c.high_sessions = min(c.high_sessions, parent.high_sessions)
+    return counts
+
+
+def explain(
+    counts: Mapping[Combo, Counts], total: Counts, settings: Settings | None = None,
+    numeric: Mapping[str, Sequence[float]] | None = None,
+) -> Result:
     """Rank combinations of attr values by risk ratio; keep supported, significant, non-redundant ones."""
     s = settings or Settings()
-    tot = totals(profiles)
-    if tot.units == 0 or tot.high_units == 0:
-        return [], {}, tot
-    min_high = s.min_support if s.min_support >= 1 else s.min_support * tot.high_sessions
+    if total.units == 0 or total.high_units == 0:
+        return Result([], [], 0)
+    counts = with_thresholds(counts, numeric or {})
+    for c in counts.values():
+        c.sessions = min(c.sessions, total.sessions)
+        c.high_sessions = min(c.high_sessions, total.high_sessions)
+    min_high = s.min_support if s.min_support >= 1 else s.min_support * total.high_sessions
     min_high = max(float(s.min_support_sessions), min_high)
-
-    singles = count_combos(profiles, None, 1)
-    allowed = {c[0] for c, n in singles.items() if n.high_sessions >= min_high}
-    counts = count_combos(profiles, allowed, s.max_items) if s.max_items > 1 else singles
-    frequent = {c: n for c, n in counts.items() if n.high_sessions >= min_high}
-    tested = max(1, len(frequent))
-    alpha = s.alpha / tested
-    avg_f = tot.sessions / tot.units
+    frequent = {c: n for c, n in counts.items() if n.high_sessions >= min_high and n.units > 0}
+    alpha = s.alpha / max(1, len(frequent))
+    f_all = _factor(total)
 
     passed: dict[Combo, Explanation] = {}
     for combo, n in frequent.items():
-        rest_u, rest_h = tot.units - n.units, tot.high_units - n.high_units
-        if n.units == 0 or rest_u <= 0:
+        rest_u, rest_h = total.units - n.units, total.high_units - n.high_units
+        if rest_u <= 0 or n.high_units / n.units <= max(0, rest_h) / rest_u:
             continue
         rr = risk_ratio(n.high_units, n.units, rest_h, rest_u)
-        if rr < s.min_risk_ratio or n.high_units / n.units <= rest_h / rest_u:
+        if rr < s.min_risk_ratio:
             continue
-        p = _scaled_test(n, rest_u, rest_h, rest_u * avg_f)
+        p = _test(n.high_units, n.units, _factor(n), rest_h, rest_u, f_all)
         if p >= alpha:
             continue
         if len(combo) > 1 and not _adds_to_parents(combo, n, counts, alpha):
             continue
         passed[combo] = Explanation(
-            attrs={k: v for k, v in combo}, sessions=n.sessions, high_sessions=n.high_sessions,
+            attrs=dict(combo), sessions=n.sessions, high_sessions=n.high_sessions,
             high_share=round(n.high_sessions / n.sessions, 4) if n.sessions else 0.0,
-            risk_ratio=round(rr, 3), coverage=round(n.high_sessions / tot.high_sessions, 4) if tot.high_sessions else 0.0,
+            risk_ratio=round(rr, 3),
+            coverage=round(n.high_sessions / total.high_sessions, 4) if total.high_sessions else 0.0,
             units=n.units, high_units=n.high_units, p_value=float(f"{p:.3g}"),
         )
-    ranked = sorted(passed.values(), key=lambda e: (-e.risk_ratio, -e.high_sessions, len(e.attrs)))
-    ranked = _one_bucket_per_shape(ranked, set(numeric_keys))
-    return ranked[: s.max_explanations], counts, tot
+    nodes = _merge_aliases(passed)
+    explained = _explained_by_child(nodes, counts, total, s, alpha)
+    ranked = sorted(
+        (e for c, e in nodes.items() if c not in explained),
+        key=lambda e: (-e.risk_ratio, -e.high_sessions, len(e.attrs), sorted(e.attrs.items())),
+    )
+    ranked = _one_threshold_per_shape(ranked, set(numeric or {}))
+    shown = {tuple(sorted(e.attrs.items())) for e in ranked[: s.max_explanations]}
+    tree = [e for c, e in nodes.items() if c in shown or c in explained]
+    tree = _one_threshold_per_shape(sorted(tree, key=lambda e: -e.risk_ratio), set(numeric or {}))
+    return Result(ranked[: s.max_explanations], tree, len(frequent))
 
 
-def _adds_to_parents(combo: Combo, n: Counts, counts: dict[Combo, Counts], alpha: float) -> bool:
-    """True when combo is significantly higher than every one-item-shorter combination it extends."""
+def _adds_to_parents(combo: Combo, n: Counts, counts: Mapping[Combo, Counts], alpha: float) -> bool:
+    """True when combo is significantly higher than the rest of every one-item-shorter combination."""
     for parent in combinations(combo, len(combo) - 1):
         pc = counts.get(parent)
         if pc is None:
             continue
         rest_u, rest_h = pc.units - n.units, pc.high_units - n.high_units
         if rest_u <= 0:
-            return False  # same units as the parent: nothing added
-        if n.high_units / n.units <= rest_h / rest_u * 1.1:
+            return False  # the same units as the parent: nothing added
+        if n.high_units / n.units <= 1.1 * rest_h / rest_u:
             return False
-        rest_sessions = rest_u * (pc.sessions / pc.units)
-        if _scaled_test(n, rest_u, rest_h, rest_sessions) >= alpha:
+        if _test(n.high_units, n.units, _factor(n), rest_h, rest_u, _factor(pc)) >= alpha:
             return False
     return True
 
 
-def _one_bucket_per_shape(ranked: list[Explanation], numeric_keys: set[str]) -> list[Explanation]:
-    """Of explanations that differ only in a numeric attr's bucket, keep the best one."""
+def _explained_by_child(nodes: Mapping[Combo, Explanation], counts: Mapping[Combo, Counts], total: Counts,
+                        s: Settings, alpha: float) -> set[Combo]:
+    """Combinations whose excess lies entirely inside one of their passing extensions."""
+    out = set()
+    for parent in nodes:
+        pc = counts[parent]
+        for child in nodes:
+            if len(child) != len(parent) + 1 or not set(parent) <= set(child):
+                continue
+            cc = counts[child]
+            rest_u, rest_h = pc.units - cc.units, pc.high_units - cc.high_units
+            if rest_u <= 0:
+                continue
+            out_u, out_h = total.units - pc.units, total.high_units - pc.high_units
+            rr = risk_ratio(rest_h, rest_u, out_h, out_u)
+            p = _test(rest_h, rest_u, _factor(pc), out_h, out_u, _factor(total))
+            if rr < s.min_risk_ratio or p >= alpha:
+                out.add(parent)
+                break
+    return out
+
+
+def _merge_aliases(passed: Mapping[Combo, Explanation]) -> dict[Combo, Explanation]:
+    """Fold combinations with identical counts and size (os=linux vs os_version=ubuntu) into one."""
+    by_counts: dict[tuple, Combo] = {}
+    out: dict[Combo, Explanation] = {}
+    for combo in sorted(passed, key=lambda c: (len(c), c)):
+        e = passed[combo]
+        sig = (len(combo), e.units, e.high_units, e.sessions, e.high_sessions)
+        first = by_counts.get(sig)
+        if first is not None and len(set(first) & set(combo)) == len(combo) - 1:
+            out[first].same_as.append(dict(combo))
+            continue
+        by_counts.setdefault(sig, combo)
+        out[combo] = e
+    return out
+
+
+def _one_threshold_per_shape(ranked: list[Explanation], numeric_keys: set[str]) -> list[Explanation]:
+    """Of explanations that differ only in a numeric attr's threshold, keep the first (best)."""
     if not numeric_keys:
         return ranked
     seen: set = set()
     out = []
     for e in ranked:
-        shape = tuple(sorted((k, None if k in numeric_keys else v) for k, v in e.attrs.items()))
+        shape = tuple(sorted((k, v[:1] if k in numeric_keys else v) for k, v in e.attrs.items()))
         if shape in seen:
             continue
         seen.add(shape)
@@ -230,31 +245,36 @@ def _one_bucket_per_shape(ranked: list[Explanation], numeric_keys: set[str]) -> 
     return out
 
 
-def matches(attrs: dict[str, str], session_attrs: dict[str, str], phases: Sequence, event_max: dict[str, float],
-            event_text: dict[str, str]) -> bool:
-    """True when a session (attrs, phases, event maxima) has a high phase inside the combination `attrs`."""
+def satisfies(value: str, requirement: str, bounds: Mapping[str, tuple[float, float]] | None) -> bool:
+    """True when an item value (or numeric interval label) meets a requirement ('7.0.0', '>=40', '<10')."""
+    if value == requirement:
+        return True
+    if bounds is None or value not in bounds:
+        return False
+    lo, hi = bounds[value]
+    try:
+        if requirement.startswith(">="):
+            return lo >= float(requirement[2:])
+        if requirement.startswith("<"):
+            return hi <= float(requirement[1:])
+    except ValueError:
+        return False
+    return False
+
+
+def matches(attrs: Mapping[str, str], session_items: Mapping[str, str], phases: Iterable[tuple[Combo, bool]],
+            numeric: Mapping[str, Sequence[float]]) -> bool:
+    """True when a session (its items and phases) has a high phase inside the combination `attrs`."""
+    bounds = {k: interval_bounds(e) for k, e in numeric.items()}
     phase_req = {}
     for k, v in attrs.items():
-        if k in event_max:
-            x = event_max[k]
-            if v.startswith(">="):
-                if not x >= float(v[2:]):
-                    return False
-            elif v.startswith("<"):
-                if not x < float(v[1:]):
-                    return False
-            else:
-                return False
-        elif k in event_text:
-            if event_text[k] != v:
-                return False
-        elif k in session_attrs:
-            if session_attrs[k] != v:
+        if k in session_items:
+            if not satisfies(session_items[k], v, bounds.get(k)):
                 return False
         else:
             phase_req[k] = v
     for items, high in phases:
         d = dict(items)
-        if high and all(d.get(k) == v for k, v in phase_req.items()):
+        if high and all(k in d and satisfies(d[k], v, bounds.get(k)) for k, v in phase_req.items()):
             return True
     return False

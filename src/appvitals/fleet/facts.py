@@ -1,33 +1,44 @@
 """The report's SQL: compact counts out of the warehouse, one dialect switch for DuckDB and ClickHouse.
 
 Nothing here ranks or decides; it only aggregates, so the heavy lifting (10M samples)
-stays in the database and `explain.py` works on a few thousand rows. The SQL is kept
-plain enough for ClickHouse 18.16 (no Map, no window functions, no CTEs, one JOIN per
-SELECT) as well as current ClickHouse and DuckDB; every difference between the dialects
-lives in `Dialect`.
+stays in the database and `explain.py` works on a few thousand rows of counts. The SQL
+is plain enough for ClickHouse 18.16 (no Map, no window functions, no CTE subqueries,
+one JOIN per SELECT) as well as current ClickHouse and DuckDB; every spelling that
+differs lives in `Dialect`. On DuckDB the whole report is one statement over one scan
+of the samples (a MATERIALIZED CTE); on ClickHouse it is a few statements.
 
-Units: a *phase* is one session's samples that share their sample attrs (e.g. stage); it is
-high when its mean metric passes the threshold. A session is high when any phase is.
+Units: a *phase* is one session's samples that share their sample attrs (stage, and the
+bucket of numeric sample attrs such as file_name_length); it is high when its mean metric
+passes the threshold. A session is high when any of its phases is. Counting rows:
+
+- `S` rows: per combination of session items (session attrs, event attrs): sessions, high
+  sessions, phases, high phases, samples and metric sum; the combination '*' is the total.
+- `P` rows: per combination holding at least one sample item: phases and high phases.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import combinations
 
 import msgspec
 
 from .warehouse.base import Warehouse
 
-SEP = "\x1e"  # between sample-attr values inside a phase key
-FLAG = "\x1f"  # between a phase key and its high flag
+GS = "\x1d"  # between a session id and its phase items
+US = "\x1f"  # between an attr name and its value inside a combination key
+RS = "\x1e"  # between the items of a combination key
+TOTAL = "*"
 SESSION_LOOKBACK_MS = 7 * 86400 * 1000  # session lines this far before the window still name values
-MAX_SESSION_KEYS = 12
+MAX_SESSION_KEYS = 10
 MAX_VALUES_PER_KEY = 50
 MAX_SAMPLE_KEYS = 3
-MAX_EVENT_KEYS = 8
+MAX_EVENT_KEYS = 4
+MAX_ITEMS = 3
 NUMERIC_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 KEY_SCAN_ROWS = 200_000
+WORST_LIMIT = 200
 
 
 class Dialect:
@@ -50,7 +61,7 @@ class Dialect:
         """Value of one attr from the parallel arrays, '' when absent."""
         if self.ch:
             return f"{values}[indexOf({keys}, {self.lit(key)})]"
-        return f"coalesce(list_extract({values}, list_position({keys}, {self.lit(key)})), '')"
+        return f"coalesce({values}[list_indexof({keys}, {self.lit(key)})], '')"
 
     def has(self, key: str, keys: str) -> str:
         """True when the array holds the key."""
@@ -61,16 +72,12 @@ class Dialect:
         return f"toFloat64OrNull({expr})" if self.ch else f"TRY_CAST({expr} AS DOUBLE)"
 
     def idiv(self, a: str, b: int) -> str:
-        """Integer division."""
+        """Integer division (floor for the non-negative numbers used here)."""
         return f"intDiv({a}, {b})" if self.ch else f"(({a}) // {b})"
-
-    def sorted_list(self, expr: str) -> str:
-        """Aggregate values into a sorted array."""
-        return f"arraySort(groupArray({expr}))" if self.ch else f"list_sort(list({expr}))"
 
     def concat(self, *parts: str) -> str:
         """String concatenation."""
-        return "concat(" + ", ".join(parts) + ")"
+        return parts[0] if len(parts) == 1 else "concat(" + ", ".join(parts) + ")"
 
     def in_list(self, expr: str, values: Sequence[str]) -> str:
         """`expr IN (...)`, false for an empty list."""
@@ -81,6 +88,10 @@ class Dialect:
     @property
     def left_join(self) -> str:
         return "ANY LEFT JOIN" if self.ch else "LEFT JOIN"
+
+    @property
+    def inner_join(self) -> str:
+        return "ANY INNER JOIN" if self.ch else "INNER JOIN"
 
     def array_join(self, table_sql: str, where: str, limit: int | None = None) -> str:
         """Rows (k, v) of every attr of the rows of `table_sql` matching `where`."""
@@ -94,6 +105,19 @@ class Dialect:
             f"SELECT unnest(attr_keys) AS k, unnest(attr_values) AS v FROM "
             f"(SELECT attr_keys, attr_values FROM {table_sql} WHERE {where}{lim})"
         )
+
+    def explode(self, select: str, array_items: Sequence[str], source: str, alias: str) -> str:
+        """SELECT `select`, one row per element of the array `array_items` (named `alias`) per row of `source`."""
+        arr = "[" + ", ".join(array_items) + "]"
+        if self.ch:
+            return f"SELECT {select}, {alias} FROM ({source}) ARRAY JOIN {arr} AS {alias}"
+        return f"SELECT {select}, unnest({arr}) AS {alias} FROM ({source})"
+
+    def bucket_range(self, lo: str, hi: str) -> str:
+        """One row per integer in [lo, hi] (used as a select expression)."""
+        if self.ch:
+            return f"arrayJoin(arrayMap(x -> x + {lo}, range(toUInt64({hi} - {lo} + 1))))"
+        return f"unnest(range({lo}, {hi} + 1))"
 
     def quantiles(self, expr: str, qs: Sequence[float]) -> str:
         """An array of quantiles of expr."""
@@ -113,7 +137,7 @@ class Window(msgspec.Struct):
 
 
 class NumericKey(msgspec.Struct):
-    """A numeric event attr and the edges its per-session maximum is bucketed at."""
+    """A numeric attr and the edges it is bucketed at."""
 
     key: str
     edges: list[float]
@@ -124,23 +148,68 @@ class Keys(msgspec.Struct):
 
     session: dict[str, list[str]] = {}
     sample: list[str] = []
+    sample_numeric: list[NumericKey] = []
     event_numeric: list[NumericKey] = []
     event_text: list[str] = []
 
+    def numeric_edges(self) -> dict[str, list[float]]:
+        """Edges of every numeric attr by name."""
+        return {nk.key: nk.edges for nk in (*self.sample_numeric, *self.event_numeric)}
 
-class Profile(msgspec.Struct, array_like=True):
-    """Sessions that look alike: same session/event items and the same phases with the same high flags."""
 
-    items: tuple[tuple[str, str], ...]
-    phases: tuple[tuple[tuple[tuple[str, str], ...], bool], ...]
+class Counts(msgspec.Struct, array_like=True):
+    """Counts of one combination: sessions, high sessions, phases (units), high phases, samples, metric sum."""
+
+    sessions: int = 0
+    high_sessions: int = 0
+    units: int = 0
+    high_units: int = 0
+    samples: int = 0
+    metric_sum: float = 0.0
+
+    def add(self, other: Counts) -> None:
+        """Add another combination's counts into this one."""
+        self.sessions += other.sessions
+        self.high_sessions += other.high_sessions
+        self.units += other.units
+        self.high_units += other.high_units
+        self.samples += other.samples
+        self.metric_sum += other.metric_sum
+
+
+Item = tuple[str, str]
+Combo = tuple[Item, ...]
+
+
+class TimelineRow(msgspec.Struct, array_like=True):
+    """Sessions active in one time bucket for one version, and how many of them were high."""
+
+    bucket: int
+    version: str
     sessions: int
+    high_sessions: int
+
+
+class SessionFacts(msgspec.Struct):
+    """One session's numbers in the window, for the worst-sessions list."""
+
+    session_id: str
     samples: int
-    metric_sum: float
+    mean: float
+    max: float
+    phases: list[tuple[Combo, bool]] = []
+    attrs: dict[str, str] = {}
+    items: dict[str, str] = {}
 
 
-def bucket_label(value: float, edge: float) -> str:
-    """The item label of a number against one edge: '>=40' or '<40'."""
-    return (">=" if value >= edge else "<") + fmt_number(edge)
+class Facts(msgspec.Struct):
+    """Everything the report needs from the warehouse, already aggregated."""
+
+    keys: Keys
+    counts: dict[Combo, Counts]
+    total: Counts
+    timeline: list[TimelineRow]
+    worst: list[SessionFacts]
 
 
 def fmt_number(x: float) -> str:
@@ -149,7 +218,7 @@ def fmt_number(x: float) -> str:
 
 
 def nice_edges(quantiles: Sequence[float | None]) -> list[float]:
-    """Round quantiles to two significant digits and drop duplicates."""
+    """Round quantiles to readable steps (1, 5, 10, 50...) and drop duplicates."""
     edges: list[float] = []
     for q in quantiles:
         if q is None or not math.isfinite(q):
@@ -157,11 +226,27 @@ def nice_edges(quantiles: Sequence[float | None]) -> list[float]:
         if q == 0:
             e = 0.0
         else:
-            digits = 1 - int(math.floor(math.log10(abs(q))))
-            e = round(q, digits)
+            mag = 10 ** math.floor(math.log10(abs(q)))
+            step = mag / 2 if abs(q) >= 2 * mag else mag / 10
+            e = round(round(q / step) * step, 10)
         if e not in edges:
             edges.append(float(e))
     return sorted(edges)
+
+
+def interval_labels(edges: Sequence[float]) -> list[str]:
+    """Labels of the intervals the edges cut: '<10', '[10,20)', ..., '>=60'."""
+    labels = [f"<{fmt_number(edges[0])}"]
+    labels += [f"[{fmt_number(a)},{fmt_number(b)})" for a, b in zip(edges, edges[1:], strict=False)]
+    labels.append(f">={fmt_number(edges[-1])}")
+    return labels
+
+
+def interval_bounds(edges: Sequence[float]) -> dict[str, tuple[float, float]]:
+    """Label -> (low, high) of each interval the edges cut."""
+    lows = [-math.inf, *edges]
+    highs = [*edges, math.inf]
+    return dict(zip(interval_labels(edges), zip(lows, highs, strict=True), strict=True))
 
 
 def metric_expr(d: Dialect, metric: str) -> tuple[str, str]:
@@ -177,13 +262,21 @@ def _ts(window: Window) -> str:
     return f"ts >= {int(window.since_ms)} AND ts < {int(window.until_ms)}"
 
 
+def _numeric_key(k: str, n, nn, nv, qs) -> NumericKey | None:
+    if int(nn) >= 0.95 * int(n) and int(nv) > 2:
+        edges = nice_edges([float(q) if q is not None else None for q in (qs or [])])
+        if edges:
+            return NumericKey(k, edges)
+    return None
+
+
 def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
     """Find which session, sample and event attrs exist in the window and which values are common enough."""
     d = Dialect(wh.dialect)
     session_where = f"ts >= {int(window.since_ms) - SESSION_LOOKBACK_MS} AND ts < {int(window.until_ms)}"
     rows = wh.query(
         f"SELECT k, v, count(*) AS n FROM ({d.array_join('sessions', session_where)}) "
-        "GROUP BY k, v HAVING count(*) >= 2 ORDER BY n DESC LIMIT 20000"
+        "GROUP BY k, v HAVING count(*) >= 2 ORDER BY n DESC, k, v LIMIT 20000"
     )
     session: dict[str, list[str]] = {}
     totals: dict[str, int] = {}
@@ -194,223 +287,334 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         if len(vals) < MAX_VALUES_PER_KEY:
             vals.append(v)
         totals[k] = totals.get(k, 0) + int(n)
-    keep = sorted(session, key=lambda k: -totals[k])[:MAX_SESSION_KEYS]
+    keep = sorted(session, key=lambda k: (-totals[k], k))[:MAX_SESSION_KEYS]
     session = {k: sorted(session[k]) for k in sorted(keep)}
 
     _, metric_cond = metric_expr(d, metric)
-    rows = wh.query(
-        f"SELECT k, {d.count_distinct('v')} AS nv, count(*) AS n FROM "
-        f"({d.array_join('samples', _ts(window) + ' AND ' + metric_cond, KEY_SCAN_ROWS)}) "
-        "GROUP BY k ORDER BY n DESC"
-    )
-    sample = [k for k, nv, _n in rows if int(nv) <= MAX_VALUES_PER_KEY and k not in session][:MAX_SAMPLE_KEYS]
-
     num = d.number("v")
-    rows = wh.query(
+    stats = (
         f"SELECT k, count(*) AS n, count({num}) AS nn, {d.count_distinct('v')} AS nv, "
-        f"{d.quantiles(num, NUMERIC_QUANTILES)} AS qs FROM ({d.array_join('events', _ts(window))}) "
-        "GROUP BY k ORDER BY n DESC"
+        f"{d.quantiles(num, NUMERIC_QUANTILES)} AS qs FROM "
     )
+    rows = wh.query(
+        stats + f"({d.array_join('samples', _ts(window) + ' AND ' + metric_cond, KEY_SCAN_ROWS)}) "
+        "GROUP BY k ORDER BY n DESC, k"
+    )
+    sample: list[str] = []
+    sample_numeric: list[NumericKey] = []
+    for k, n, nn, nv, qs in rows:
+        if k in session or len(sample) + len(sample_numeric) >= MAX_SAMPLE_KEYS:
+            continue
+        nk = _numeric_key(k, n, nn, nv, qs)
+        if nk:
+            sample_numeric.append(nk)
+        elif int(nv) <= MAX_VALUES_PER_KEY:
+            sample.append(k)
+
+    rows = wh.query(stats + f"({d.array_join('events', _ts(window))}) GROUP BY k ORDER BY n DESC, k")
     event_numeric: list[NumericKey] = []
     event_text: list[str] = []
-    taken = set(session) | set(sample)
+    taken = set(session) | set(sample) | {nk.key for nk in sample_numeric}
     for k, n, nn, nv, qs in rows:
         if k in taken or len(event_numeric) + len(event_text) >= MAX_EVENT_KEYS:
             continue
-        if int(nn) >= 0.95 * int(n) and int(nv) > 2:
-            edges = nice_edges([float(q) if q is not None else None for q in (qs or [])])
-            if edges:
-                event_numeric.append(NumericKey(k, edges))
+        nk = _numeric_key(k, n, nn, nv, qs)
+        if nk:
+            event_numeric.append(nk)
         elif int(nv) <= MAX_VALUES_PER_KEY:
             event_text.append(k)
-    return Keys(session=session, sample=sorted(sample), event_numeric=event_numeric, event_text=event_text)
+    return Keys(
+        session=session, sample=sorted(sample), sample_numeric=sample_numeric,
+        event_numeric=event_numeric, event_text=event_text,
+    )
 
 
-def _phases_subquery(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float) -> str:
-    """Per session: sorted phase keys with high flags, sample count and metric sum."""
+def _interval_sql(d: Dialect, value: str, edges: Sequence[float]) -> str:
+    """The interval label of a numeric expression, '' when it is NULL."""
+    labels = interval_labels(edges)
+    parts = [f"CASE WHEN {value} IS NULL THEN ''"]
+    for edge, label in zip(edges, labels, strict=False):
+        parts.append(f"WHEN {value} < {edge!r} THEN {d.lit(label)}")
+    parts.append(f"ELSE {d.lit(labels[-1])} END")
+    return " ".join(parts)
+
+
+class _Cols(msgspec.Struct):
+    """Item columns: (column alias, attr name)."""
+
+    session: list[tuple[str, str]]
+    phase: list[tuple[str, str]]
+
+
+def _columns(keys: Keys) -> _Cols:
+    session = [(f"sa_{i}", k) for i, k in enumerate(keys.session)]
+    session += [(f"en_{i}", nk.key) for i, nk in enumerate(keys.event_numeric)]
+    session += [(f"et_{i}", k) for i, k in enumerate(keys.event_text)]
+    phase = [(f"sp_{i}", k) for i, k in enumerate(keys.sample)]
+    phase += [(f"sn_{i}", nk.key) for i, nk in enumerate(keys.sample_numeric)]
+    return _Cols(session, phase)
+
+
+class _Sql(msgspec.Struct):
+    """The building blocks of the report's statements."""
+
+    phases: str  # per (session, phase): ph_n, ph_sum, ph_max, ph_t0, ph_t1, ph_hi + phase columns
+    sessions: str  # per session: counts + session item columns
+
+
+def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float, phases_src: str) -> _Sql:
+    """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows)."""
+    cols = _columns(keys)
     value, cond = metric_expr(d, metric)
-    if keys.sample:
-        parts: list[str] = []
-        for i, k in enumerate(keys.sample):
-            if i:
-                parts.append(d.lit(SEP))
-            parts.append(d.attr(k))
-        phase = d.concat(*parts) if len(parts) > 1 else parts[0]
-    else:
-        phase = "''"
-    inner = (
-        f"SELECT session_id, {phase} AS phase, count(*) AS ph_n, sum({value}) AS ph_sum, max({value}) AS ph_max "
-        f"FROM samples WHERE {_ts(window)} AND {cond} GROUP BY session_id, phase"
+    phase_exprs = [f"{d.attr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
+    phase_exprs += [
+        f"{_interval_sql(d, d.number(d.attr(nk.key)), nk.edges)} AS sn_{i}" for i, nk in enumerate(keys.sample_numeric)
+    ]
+    group = ", ".join(["session_id"] + [a for a, _ in cols.phase])
+    thr = float(threshold)
+    phases = (
+        f"SELECT session_id{''.join(', ' + e for e in phase_exprs)}, count(*) AS ph_n, sum({value}) AS ph_sum, "
+        f"max({value}) AS ph_max, min(ts) AS ph_t0, max(ts) AS ph_t1, "
+        f"CASE WHEN sum({value}) > {thr} * count(*) THEN 1 ELSE 0 END AS ph_hi "
+        f"FROM samples WHERE {_ts(window)} AND {cond} GROUP BY {group}"
     )
-    flag = f"CASE WHEN ph_sum > {float(threshold)} * ph_n THEN '1' ELSE '0' END"
-    return (
-        f"SELECT session_id, {d.sorted_list(d.concat('phase', d.lit(FLAG), flag))} AS phases, "
-        f"sum(ph_n) AS n_samples, sum(ph_sum) AS metric_sum, max(ph_max) AS peak FROM ({inner}) GROUP BY session_id"
+    per_session = (
+        "SELECT session_id, count(*) AS n_ph, sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
+        "sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1 "
+        f"FROM {phases_src} GROUP BY session_id"
     )
+    base = ["session_id", "n_ph", "n_hi", "s_hi", "n_samples", "m_sum", "peak", "t0", "t1"]
+    sql, have = per_session, list(base)
+    sa = [(a, k) for a, k in cols.session if a.startswith("sa_")]
+    if sa:
+        attr_cols = ", ".join(
+            f"min(CASE WHEN {d.in_list(d.attr(k), keys.session[k])} THEN {d.attr(k)} ELSE '' END) AS {a}"
+            for a, k in sa
+        )
+        attrs_sql = f"SELECT session_id, {attr_cols} FROM sessions GROUP BY session_id"
+        sql = (
+            f"SELECT {', '.join(have + [f'coalesce({a}, {chr(39)}{chr(39)}) AS {a}' for a, _ in sa])} "
+            f"FROM ({sql}) AS ps {d.left_join} ({attrs_sql}) AS sa USING (session_id)"
+        )
+        have += [a for a, _ in sa]
+    ev = [(a, k) for a, k in cols.session if not a.startswith("sa_")]
+    if ev:
+        inner, outer = [], []
+        for i, nk in enumerate(keys.event_numeric):
+            inner.append(f"max({d.number(d.attr(nk.key))}) AS em_{i}")
+            outer.append(f"{_interval_sql(d, f'em_{i}', nk.edges)} AS en_{i}")
+        for i, k in enumerate(keys.event_text):
+            inner.append(f"max({d.attr(k)}) AS et_{i}_raw")
+            outer.append(f"et_{i}_raw AS et_{i}")
+        ev_sql = (
+            f"SELECT session_id, {', '.join(outer)} FROM (SELECT session_id, {', '.join(inner)} FROM events "
+            f"WHERE {_ts(window)} GROUP BY session_id)"
+        )
+        sql = (
+            f"SELECT {', '.join(have + [f'coalesce({a}, {chr(39)}{chr(39)}) AS {a}' for a, _ in ev])} "
+            f"FROM ({sql}) AS pe {d.left_join} ({ev_sql}) AS ev USING (session_id)"
+        )
+    return _Sql(phases=phases, sessions=sql)
 
 
-def _session_attrs_subquery(d: Dialect, keys: Keys) -> tuple[str, list[str]]:
-    cols, names = [], []
-    for i, (k, values) in enumerate(keys.session.items()):
-        col = f"sa_{i}"
-        cols.append(f"min(CASE WHEN {d.in_list(d.attr(k), values)} THEN {d.attr(k)} ELSE '' END) AS {col}")
-        names.append(col)
-    if not cols:
-        return "", []
-    return f"SELECT session_id, {', '.join(cols)} FROM sessions GROUP BY session_id", names
-
-
-def _event_subquery(d: Dialect, keys: Keys, window: Window) -> tuple[str, list[str]]:
-    inner_cols, outer_cols, names = [], [], []
-    for i, nk in enumerate(keys.event_numeric):
-        inner_cols.append(f"max({d.number(d.attr(nk.key))}) AS em_{i}")
-        for j, edge in enumerate(nk.edges):
-            col = f"en_{i}_{j}"
-            outer_cols.append(
-                f"CASE WHEN em_{i} IS NULL THEN '' WHEN em_{i} >= {edge!r} THEN {d.lit('>=' + fmt_number(edge))} "
-                f"ELSE {d.lit('<' + fmt_number(edge))} END AS {col}"
-            )
-            names.append(col)
-    for i, k in enumerate(keys.event_text):
-        col = f"et_{i}"
-        inner_cols.append(f"max({d.attr(k)}) AS {col}_raw")
-        outer_cols.append(f"{col}_raw AS {col}")
-        names.append(col)
-    if not inner_cols:
-        return "", []
-    inner = f"SELECT session_id, {', '.join(inner_cols)} FROM events WHERE {_ts(window)} GROUP BY session_id"
-    return f"SELECT session_id, {', '.join(outer_cols)} FROM ({inner})", names
-
-
-def item_names(keys: Keys) -> list[str]:
-    """The attr name of each item column of a profile row, in column order."""
-    names = list(keys.session)
-    for nk in keys.event_numeric:
-        names.extend([nk.key] * len(nk.edges))
-    names.extend(keys.event_text)
-    return names
-
-
-def _joined_sessions_sql(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float) -> tuple[str, list[str]]:
-    """One row per session with samples in the window: phases, counts and item columns."""
-    sql = _phases_subquery(d, keys, window, metric, threshold)
-    cols = ["session_id", "phases", "n_samples", "metric_sum"]
-    sa_sql, sa_names = _session_attrs_subquery(d, keys)
-    if sa_sql:
-        sql = f"SELECT {', '.join(cols + sa_names)} FROM ({sql}) AS p {d.left_join} ({sa_sql}) AS sa USING (session_id)"
-        cols = cols + sa_names
-    ev_sql, ev_names = _event_subquery(d, keys, window)
-    if ev_sql:
-        sql = f"SELECT {', '.join(cols + ev_names)} FROM ({sql}) AS q {d.left_join} ({ev_sql}) AS ev USING (session_id)"
-        cols = cols + ev_names
-    return sql, sa_names + ev_names
-
-
-def _parse_phases(raw: Sequence[str], sample_keys: Sequence[str]) -> tuple:
-    phases = []
-    for text in raw:
-        key, _, flag = text.rpartition(FLAG)
-        values = key.split(SEP) if sample_keys else []
-        items = tuple((k, v) for k, v in zip(sample_keys, values, strict=False) if v != "")
-        phases.append((items, flag == "1"))
-    return tuple(phases)
-
-
-def fetch_profiles(wh: Warehouse, keys: Keys, window: Window, metric: str, threshold: float) -> list[Profile]:
-    """Sessions in the window grouped into profiles (identical items and phases) with counts."""
-    d = Dialect(wh.dialect)
-    sql, item_cols = _joined_sessions_sql(d, keys, window, metric, threshold)
-    group = [f"coalesce({c}, '')" for c in item_cols] + ["phases"]
-    rows = wh.query(
-        f"SELECT {', '.join(group)}, count(*) AS n, sum(n_samples) AS s, sum(metric_sum) AS m "
-        f"FROM ({sql}) AS j GROUP BY {', '.join(group)}"
-    )
-    names = item_names(keys)
+def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """One SQL string expression per combination of up to MAX_ITEMS columns ('' when a value is missing)."""
     out = []
-    for row in rows:
-        values = row[: len(item_cols)]
-        items = tuple((k, v) for k, v in zip(names, values, strict=True) if v)
-        phases = _parse_phases(row[len(item_cols)] or [], keys.sample)
-        out.append(Profile(items, phases, int(row[-3]), int(row[-2] or 0), float(row[-1] or 0.0)))
+    allc = list(cols)
+    for size in range(1, MAX_ITEMS + 1):
+        for combo in combinations(allc, size):
+            names = [k for _, k in combo]
+            if len(set(names)) != len(names):
+                continue
+            if must and not any(c in must for c in combo):
+                continue
+            ordered = sorted(combo, key=lambda c: c[1])
+            parts: list[str] = []
+            for i, (alias, name) in enumerate(ordered):
+                parts.append(d.lit((RS if i else "") + name + US))
+                parts.append(alias)
+            cond = " AND ".join(f"{a} != ''" for a, _ in ordered)
+            out.append(f"CASE WHEN {cond} THEN {d.concat(*parts)} ELSE '' END")
     return out
 
 
-def fetch_timeline(
-    wh: Warehouse, window: Window, metric: str, threshold: float, bucket_ms: int, version_key: str | None
-) -> list[tuple[int, str, int, int]]:
-    """Rows (bucket index, version, sessions, high sessions): per time bucket, per version."""
-    d = Dialect(wh.dialect)
-    value, cond = metric_expr(d, metric)
-    b = d.idiv(f"ts - {int(window.since_ms)}", int(bucket_ms))
-    inner = (
-        f"SELECT {b} AS b, session_id, count(*) AS bn, sum({value}) AS bs FROM samples "
-        f"WHERE {_ts(window)} AND {cond} GROUP BY b, session_id"
+def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
+           phases_src: str, sessions_src: str) -> dict[str, str]:
+    """The statements (S, P, T, W) over the phase rows and per-session rows."""
+    cols = _columns(keys)
+    s_aliases = [a for a, _ in cols.session]
+    s_group = ", ".join(s_aliases) if s_aliases else "1"
+    s_compact = (
+        f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
+        f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src} GROUP BY {s_group}"
     )
-    flagged = f"SELECT b, session_id, CASE WHEN bs > {float(threshold)} * bn THEN 1 ELSE 0 END AS hi FROM ({inner})"
-    if version_key:
-        ver = f"SELECT session_id, min({d.attr(version_key)}) AS ver FROM sessions GROUP BY session_id"
-        sql = (
-            f"SELECT b, coalesce(ver, '') AS v, count(*) AS n, sum(hi) AS h FROM ({flagged}) AS f "
-            f"{d.left_join} ({ver}) AS vv USING (session_id) GROUP BY b, v"
+    s_combos = [d.lit(TOTAL)] + _combo_exprs(d, cols.session)
+    s_sql = (
+        "SELECT 'S' AS part, combo AS k, sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, "
+        "sum(c_n) AS x, sum(c_m) AS y FROM ("
+        + d.explode("c_s, c_sh, c_u, c_uh, c_n, c_m", s_combos, s_compact, "combo")
+        + ") WHERE combo != '' GROUP BY combo"
+    )
+    p_aliases = [a for a, _ in cols.phase]
+    parts = {"S": s_sql}
+    if p_aliases:
+        sel = ", ".join(s_aliases + p_aliases)
+        joined = (
+            f"SELECT {sel}, ph_hi FROM {phases_src} AS ph {d.inner_join} "
+            f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss USING (session_id)"
         )
+        p_compact = f"SELECT {sel}, ph_hi, count(*) AS c_n FROM ({joined}) GROUP BY {sel}, ph_hi"
+        p_combos = _combo_exprs(d, cols.session + cols.phase, must=cols.phase)
+        parts["P"] = (
+            "SELECT 'P' AS part, combo AS k, sum(c_n) AS a, sum(c_n * ph_hi) AS b, sum(c_n) AS c, "
+            "sum(c_n * ph_hi) AS e, 0 AS x, 0 AS y FROM ("
+            + d.explode("c_n, ph_hi", p_combos, p_compact, "combo")
+            + ") WHERE combo != '' GROUP BY combo"
+        )
+    cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
+    if cat and len(cat) < len(cols.phase):
+        # numeric sample attrs split a stage into several phases; count distinct sessions per stage exactly
+        c_aliases = [a for a, _ in cat]
+        sel = ", ".join(s_aliases + c_aliases)
+        coarse = (
+            f"SELECT session_id, {', '.join(c_aliases)}, max(ph_hi) AS ph_hi FROM {phases_src} "
+            f"GROUP BY session_id, {', '.join(c_aliases)}"
+        )
+        joined = (
+            f"SELECT {sel}, ph_hi FROM ({coarse}) AS co {d.inner_join} "
+            f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss USING (session_id)"
+        )
+        q_compact = f"SELECT {sel}, ph_hi, count(*) AS c_n FROM ({joined}) GROUP BY {sel}, ph_hi"
+        q_combos = _combo_exprs(d, cols.session + cat, must=cat)
+        parts["Q"] = (
+            "SELECT 'Q' AS part, combo AS k, sum(c_n) AS a, sum(c_n * ph_hi) AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y "
+            f"FROM ({d.explode('c_n, ph_hi', q_combos, q_compact, 'combo')}) WHERE combo != '' GROUP BY combo"
+        )
+    since = int(window.since_ms)
+    b0 = d.idiv(f"t0 - {since}", int(bucket_ms))
+    b1 = d.idiv(f"t1 - {since}", int(bucket_ms))
+    ver = version_alias or "''"
+    parts["T"] = (
+        "SELECT 'T' AS part, ver AS k, b AS a, count(*) AS b2, sum(s_hi) AS c, 0 AS e, 0 AS x, 0 AS y FROM "
+        f"(SELECT {d.bucket_range(b0, b1)} AS b, {ver} AS ver, s_hi FROM {sessions_src}) GROUP BY b, ver"
+    )
+    parts["W"] = (
+        "SELECT 'W' AS part, session_id AS k, n_samples AS a, s_hi AS b, 0 AS c, 0 AS e, "
+        f"m_sum / n_samples AS x, peak AS y FROM {sessions_src} ORDER BY x DESC, k LIMIT {WORST_LIMIT}"
+    )
+    if p_aliases and not d.ch:
+        enc: list[str] = []
+        for i, (alias, name) in enumerate(cols.phase):
+            enc += [d.lit((RS if i else GS) + name + US), alias]
+        parts["V"] = (
+            f"SELECT 'V' AS part, {d.concat('session_id', *enc)} AS k, ph_hi AS a, 0 AS b, 0 AS c, 0 AS e, "
+            f"0 AS x, 0 AS y FROM {phases_src} WHERE session_id IN (SELECT k FROM ({parts['W']}))"
+        )
+    return parts
+
+
+def _decode_combo(key: str) -> Combo:
+    return tuple(tuple(item.split(US, 1)) for item in key.split(RS))  # type: ignore[misc]
+
+
+def fetch_facts(
+    wh: Warehouse, window: Window, metric: str, threshold: float, bucket_ms: int,
+    version_key_pref: Sequence[str] = (),
+) -> Facts:
+    """Aggregate the window into combination counts, a timeline, and the worst sessions."""
+    d = Dialect(wh.dialect)
+    keys = discover_keys(wh, window, metric)
+    cols = _columns(keys)
+    version_alias = next((a for k in version_key_pref for a, name in cols.session if name == k and a.startswith("sa_")), None)
+    rows: list[tuple] = []
+    if d.ch:
+        # no CTEs before ClickHouse 20: inline the phase and session subqueries into each statement
+        blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__")
+        ph = f"({blocks.phases})"
+        ss = "(" + blocks.sessions.replace("__PH__", ph) + ")"
+        parts = _parts(d, keys, window, bucket_ms, version_alias, ph, ss)
+        for sql in parts.values():
+            rows.extend(wh.query(sql))
     else:
-        sql = f"SELECT b, '' AS v, count(*) AS n, sum(hi) AS h FROM ({flagged}) GROUP BY b"
-    return [(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in wh.query(sql)]
+        blocks = _building_blocks(d, keys, window, metric, threshold, "ph")
+        parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss")
+        union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
+        rows = wh.query(f"WITH ph AS MATERIALIZED ({blocks.phases}), ss AS MATERIALIZED ({blocks.sessions}) {union}")
+    counts: dict[Combo, Counts] = {}
+    total = Counts()
+    timeline: list[TimelineRow] = []
+    worst: list[SessionFacts] = []
+    phases_of: dict[str, list] = {}
+    for part, k, a, b, c, e, x, y in rows:
+        if part == "S":
+            cnt = Counts(int(a), int(b), int(c), int(e), int(x or 0), float(y or 0.0))
+            if k == TOTAL:
+                total = cnt
+            else:
+                counts[_decode_combo(k)] = cnt
+        elif part == "P":
+            cnt = counts.setdefault(_decode_combo(k), Counts(int(a), int(b)))
+            cnt.units, cnt.high_units = int(c), int(e)
+        elif part == "Q":
+            cnt = counts.setdefault(_decode_combo(k), Counts())
+            cnt.sessions, cnt.high_sessions = int(a), int(b)
+        elif part == "T":
+            timeline.append(TimelineRow(int(a), str(k), int(b), int(c)))
+        elif part == "V":
+            sid, _, enc = str(k).partition(GS)
+            items = tuple((n, v) for n, v in (i.split(US, 1) for i in enc.split(RS)) if v)
+            phases_of.setdefault(sid, []).append((items, bool(a)))
+        else:
+            worst.append(SessionFacts(session_id=str(k), samples=int(a), mean=float(x or 0.0), max=float(y or 0.0)))
+    worst.sort(key=lambda f: (-f.mean, f.session_id))
+    for f in worst:
+        f.phases = sorted(phases_of.get(f.session_id, []))
+    _fill_worst(wh, d, keys, window, metric, threshold, worst)
+    return Facts(keys=keys, counts=counts, total=total, timeline=timeline, worst=worst)
 
 
-class SessionFacts(msgspec.Struct):
-    """One session's numbers in the window, for the worst-sessions list."""
-
-    session_id: str
-    samples: int
-    mean: float
-    max: float
-    phases: list[tuple[tuple[tuple[str, str], ...], bool]]
-    attrs: dict[str, str] = {}
-    event_max: dict[str, float] = {}
-    event_text: dict[str, str] = {}
-
-
-def fetch_worst_sessions(
-    wh: Warehouse, keys: Keys, window: Window, metric: str, threshold: float, limit: int = 100
-) -> list[SessionFacts]:
-    """The sessions with the highest mean metric in the window, with their attrs."""
-    d = Dialect(wh.dialect)
-    value, cond = metric_expr(d, metric)
-    phases = _phases_subquery(d, keys, window, metric, threshold)
-    rows = wh.query(
-        f"SELECT session_id, phases, n_samples, metric_sum, peak FROM ({phases}) "
-        f"ORDER BY metric_sum / n_samples DESC LIMIT {int(limit)}"
-    )
-    found: dict[str, SessionFacts] = {}
-    for sid, ph, n, s, peak in rows:
-        n = int(n)
-        found[sid] = SessionFacts(
-            session_id=sid, samples=n, mean=float(s) / n if n else 0.0, max=float(peak or 0.0),
-            phases=list(_parse_phases(ph or [], keys.sample)),
-        )
-    if not found:
-        return []
+def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
+                worst: list[SessionFacts]) -> None:
+    """Attach attrs, phases and event items to the worst sessions (small queries by session id)."""
+    if not worst:
+        return
+    found = {f.session_id: f for f in worst}
     ids = d.in_list("session_id", list(found))
     for sid, k, v in wh.query(f"SELECT session_id, attr_keys, attr_values FROM sessions WHERE {ids}"):
         found[sid].attrs.update({kk: str(vv) for kk, vv in zip(k, v, strict=False)})
-    numeric = {nk.key for nk in keys.event_numeric}
-    text = set(keys.event_text)
-    if numeric or text:
-        for sid, k, v in wh.query(
-            f"SELECT session_id, attr_keys, attr_values FROM events WHERE {ids} AND {_ts(window)}"
-        ):
-            facts = found[sid]
+    cols = _columns(keys)
+    blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__")
+    need_phases = cols.phase and not any(f.phases for f in worst)
+    phase_sql = blocks.phases.replace(f"WHERE {_ts(window)}", f"WHERE {ids} AND {_ts(window)}", 1)
+    aliases = [a for a, _ in cols.phase]
+    names = [k for _, k in cols.phase]
+    sel = ", ".join(["session_id", *aliases, "ph_hi"])
+    for row in wh.query(f"SELECT {sel} FROM ({phase_sql}) ORDER BY session_id") if need_phases else []:
+        items = tuple((n, str(v)) for n, v in zip(names, row[1:-1], strict=True) if v)
+        found[row[0]].phases.append((items, bool(row[-1])))
+    ev_numeric = {nk.key: nk.edges for nk in keys.event_numeric}
+    ev_text = set(keys.event_text)
+    if ev_numeric or ev_text:
+        maxima: dict[tuple[str, str], float] = {}
+        for sid, k, v in wh.query(f"SELECT session_id, attr_keys, attr_values FROM events WHERE {ids} AND {_ts(window)}"):
             for kk, vv in zip(k, v, strict=False):
-                if kk in numeric:
+                if kk in ev_numeric:
                     try:
                         x = float(vv)
                     except ValueError:
                         continue
-                    facts.event_max[kk] = max(facts.event_max.get(kk, x), x)
-                elif kk in text:
-                    facts.event_text[kk] = max(facts.event_text.get(kk, ""), str(vv))
-    return sorted(found.values(), key=lambda f: -f.mean)
+                    maxima[(sid, kk)] = max(maxima.get((sid, kk), x), x)
+                elif kk in ev_text:
+                    found[sid].items[kk] = max(found[sid].items.get(kk, ""), str(vv))
+        for (sid, kk), x in maxima.items():
+            edges = ev_numeric[kk]
+            labels = interval_labels(edges)
+            idx = sum(1 for e in edges if x >= e)
+            found[sid].items[kk] = labels[idx]
+    for f in worst:
+        for k, values in keys.session.items():
+            if f.attrs.get(k) in values:
+                f.items[k] = f.attrs[k]
 
 
 def fetch_session(wh: Warehouse, session_id: str, limit: int = 50_000) -> dict:
@@ -425,7 +629,8 @@ def fetch_session(wh: Warehouse, session_id: str, limit: int = 50_000) -> dict:
         f"WHERE session_id = {sid} ORDER BY ts, seq LIMIT {int(limit)}"
     )
     events = wh.query(
-        f"SELECT ts, name, attr_keys, attr_values FROM events WHERE session_id = {sid} ORDER BY ts, seq LIMIT {int(limit)}"
+        f"SELECT ts, name, attr_keys, attr_values FROM events WHERE session_id = {sid} "
+        f"ORDER BY ts, seq LIMIT {int(limit)}"
     )
     ends = wh.query(f"SELECT ts, reason FROM ends WHERE session_id = {sid} ORDER BY ts")
     return {"sessions": sessions, "samples": samples, "events": events, "ends": ends}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -20,7 +20,7 @@ from ..timeparse import TimeParseError, parse_time
 from . import explain as _explain
 from . import facts as _facts
 from .explain import Explanation, Settings
-from .facts import Profile, Window
+from .facts import Combo, Counts, Window
 from .warehouse.base import Warehouse
 
 VERSION_KEYS = ("app_version", "version", "appVersion", "app.version")
@@ -75,14 +75,14 @@ class Timeline(msgspec.Struct):
 
 
 class Heatmap(msgspec.Struct):
-    """Share of high phases for each (version, stage) cell."""
+    """For each (version, stage) cell: sessions that ran it, and the share of them high during it."""
 
     row_key: str | None
     col_key: str | None
     rows: list[str]
     cols: list[str]
     high_share: list[list[float | None]]
-    units: list[list[int]]
+    sessions: list[list[int]]
 
 
 class StageCell(msgspec.Struct):
@@ -142,6 +142,7 @@ class Report(msgspec.Struct):
     worst_sessions: list[WorstSession]
     keys: dict[str, list[str]]
     settings: Settings
+    candidates: int = 0
     took_ms: float = 0.0
 
 
@@ -186,45 +187,39 @@ def build_report(
     rw = resolve_window(since, until, now)
     window = Window(rw.since_ms, rw.until_ms)
 
-    keys = _facts.discover_keys(wh, window, metric)
-    profiles = _facts.fetch_profiles(wh, keys, window, metric, threshold)
-    numeric = [nk.key for nk in keys.event_numeric]
-    explanations, counts, tot = _explain.explain(profiles, settings, numeric)
+    bucket_ms = _bucket_ms(rw.until_ms - rw.since_ms)
+    facts = _facts.fetch_facts(wh, window, metric, threshold, bucket_ms, VERSION_KEYS)
+    keys, total = facts.keys, facts.total
+    numeric = keys.numeric_edges()
+    result = _explain.explain(facts.counts, total, settings, numeric)
+    for e in {id(e): e for e in result.explanations + result.tree_nodes}.values():
+        e.examples = [f.session_id for f in facts.worst if _explain.matches(e.attrs, f.items, f.phases, numeric)][:5]
 
     version_key = next((k for k in VERSION_KEYS if k in keys.session), None)
     stage_key = next((k for k in STAGE_KEYS if k in keys.sample), keys.sample[0] if keys.sample else None)
-
-    bucket_ms = _bucket_ms(rw.until_ms - rw.since_ms)
-    timeline = _timeline(
-        _facts.fetch_timeline(wh, window, metric, threshold, bucket_ms, version_key), rw, bucket_ms, version_key
-    )
-    worst = _facts.fetch_worst_sessions(wh, keys, window, metric, threshold, limit=200)
-    for e in explanations:
-        e.examples = [
-            f.session_id for f in worst if _explain.matches(e.attrs, f.attrs, f.phases, f.event_max, f.event_text)
-        ][:5]
-
     report = Report(
-        window=rw, metric=metric, threshold=float(threshold), sessions=tot.sessions, high_sessions=tot.high_sessions,
-        high_share=round(tot.high_sessions / tot.sessions, 4) if tot.sessions else 0.0,
-        units=tot.units, high_units=tot.high_units, explanations=explanations,
-        tree=build_tree(explanations, tot),
-        timeline=timeline,
-        heatmap=_heatmap(profiles, version_key, stage_key),
-        compare=_compare(profiles, version_key, stage_key, compare),
-        worst_sessions=[_worst(f) for f in worst[:WORST_SESSIONS]],
+        window=rw, metric=metric, threshold=float(threshold), sessions=total.sessions,
+        high_sessions=total.high_sessions,
+        high_share=round(total.high_sessions / total.sessions, 4) if total.sessions else 0.0,
+        units=total.units, high_units=total.high_units, explanations=result.explanations,
+        tree=build_tree(result.tree_nodes, total),
+        timeline=_timeline(facts.timeline, rw, bucket_ms, version_key),
+        heatmap=_heatmap(facts.counts, keys, version_key, stage_key),
+        compare=_compare(facts.counts, keys, version_key, stage_key, compare),
+        worst_sessions=[_worst(f) for f in facts.worst[:WORST_SESSIONS]],
         keys={
-            "session": list(keys.session), "sample": list(keys.sample), "event_numeric": numeric,
-            "event_text": list(keys.event_text), "version": [version_key] if version_key else [],
-            "stage": [stage_key] if stage_key else [],
+            "session": list(keys.session), "sample": list(keys.sample),
+            "sample_numeric": [nk.key for nk in keys.sample_numeric],
+            "event_numeric": [nk.key for nk in keys.event_numeric], "event_text": list(keys.event_text),
+            "version": [version_key] if version_key else [], "stage": [stage_key] if stage_key else [],
         },
-        settings=settings,
+        settings=settings, candidates=result.candidates,
     )
     report.took_ms = round((time.perf_counter() - t0) * 1000, 1)
     return report
 
 
-def build_tree(explanations: Sequence[Explanation], tot: _explain.Totals) -> TreeNode:
+def build_tree(explanations: Sequence[Explanation], tot: Counts) -> TreeNode:
     """Nest explanations under the largest simpler explanation they extend: the drill-down tree."""
     root = TreeNode(
         label="all sessions", attrs={}, sessions=tot.sessions, high_sessions=tot.high_sessions,
@@ -276,11 +271,11 @@ def version_sort_key(v: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-+_ ]", v))
 
 
-def _timeline(rows, rw: ReportWindow, bucket_ms: int, key: str | None) -> Timeline:
+def _timeline(rows: Sequence[_facts.TimelineRow], rw: ReportWindow, bucket_ms: int, key: str | None) -> Timeline:
     n_buckets = max(1, -(-(rw.until_ms - rw.since_ms) // bucket_ms))
     per: dict[str, list[list[int]]] = {}
     total: dict[str, int] = {}
-    for b, v, n, h in rows:
+    for b, v, n, h in ((r.bucket, r.version, r.sessions, r.high_sessions) for r in rows):
         if not 0 <= b < n_buckets:
             continue
         cells = per.setdefault(v, [[0, 0] for _ in range(n_buckets)])
@@ -308,87 +303,77 @@ def _timeline(rows, rw: ReportWindow, bucket_ms: int, key: str | None) -> Timeli
     return Timeline(key=key, bucket_ms=bucket_ms, times=times, series=series)
 
 
-def _stage_of(items, stage_key: str | None) -> str:
-    for k, v in items:
-        if k == stage_key:
-            return v
-    return ""
+def _get(counts: Mapping[Combo, Counts], **attrs: str) -> Counts | None:
+    return counts.get(tuple(sorted(attrs.items())))
 
 
-def _heatmap(profiles: Sequence[Profile], version_key: str | None, stage_key: str | None) -> Heatmap:
-    cells: dict[tuple[str, str], list[int]] = {}
-    per_version: dict[str, int] = {}
-    for p in profiles:
-        ver = dict(p.items).get(version_key, "") if version_key else ""
-        per_version[ver] = per_version.get(ver, 0) + p.sessions
-        for items, high in p.phases:
-            c = cells.setdefault((ver, _stage_of(items, stage_key)), [0, 0])
-            c[0] += p.sessions
-            c[1] += p.sessions if high else 0
-    rows = sorted(sorted(per_version, key=lambda v: -per_version[v])[:MAX_HEATMAP_ROWS], key=version_sort_key)
-    cols = sorted({s for _, s in cells})
-    return Heatmap(
-        row_key=version_key, col_key=stage_key, rows=[r or "(none)" for r in rows], cols=[c or "(none)" for c in cols],
-        high_share=[
-            [round(cells[(r, c)][1] / cells[(r, c)][0], 4) if cells.get((r, c), [0])[0] else None for c in cols]
-            for r in rows
-        ],
-        units=[[cells.get((r, c), [0, 0])[0] for c in cols] for r in rows],
-    )
+def _values_by_sessions(counts: Mapping[Combo, Counts], key: str, values: Sequence[str]) -> list[str]:
+    found = [(v, _get(counts, **{key: v})) for v in values]
+    return [v for v, c in sorted(found, key=lambda vc: -(vc[1].sessions if vc[1] else 0)) if c]
 
 
-def _side(profiles: Sequence[Profile], version_key: str, version: str, stage_key: str | None) -> VersionSide:
-    sessions = high = samples = 0
-    total = 0.0
-    stages: dict[str, list[int]] = {}
-    for p in profiles:
-        if dict(p.items).get(version_key, "") != version:
-            continue
-        sessions += p.sessions
-        high += p.sessions if any(h for _, h in p.phases) else 0
-        samples += p.samples
-        total += p.metric_sum
-        for items, h in p.phases:
-            c = stages.setdefault(_stage_of(items, stage_key) or "(none)", [0, 0])
-            c[0] += p.sessions
-            c[1] += p.sessions if h else 0
+def _stage_values(counts: Mapping[Combo, Counts], stage_key: str | None) -> list[str]:
+    if not stage_key:
+        return []
+    return sorted({combo[0][1] for combo in counts if len(combo) == 1 and combo[0][0] == stage_key})
+
+
+def _heatmap(counts: Mapping[Combo, Counts], keys: _facts.Keys, version_key: str | None,
+             stage_key: str | None) -> Heatmap:
+    rows = _values_by_sessions(counts, version_key, keys.session[version_key])[:MAX_HEATMAP_ROWS] if version_key else []
+    rows = sorted(rows, key=version_sort_key)
+    cols = _stage_values(counts, stage_key)
+    share: list[list[float | None]] = []
+    units: list[list[int]] = []
+    for r in rows:
+        share.append([])
+        units.append([])
+        for c in cols:
+            cell = _get(counts, **{version_key: r, stage_key: c})  # type: ignore[arg-type]
+            share[-1].append(round(cell.high_sessions / cell.sessions, 4) if cell and cell.sessions else None)
+            units[-1].append(cell.sessions if cell else 0)
+    return Heatmap(row_key=version_key, col_key=stage_key, rows=rows, cols=cols, high_share=share, sessions=units)
+
+
+def _side(counts: Mapping[Combo, Counts], version_key: str, version: str, stage_key: str | None,
+          stages: Sequence[str]) -> VersionSide:
+    c = _get(counts, **{version_key: version}) or _facts.Counts()
+    by_stage = {}
+    for st in stages:
+        cell = _get(counts, **{version_key: version, stage_key: st})  # type: ignore[arg-type]
+        if cell and cell.units:
+            by_stage[st] = StageCell(cell.sessions, cell.high_sessions, round(cell.high_sessions / cell.sessions, 4))
     return VersionSide(
-        version=version, sessions=sessions, high_sessions=high,
-        high_share=round(high / sessions, 4) if sessions else 0.0,
-        mean=round(total / samples, 2) if samples else None,
-        by_stage={s: StageCell(n, h, round(h / n, 4) if n else 0.0) for s, (n, h) in sorted(stages.items())},
+        version=version, sessions=c.sessions, high_sessions=c.high_sessions,
+        high_share=round(c.high_sessions / c.sessions, 4) if c.sessions else 0.0,
+        mean=round(c.metric_sum / c.samples, 2) if c.samples else None, by_stage=by_stage,
     )
 
 
-def _compare(profiles: Sequence[Profile], version_key: str | None, stage_key: str | None,
+def _compare(counts: Mapping[Combo, Counts], keys: _facts.Keys, version_key: str | None, stage_key: str | None,
              pick: Sequence[str] | None) -> Comparison:
     if not version_key:
         return Comparison(key=None)
-    counts: dict[str, list[int]] = {}
-    for p in profiles:
-        v = dict(p.items).get(version_key, "")
-        if not v:
-            continue
-        c = counts.setdefault(v, [0, 0])
-        c[0] += p.sessions
-        c[1] += p.sessions if any(h for _, h in p.phases) else 0
+    stats = {v: c for v in keys.session[version_key] if (c := _get(counts, **{version_key: v}))}
     if pick:
         chosen = list(pick)[:2]
     else:
-        big = [v for v, (n, _) in counts.items() if n >= max(3, 0.01 * sum(n for n, _ in counts.values()))]
+        total = sum(c.sessions for c in stats.values())
+        big = [v for v, c in stats.items() if c.sessions >= max(3, 0.01 * total)]
         if not big:
             return Comparison(key=version_key)
-        worst = max(big, key=lambda v: (counts[v][1] / counts[v][0], counts[v][0]))
+        worst = max(big, key=lambda v: (stats[v].high_sessions / stats[v].sessions, stats[v].sessions))
         others = [v for v in big if v != worst]
-        chosen = [worst] + ([max(others, key=lambda v: counts[v][0])] if others else [])
-    sides = [_side(profiles, version_key, v, stage_key) for v in chosen]
+        chosen = [worst] + ([max(others, key=lambda v: stats[v].sessions)] if others else [])
+    stages = _stage_values(counts, stage_key)
+    sides = [_side(counts, version_key, v, stage_key, stages) for v in chosen]
     return Comparison(key=version_key, a=sides[0] if sides else None, b=sides[1] if len(sides) > 1 else None)
 
 
 def _worst(f: _facts.SessionFacts) -> WorstSession:
     return WorstSession(
         session_id=f.session_id, samples=f.samples, mean=round(f.mean, 2), max=round(f.max, 2),
-        high_phases=[", ".join(v for _, v in items) or "(all)" for items, high in f.phases if high],
+        high_phases=[" ".join(f"{k}={v}" for k, v in items) or "(all)" for items, high in f.phases if high],
         attrs=dict(f.attrs),
     )
 
