@@ -14,6 +14,7 @@ a uniquely named database and returns its URL, so tests never see each other's r
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -146,6 +147,16 @@ class ClickHouseServer:
     def _wait_ready(self) -> None:
         from clickhouse_driver import Client
 
+        # the driver logs every refused connection with a traceback; while starting up that is expected
+        quiet = logging.getLogger("clickhouse_driver.connection")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            self._poll_ready(Client)
+        finally:
+            quiet.setLevel(level)
+
+    def _poll_ready(self, Client) -> None:
         deadline = time.monotonic() + self.startup_timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
