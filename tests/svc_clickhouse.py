@@ -226,20 +226,25 @@ def fresh_database(url: str, prefix: str = "t") -> str:
     return f"{base}/{name}"
 
 
+_RUNNING: dict[str, ClickHouseServer] = {}
+
+
 @pytest.fixture(scope="session")
-def clickhouse_server():
-    """A running ClickHouseServer for the whole test session (skips/fails when missing)."""
+def clickhouse_url():
+    """clickhouse://127.0.0.1:PORT/default of the session's test server (started once, stopped at the end)."""
     command = find_binary()
     require("clickhouse-server", command is not None, "install Debian's clickhouse-server (see .ci/run)")
     server = ClickHouseServer(command)  # type: ignore[arg-type]
     server.start()
+    _RUNNING["server"] = server
     try:
-        yield server
+        yield server.url
     finally:
+        _RUNNING.pop("server", None)
         server.stop()
 
 
 @pytest.fixture(scope="session")
-def clickhouse_url(clickhouse_server) -> str:
-    """clickhouse://127.0.0.1:PORT/default of the session's test server."""
-    return clickhouse_server.url
+def clickhouse_server(clickhouse_url) -> ClickHouseServer:
+    """The running ClickHouseServer behind `clickhouse_url` (ports, temp dir, log_tail())."""
+    return _RUNNING["server"]
