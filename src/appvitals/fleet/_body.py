@@ -88,26 +88,43 @@ class Decompressor:
 
 
 class LineSplitter:
-    """Split a byte stream into lines; a line longer than `max_line_bytes` raises LineTooLong."""
+    """Split a byte stream into lines, refusing lines longer than `max_line_bytes`.
+
+    `feed` returns the complete lines before a too-long one and sets `too_long`; the
+    caller handles the good lines first, then answers 413 naming the next line number.
+    """
 
     def __init__(self, max_line_bytes: int):
         self.max_line_bytes = max_line_bytes
+        self.too_long = False
         self._rest = b""
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete lines in `data` (plus what was left over before), without newlines."""
+        if self.too_long:
+            return []
         if self._rest:
             data = self._rest + data
         parts = data.split(b"\n")
         self._rest = parts.pop()
         limit = self.max_line_bytes
-        if len(self._rest) > limit:
-            raise LineTooLong(f"line longer than {limit} bytes")
         if parts and max(map(len, parts)) > limit:
-            raise LineTooLong(f"line longer than {limit} bytes")
+            for i, part in enumerate(parts):
+                if len(part) > limit:
+                    self.too_long = True
+                    self._rest = b""
+                    return parts[:i]
+        if len(self._rest) > limit:
+            self.too_long = True
+            self._rest = b""
         return parts
 
     def finish(self) -> list[bytes]:
         """The last line when the body did not end with a newline."""
         rest, self._rest = self._rest, b""
         return [rest] if rest.strip() else []
+
+    def check(self) -> None:
+        """Raise LineTooLong when a line went over the limit."""
+        if self.too_long:
+            raise LineTooLong(f"line longer than {self.max_line_bytes} bytes")
