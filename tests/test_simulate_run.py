@@ -65,3 +65,21 @@ def test_cli_json_and_errors(tmp_path, server):
     assert r.returncode == 2
     r = _vitals("simulate", "--url", "ftp://x")
     assert r.returncode == 2 and "--url" in r.stderr
+
+
+def test_against_the_real_collector_the_warehouse_holds_the_generated_fleet(tmp_path):
+    from _collector_process import CollectorProcess
+
+    collector = CollectorProcess(str(tmp_path / "fleet.duckdb"))
+    collector.start()
+    try:
+        stats = run_simulation(collector.url, clients=10, minutes=60, seed=11, start_ms=START, progress=False)
+        again = run_simulation(collector.url, clients=10, minutes=60, seed=11, start_ms=START, progress=False)
+    finally:
+        collector.stop()
+    expected: dict[str, list[int]] = {}
+    for line in generate_lines(None, 10, 60, 11, start_ms=START):
+        expected.setdefault(line.session_id, []).append(line.seq)
+    assert collector.stored() == expected
+    assert stats.accepted == stats.lines == sum(map(len, expected.values()))
+    assert again.accepted == 0 and again.duplicates == again.lines
