@@ -23,7 +23,7 @@ import time
 import pytest
 from _collector_process import ENV, CollectorProcess
 
-from appvitals.fleet.agent import Agent
+from appvitals.fleet.agent import CRASH_END_SEQ, Agent
 
 OUTAGE = float(os.environ.get("VITALS_OUTAGE_SECONDS", "6"))
 
@@ -68,7 +68,7 @@ def test_collector_down_for_a_minute_then_back(tmp_path, collector):
 
 CHILD = """
 import sys, time
-from appvitals.fleet.agent import Agent
+from appvitals.fleet.agent import CRASH_END_SEQ, Agent
 agent = Agent(sys.argv[1], home=sys.argv[2], interval=0.005, batch_seconds=0.02, batch_bytes=1500,
               cpu_source=lambda: 12.5, close_at_exit=False)
 agent.start()
@@ -105,6 +105,7 @@ def test_agent_sigkilled_mid_upload_and_restarted(tmp_path, collector):
     stored = collector.stored()
     for sid, last in sessions:
         seqs = stored[sid]
+        assert seqs.pop() == CRASH_END_SEQ  # the restart closed the killed session
         # everything appended before the kill is stored, once, with no gap;
         # at most one line appended after the last print may be there too
         assert seqs == list(range(len(seqs)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -30,14 +31,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .protocol import MAX_LINE_BYTES, AnyLine, AttrValue, encode_line
+from .protocol import MAX_LINE_BYTES, AnyLine, AttrValue, EndLine, encode_line
 from .recorder import Recorder
-from .spool import DEFAULT_MAX_BYTES, Spool
+from .spool import DEFAULT_MAX_BYTES, Spool, write_atomic
 from .uploader import Uploader
 
 log = logging.getLogger("appvitals.agent")
 
 DEFAULT_REPLAY_THRESHOLD = 5 * 1024 * 1024
+# seq of the `end` line written for a run that died without one: above any real seq (so
+# seq still increases within the session), the same on every retry (so it is deduplicated)
+# and exact in JSON/JavaScript doubles.
+CRASH_END_SEQ = 2**53 - 1
 ConsentCallback = Callable[[int, int], bool]  # (backlog bytes, backlog lines) -> replay?
 
 
@@ -153,6 +158,7 @@ class Agent:
         self.uploader: Uploader | None = None
         self.replayed_lines = 0
         self.declined_lines = 0
+        self.crashed_session: str | None = None  # set when start() found a run that died without `end`
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake_upload = threading.Event()
@@ -170,6 +176,7 @@ class Agent:
             return self
         self.spool = Spool(self.home / "spool", max_bytes=self.spool_max_bytes, fsync_every=self.fsync_every)
         self._consider_replay()
+        self._end_crashed_run()
         if self.url:
             self.uploader = Uploader(self.url, self.spool, token=self.token, batch_bytes=self.batch_bytes)
         self._started = True
@@ -199,6 +206,27 @@ class Agent:
                 self.declined_lines = self.spool.discard_pending()
                 return
         self.replayed_lines = backlog_lines
+
+    def _end_crashed_run(self) -> None:
+        # `running.json` names the session in progress; it is removed by a clean close().
+        # Found here (we hold the spool lock, so its process is gone): that run crashed.
+        assert self.spool is not None
+        marker = self.home / "running.json"
+        try:
+            old = json.loads(marker.read_bytes())
+            sid = str(old["session_id"])
+        except FileNotFoundError:
+            old = None
+        except (ValueError, KeyError, TypeError):
+            old = None
+            log.warning("ignoring unreadable %s", marker)
+        if old is not None and old["session_id"] != self.session_id:
+            ts = int(self.spool.last_append_time() * 1000) or int(self.clock() * 1000)
+            end = EndLine(session_id=sid, ts=ts, seq=CRASH_END_SEQ, reason="crashed")
+            self.spool.append([encode_line(end)])
+            self.crashed_session = sid
+        write_atomic(marker, json.dumps({"session_id": self.session_id, "client_id": self.client_id,
+                                         "pid": os.getpid()}).encode())
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -232,6 +260,8 @@ class Agent:
             self.uploader.close()
         assert self.spool is not None
         self.spool.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.home / "running.json")
         if self.close_at_exit:
             atexit.unregister(self.close)
 

@@ -308,6 +308,14 @@ class Spool:
                     return Batch(lines, end, nbytes)
             return Batch(lines, end, nbytes)
 
+    def last_append_time(self) -> float:
+        """When a line was last appended (mtime of the newest segment), 0.0 if never."""
+        with self._lock:
+            try:
+                return os.stat(self._segment_path(self._active)).st_mtime
+            except OSError:
+                return 0.0
+
     def commit(self, end: Position) -> None:
         """Forget every line before `end` (call only after the collector answered 200)."""
         with self._lock:
