@@ -15,7 +15,7 @@ from . import BadUsage, VitalsError
 @click.option("--clients", default=20, show_default=True, type=int, help="Simulated clients (installs).")
 @click.option("--minutes", default=60.0, show_default=True, type=float, help="Fleet time to simulate, in minutes.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed (and --start), same lines.")
-@click.option("--scenario", "scenario", default=None, help="Scenario TOML file (default: the shipped one).")
+@click.option("--scenario", "scenario", default=None, help="Scenario TOML file, or a shipped one by name: default, quiet, rollout.")
 @click.option("--speed", default=0.0, show_default=True, type=float,
               help="Fleet seconds per real second; 0 = as fast as possible.")
 @click.option("--token", default=None, help="Bearer token for the collector.")
