@@ -14,6 +14,7 @@ a uniquely named database and returns its URL, so tests never see each other's r
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -146,6 +147,16 @@ class ClickHouseServer:
     def _wait_ready(self) -> None:
         from clickhouse_driver import Client
 
+        # the driver logs every refused connection with a traceback; while starting up that is expected
+        quiet = logging.getLogger("clickhouse_driver.connection")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            self._poll_ready(Client)
+        finally:
+            quiet.setLevel(level)
+
+    def _poll_ready(self, Client) -> None:
         deadline = time.monotonic() + self.startup_timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -215,20 +226,25 @@ def fresh_database(url: str, prefix: str = "t") -> str:
     return f"{base}/{name}"
 
 
+_RUNNING: dict[str, ClickHouseServer] = {}
+
+
 @pytest.fixture(scope="session")
-def clickhouse_server():
-    """A running ClickHouseServer for the whole test session (skips/fails when missing)."""
+def clickhouse_url():
+    """clickhouse://127.0.0.1:PORT/default of the session's test server (started once, stopped at the end)."""
     command = find_binary()
     require("clickhouse-server", command is not None, "install Debian's clickhouse-server (see .ci/run)")
     server = ClickHouseServer(command)  # type: ignore[arg-type]
     server.start()
+    _RUNNING["server"] = server
     try:
-        yield server
+        yield server.url
     finally:
+        _RUNNING.pop("server", None)
         server.stop()
 
 
 @pytest.fixture(scope="session")
-def clickhouse_url(clickhouse_server) -> str:
-    """clickhouse://127.0.0.1:PORT/default of the session's test server."""
-    return clickhouse_server.url
+def clickhouse_server(clickhouse_url) -> ClickHouseServer:
+    """The running ClickHouseServer behind `clickhouse_url` (ports, temp dir, log_tail())."""
+    return _RUNNING["server"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from . import BadUsage, VitalsError
@@ -24,6 +26,9 @@ DEFAULT_DB = "vitals-fleet.duckdb"
 def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention_days, max_queue) -> None:
     """Run the fleet collector: POST /v1/ingest, GET /v1/report, /metrics, /healthz."""
     from ..fleet.collector import check_bind, serve
+
+    # the driver logs each failed connection with a traceback; our one-line error says it all
+    logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
 
     if db and clickhouse:
         raise BadUsage("give either --db or --clickhouse, not both")

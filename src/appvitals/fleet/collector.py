@@ -134,7 +134,7 @@ class Collector:
             self.metrics.backpressure_waits.inc()
             try:
                 await asyncio.wait_for(self.queue.put(job), self.max_wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise Overloaded(f"writer behind by {self.depth()} chunks")
         self.queued_lines += len(lines)
         return future
@@ -269,9 +269,9 @@ class _Ingest:
                         line_no = state.decode(splitter.feed(plain), chunk, line_no)
                         if splitter.too_long:
                             break
-                        if len(chunk) >= chunk_lines:
-                            state.track(await collector.submit(chunk))
-                            chunk = []
+                        while len(chunk) >= chunk_lines:
+                            state.track(await collector.submit(chunk[:chunk_lines]))
+                            chunk = chunk[chunk_lines:]
                     if splitter.too_long:
                         break
             line_no = state.decode(splitter.finish(), chunk, line_no)
@@ -281,16 +281,14 @@ class _Ingest:
             await state.wait()
             splitter.check()
         except LineTooLong as exc:
-            await state.settle()
+            await state.settle(self.collector.max_wait)
             return JSONResponse({"error": f"line {line_no + 1}: {exc}", **state.partial()}, 413)
         except BadCompression as exc:
-            await state.settle()
+            await state.settle(self.collector.max_wait)
             return JSONResponse({"error": str(exc), **state.partial()}, 400)
-        except Overloaded as exc:
-            await state.settle()
+        except Overloaded as exc:  # answer now: queued chunks still commit, a retry sees them as duplicates
             return self._busy(str(exc))
         except ClientDisconnect:
-            await state.settle()
             return Response(status_code=400)
         if state.failure is not None:
             return self._busy(f"warehouse write failed: {state.failure}")
@@ -348,10 +346,11 @@ class _RequestState:
         if self.pending:
             await asyncio.wait(list(self.pending))
 
-    async def settle(self) -> None:
-        # chunks already queued still commit; wait so the counts we report are true
-        with contextlib.suppress(Exception):
-            await self.wait()
+    async def settle(self, timeout: float) -> None:
+        # chunks already queued still commit; wait a little so the counts we report are true
+        if self.pending:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(list(self.pending), timeout=timeout)
 
     def partial(self) -> dict[str, int]:
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
