@@ -251,13 +251,18 @@ class Agent:
         self._wake_upload.set()
         for t in self._threads:
             t.join(timeout=max(timeout, 1.0))
-        if flush and self.uploader is not None:
+        if self.uploader is not None and self._upload_lock.acquire(timeout=max(timeout, 0.1)):
             try:
-                self.uploader.flush(timeout=timeout)
+                if flush:
+                    # a dead collector must not hold the app's exit longer than `timeout`
+                    self.uploader.close()
+                    self.uploader.timeout = min(self.uploader.timeout, max(timeout, 0.5))
+                    self.uploader.flush(timeout=timeout)
             except Exception:  # at exit nothing may raise; the spool keeps the lines for next time
                 log.exception("final upload failed")
-        if self.uploader is not None:
-            self.uploader.close()
+            finally:
+                self.uploader.close()
+                self._upload_lock.release()
         assert self.spool is not None
         self.spool.close()
         with contextlib.suppress(FileNotFoundError):

@@ -323,6 +323,8 @@ class Spool:
                 return
             self.committed = end
             self._write_state()
+            if self._fd is None:  # closed meanwhile (an upload finishing during close): state only
+                return
             for n in [n for n in self._sizes if n < end.segment and n != self._active]:
                 self._delete_segment(n)
             if end.segment == self._active and end.offset >= self._sizes[self._active] >= self.segment_bytes // 2:
