@@ -88,3 +88,38 @@ def test_message_parsing():
     assert [w for w, _ in msgs] == ["stage", "stage", "event", "end"]
     assert msgs[1][1].stage is None and msgs[2][1].attrs == {"n": 1} and msgs[3][1].end == "bye"
     assert len(errors) == 2
+
+
+CHILD_APP = """
+import sys, time
+from appvitals.fleet.watchdog import WatchdogClient
+client = WatchdogClient()                 # port from $VITALS_WATCHDOG_PORT
+time.sleep(0.5)
+with client.stage("receiving", file_name_length=45):
+    client.event("file_received", file_name_length=45)
+    time.sleep(0.6)
+sys.exit(3)
+"""
+
+
+def test_watchdog_starts_the_command_and_exits_with_its_code(tmp_path, server):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    code = "import sys; from appvitals.cli import main; main(sys.argv[1:])"
+    r = subprocess.run(
+        [sys.executable, "-c", code, "watchdog", "--url", server.url, "--port", "0", "--interval", "0.1",
+         "--home", str(tmp_path), "--", sys.executable, "-c", CHILD_APP],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert r.returncode == 3, r.stderr
+    lines = [line for _, line in sorted(server.lines.items(), key=lambda kv: kv[0][1])]
+    assert isinstance(lines[-1], EndLine) and lines[-1].reason == "exit_code_3"
+    stages = [x.attrs for x in lines if isinstance(x, SampleLine) and x.attrs]
+    assert {"stage": "receiving", "file_name_length": 45} in stages
+    assert any(isinstance(x, EventLine) and x.name == "file_received" for x in lines)
+
+
+def test_watchdog_needs_a_pid_or_a_command(tmp_path):
+    code = "import sys; from appvitals.cli import main; main(sys.argv[1:])"
+    r = subprocess.run([sys.executable, "-c", code, "watchdog", "--url", "http://127.0.0.1:9"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--pid" in r.stderr

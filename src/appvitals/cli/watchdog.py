@@ -24,8 +24,8 @@ def _attr(text: str) -> tuple[str, str | int | float | bool]:
     return key, value
 
 
-@click.command("watchdog")
-@click.option("--pid", required=True, type=int, help="Process to watch.")
+@click.command("watchdog", context_settings={"ignore_unknown_options": True})
+@click.option("--pid", type=int, help="Process to watch (or give a command to start after --).")
 @click.option("--url", required=True, help="Collector base URL, e.g. http://127.0.0.1:8080")
 @click.option("--port", default=47321, show_default=True, type=int,
               help="UDP port on 127.0.0.1 where the app sends stages and events (0 = any free port).")
@@ -37,13 +37,20 @@ def _attr(text: str) -> tuple[str, str | int | float | bool]:
               help="Where the spool and client id live (default: the user cache dir).")
 @click.option("--replay", type=click.Choice(["ask", "yes", "no"]), default="ask", show_default=True,
               help="A big spool left by an earlier run: ask (on a terminal), always replay, or drop it.")
-def command(pid, url, port, app_version, attrs, interval, token, home, replay) -> None:
-    """Measure process PID's CPU from outside and report it, with the stages and events it sends."""
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+def command(pid, url, port, app_version, attrs, interval, token, home, replay, cmd) -> None:
+    """Measure process PID's CPU from outside and report it, with the stages and events it sends.
+
+    Or start the app yourself: `vitals watchdog --url URL -- ./app --flag`; the app finds the
+    UDP port in $VITALS_WATCHDOG_PORT, and the watchdog exits with the app's exit code.
+    """
     from ..fleet.uploader import ingest_url
     from ..fleet.watchdog import Watchdog
 
     if interval <= 0:
         raise BadUsage("--interval must be > 0")
+    if (pid is None) == (not cmd):
+        raise BadUsage("give either --pid PID or a command to start after --")
     try:
         ingest_url(url)
     except ValueError as exc:
@@ -60,20 +67,29 @@ def command(pid, url, port, app_version, attrs, interval, token, home, replay) -
         )
 
     try:
-        dog = Watchdog(pid, url, port=port, app_version=app_version, attrs=session_attrs, interval=interval,
+        dog = Watchdog(pid, url, command=cmd or None, port=port, app_version=app_version, attrs=session_attrs, interval=interval,
                        token=token, home=home, replay_consent=consent)
     except ValueError as exc:
         raise BadUsage(str(exc))
     except OSError as exc:
         raise VitalsError(str(exc))
-    signal.signal(signal.SIGTERM, lambda *_: dog.stop("watchdog_stopped"))
-    signal.signal(signal.SIGINT, lambda *_: dog.stop("watchdog_stopped"))
+    def on_signal(signum, _frame) -> None:
+        if dog.child is not None and dog.child.poll() is None:
+            dog.child.send_signal(signum)  # a wrapper passes the signal on and reports the app's end
+        else:
+            dog.stop("watchdog_stopped")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     def ready(d: Watchdog) -> None:
         host, bound = d.address
-        click.echo(f"vitals watchdog: watching pid {pid}, session {d.agent.session_id}, "
+        click.echo(f"vitals watchdog: watching pid {d.pid}, session {d.agent.session_id}, "
                    f"listening on udp {host}:{bound}", err=True)
 
     reason = dog.run(on_ready=ready)
     click.echo(f"vitals watchdog: session ended ({reason}); {dog.messages} messages, "
                f"{dog.bad_messages} refused", err=True)
+    if dog.exit_code is not None:
+        code = dog.exit_code if dog.exit_code >= 0 else 128 - dog.exit_code
+        sys.exit(code)

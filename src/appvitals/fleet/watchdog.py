@@ -20,12 +20,15 @@ Everything else (spool, uploads, exactly-once) is the `Agent`'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 
@@ -74,13 +77,14 @@ def parse_messages(datagram: bytes) -> tuple[list[tuple[str, Message]], list[str
 
 
 class Watchdog:
-    """Watches process `pid`: its CPU, its stages and events, until it exits."""
+    """Watches process `pid` (or a `command` it starts): its CPU, stages and events, until it exits."""
 
     def __init__(
         self,
-        pid: int,
+        pid: int | None,
         url: str | None,
         *,
+        command: Sequence[str] | None = None,
         port: int = DEFAULT_PORT,
         host: str = "127.0.0.1",
         app_version: str = "",
@@ -94,12 +98,8 @@ class Watchdog:
     ) -> None:
         import psutil
 
-        try:
-            self.process = psutil.Process(pid)
-            self.process.cpu_percent(None)
-        except psutil.NoSuchProcess:
-            raise ValueError(f"no process with pid {pid}")
-        self.pid = pid
+        if (pid is None) == (not command):
+            raise ValueError("give either a pid or a command to start")
         self.poll = poll
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -109,6 +109,24 @@ class Watchdog:
             raise OSError(f"cannot listen on udp {host}:{port}: {exc.strerror or exc}")
         self.sock.settimeout(poll)
         self.address = self.sock.getsockname()
+        self.child: subprocess.Popen | None = None
+        if command:
+            # the app learns where to send its stages and events from the environment
+            env = dict(os.environ, VITALS_WATCHDOG_PORT=str(self.address[1]))
+            try:
+                self.child = subprocess.Popen(list(command), env=env)
+            except OSError as exc:
+                self.sock.close()
+                raise ValueError(f"cannot start {command[0]!r}: {exc.strerror or exc}")
+            pid = self.child.pid
+        try:
+            self.process = psutil.Process(pid)
+            self.process.cpu_percent(None)
+        except psutil.NoSuchProcess:
+            self.sock.close()
+            raise ValueError(f"no process with pid {pid}")
+        self.pid = pid
+        self.exit_code: int | None = None
         self.agent = Agent(
             url, app_version=app_version, attrs=attrs, interval=interval, token=token, home=home,
             name=name, replay_consent=replay_consent, cpu_source=self._cpu, close_at_exit=False,
@@ -150,10 +168,22 @@ class Watchdog:
     def _alive(self) -> bool:
         import psutil
 
+        if self.child is not None:
+            return self.child.poll() is None
         try:
             return self.process.is_running() and self.process.status() != psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return False
+
+    def _exit_reason(self) -> str:
+        if self.child is None:  # not our child: its exit status is not ours to read
+            return "process_exit"
+        self.exit_code = self.child.wait()
+        if self.exit_code == 0:
+            return "exit"
+        if self.exit_code < 0:
+            return f"killed_by_signal_{-self.exit_code}"
+        return f"exit_code_{self.exit_code}"
 
     def stop(self, reason: str = "watchdog_stopped") -> None:
         """Ask `run` to finish (from a signal handler or another thread)."""
@@ -177,10 +207,55 @@ class Watchdog:
                 if now - last_check >= self.poll:
                     last_check = now
                     if not self._alive():
-                        self._end_reason = self._end_reason or "process_exit"
+                        self._end_reason = self._end_reason or self._exit_reason()
                         break
         finally:
             self.sock.close()
             reason = self._end_reason or "process_exit"
             self.agent.close(reason)
         return reason
+
+
+class WatchdogClient:
+    """The app's side, for Python apps: fire-and-forget UDP messages to a watchdog.
+
+    The port comes from `port`, else $VITALS_WATCHDOG_PORT (set by `vitals watchdog -- CMD`),
+    else 47321. Sending never blocks and never fails the app when no watchdog listens.
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.address = (host, int(port or os.environ.get("VITALS_WATCHDOG_PORT") or DEFAULT_PORT))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._stage: tuple[str | None, dict] = (None, {})
+
+    def send(self, **message) -> None:
+        """Send one message (stage / event / end) as JSON."""
+        with contextlib.suppress(OSError):
+            self.sock.sendto(json.dumps(message).encode(), self.address)
+
+    def set_stage(self, name: str | None, **attrs) -> None:
+        """Later samples carry stage `name` (and `attrs`); None clears it."""
+        self._stage = (name, attrs)
+        self.send(stage=name, attrs=attrs) if attrs else self.send(stage=name)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, **attrs) -> Iterator[None]:
+        """`with client.stage("indexing"):` ... then back to the previous stage."""
+        previous = self._stage
+        self.set_stage(name, **attrs)
+        try:
+            yield
+        finally:
+            self.set_stage(previous[0], **previous[1])
+
+    def event(self, name: str, **attrs) -> None:
+        """Report an event (login, file_received with file_name_length=57...)."""
+        self.send(event=name, attrs=attrs)
+
+    def end(self, reason: str = "exit") -> None:
+        """Tell the watchdog the app is closing cleanly."""
+        self.send(end=reason)
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
