@@ -33,6 +33,16 @@ def test_the_agent_driven_fleet_sends_exactly_the_generated_lines(tmp_path, serv
     assert stats.requests > 8  # batched, several posts per client
 
 
+def test_pushback_and_errors_mid_run_still_deliver_every_line_once(tmp_path, server):
+    server.script = [(503, {"Retry-After": "0"})] * 4 + [(500, {})] * 3 + [(429, {"Retry-After": "0"})] * 2
+    stats = run_simulation(server.url, clients=4, minutes=30, seed=5, start_ms=START, progress=False,
+                           spool_dir=tmp_path, batch_bytes=4096)
+    assert server.script == []  # every scripted failure was met
+    expected = sorted(encode_line(x) for x in generate_lines(None, 4, 30, 5, start_ms=START))
+    assert sorted(encode_line(x) for x in server.lines.values()) == expected
+    assert stats.accepted == len(expected) and server.duplicates == 0
+
+
 def test_a_second_run_with_the_same_seed_is_all_duplicates(server):
     run_simulation(server.url, clients=3, minutes=20, seed=9, start_ms=START, progress=False)
     stats = run_simulation(server.url, clients=3, minutes=20, seed=9, start_ms=START, progress=False)

@@ -162,6 +162,16 @@ def run_simulation(
     def clock() -> float:
         return now[0]
 
+    quiet_until = [0.0]
+
+    def deliver(agent: Agent) -> None:
+        # Mid-run uploads: a collector that fails is left alone for a few seconds (the lines
+        # wait in the spools, as on real clients) instead of stalling the fleet clock.
+        if time.monotonic() < quiet_until[0]:
+            return
+        if not agent.flush(timeout=2.0):
+            quiet_until[0] = time.monotonic() + 5.0
+
     bar = _progress_bar(progress)
     task = bar.add_task("simulating fleet", total=fleet_seconds) if bar else None
     try:
@@ -172,7 +182,7 @@ def run_simulation(
                     time.sleep(wait)
                 if time.monotonic() - last_flush >= 2.0:  # paced runs deliver as they go
                     for agent in agents.values():
-                        agent.flush(timeout=drain_timeout)
+                        deliver(agent)
                     last_flush = time.monotonic()
             now[0] = a.t
             if a.kind == "start":
@@ -202,7 +212,7 @@ def run_simulation(
                 del agents[a.client]
                 stats.lines += 1
             if agent._appended_since_upload >= batch_bytes and not agent.closed:
-                agent.flush(timeout=drain_timeout)
+                deliver(agent)
             if bar is not None and task is not None:
                 bar.update(task, completed=min(a.t - start, fleet_seconds))
         for agent in agents.values():  # sessions still open at the end of the fleet time
