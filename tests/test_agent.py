@@ -163,7 +163,15 @@ def test_bad_use_is_a_clear_error(tmp_path):
         agent.event("")
     with pytest.raises(ValueError, match="limit"):
         agent.event("big", blob="x" * 70_000)
-    agent.close()
+    with pytest.raises(ValueError, match="attrs"):
+        agent.event("nested", where={"a": 1})
+    with pytest.raises(ValueError, match="at most 64"):
+        agent.event("wide", **{f"k{i}": i for i in range(65)})
+    agent.event("fine", n=1)  # a refused call changes nothing: seq goes on without a gap
+    agent.close(flush=False)
+    with Spool(tmp_path / "spool") as spool:
+        seqs = [json.loads(raw)["seq"] for raw in spool.read().lines]
+    assert seqs == [0, 1, 2]  # session, fine, end
     with pytest.raises(RuntimeError, match="closed"):
         agent.sample(1.0)
 

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .protocol import MAX_LINE_BYTES, AnyLine, AttrValue, EndLine, encode_line
+from .protocol import MAX_LINE_BYTES, AnyLine, AttrValue, EndLine, decode_line, encode_line
 from .recorder import Recorder
 from .spool import DEFAULT_MAX_BYTES, Spool, write_atomic
 from .uploader import Uploader
@@ -279,8 +279,16 @@ class Agent:
 
     def _append(self, line: AnyLine) -> None:
         data = encode_line(line)
-        if len(data) > MAX_LINE_BYTES:
-            raise ValueError(f"line of {len(data)} bytes is over the {MAX_LINE_BYTES}-byte limit")
+        try:
+            if len(data) > MAX_LINE_BYTES:
+                raise ValueError(f"line of {len(data)} bytes is over the {MAX_LINE_BYTES}-byte limit")
+            # the collector's own check, here: a bad attr is the app's ValueError now, not a
+            # line silently rejected later (LineError is a ValueError)
+            decode_line(data)
+        except ValueError:
+            if line.session_id == self.session_id and line.seq == self.recorder.next_seq - 1:
+                self.recorder.next_seq -= 1  # give the seq back: no gap for a refused call
+            raise
         assert self.spool is not None
         self.spool.append([data])
         self._appended_since_upload += len(data) + 1
