@@ -11,7 +11,7 @@ from . import BadUsage, VitalsError
 
 
 @click.command("simulate")
-@click.option("--url", required=True, help="Collector base URL, e.g. http://127.0.0.1:8080")
+@click.option("--url", required=True, help="Collector base URL, e.g. http://127.0.0.1:8420")
 @click.option("--clients", default=20, show_default=True, type=int, help="Simulated clients (installs).")
 @click.option("--minutes", default=60.0, show_default=True, type=float, help="Fleet time to simulate, in minutes.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed (and --start), same lines.")

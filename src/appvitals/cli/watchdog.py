@@ -26,7 +26,7 @@ def _attr(text: str) -> tuple[str, str | int | float | bool]:
 
 @click.command("watchdog", context_settings={"ignore_unknown_options": True})
 @click.option("--pid", type=int, help="Process to watch (or give a command to start after --).")
-@click.option("--url", required=True, help="Collector base URL, e.g. http://127.0.0.1:8080")
+@click.option("--url", required=True, help="Collector base URL, e.g. http://127.0.0.1:8420")
 @click.option("--port", default=47321, show_default=True, type=int,
               help="UDP port on 127.0.0.1 where the app sends stages and events (0 = any free port).")
 @click.option("--app-version", default="", help="The watched app's version (a session attr).")
