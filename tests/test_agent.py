@@ -86,7 +86,7 @@ def test_a_spool_left_by_a_crashed_run_is_replayed_at_start(tmp_path, server):
         crashed.sample()
     crashed.spool.close()  # as if killed: no end line, nothing uploaded
     agent = Agent(server.url, home=tmp_path, background=False, close_at_exit=False).start()
-    assert agent.replayed_lines == 6 and agent.crashed_session == crashed.session_id
+    assert agent.replayed_lines == 6 and agent.crashed_sessions == [crashed.session_id]
     agent.close()
     old = _session(server, crashed.session_id)
     assert [x.seq for x in old] == [0, 1, 2, 3, 4, 5, CRASH_END_SEQ]
@@ -96,7 +96,7 @@ def test_a_spool_left_by_a_crashed_run_is_replayed_at_start(tmp_path, server):
     assert len(_session(server, agent.session_id)) == 2
     # a clean close leaves no marker: the next run finds no crash
     again = Agent(server.url, home=tmp_path, background=False, close_at_exit=False).start()
-    assert again.crashed_session is None
+    assert again.crashed_sessions == []
     again.close()
 
 
@@ -186,3 +186,25 @@ def test_spool_lines_are_plain_protocol_json(tmp_path):
     agent.close(flush=False)
     with Spool(tmp_path / "spool") as spool:
         assert spool.pending_lines() == 3
+
+
+def test_instances_sharing_a_home_each_get_a_spool_and_leftovers_are_adopted(tmp_path, server):
+    first = Agent(server.url, home=tmp_path, background=False, close_at_exit=False, cpu_source=lambda: 1.0).start()
+    second = Agent(None, home=tmp_path, background=False, close_at_exit=False, cpu_source=lambda: 2.0).start()
+    assert first.spool_dir != second.spool_dir
+    for _ in range(5):
+        second.sample()
+    second.spool.close()  # the second instance dies: its slot is left with 6 lines and no end
+    first.close()
+    third = Agent(server.url, home=tmp_path, background=False, close_at_exit=False).start()
+    assert third.spool_dir == first.spool_dir
+    assert third.crashed_sessions == [second.session_id]
+    assert third.replayed_lines == 7  # 6 adopted + the crash end
+    third.close()
+    got = _session(server, second.session_id)
+    assert [x.seq for x in got] == [0, 1, 2, 3, 4, 5, CRASH_END_SEQ]
+    # the adopted slot is empty now: nothing is sent twice by a later run
+    fourth = Agent(server.url, home=tmp_path, background=False, close_at_exit=False).start()
+    assert fourth.replayed_lines == 0
+    fourth.close()
+    assert server.duplicates == 0

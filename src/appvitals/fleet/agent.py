@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .protocol import MAX_LINE_BYTES, AnyLine, AttrValue, EndLine, decode_line, encode_line
 from .recorder import Recorder
-from .spool import DEFAULT_MAX_BYTES, Spool, write_atomic
+from .spool import DEFAULT_MAX_BYTES, Spool, SpoolBusy, write_atomic
 from .uploader import Uploader
 
 log = logging.getLogger("appvitals.agent")
@@ -43,6 +43,7 @@ DEFAULT_REPLAY_THRESHOLD = 5 * 1024 * 1024
 # seq still increases within the session), the same on every retry (so it is deduplicated)
 # and exact in JSON/JavaScript doubles.
 CRASH_END_SEQ = 2**53 - 1
+SPOOL_SLOTS = 8  # instances of one app that may run at once with the same home
 ConsentCallback = Callable[[int, int], bool]  # (backlog bytes, backlog lines) -> replay?
 
 
@@ -158,7 +159,8 @@ class Agent:
         self.uploader: Uploader | None = None
         self.replayed_lines = 0
         self.declined_lines = 0
-        self.crashed_session: str | None = None  # set when start() found a run that died without `end`
+        self.crashed_sessions: list[str] = []  # runs start() found dead without an `end` line
+        self.spool_dir = self.home / "spool"
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake_upload = threading.Event()
@@ -174,9 +176,12 @@ class Agent:
         """Open the spool (replaying an old one), send the session line, start the threads."""
         if self._started:
             return self
-        self.spool = Spool(self.home / "spool", max_bytes=self.spool_max_bytes, fsync_every=self.fsync_every)
+        self.spool = self._open_spool()
+        self._adopt_idle_spools()
         self._consider_replay()
-        self._end_crashed_run()
+        self._end_crashed_run(self.spool_dir / "running.json", self.spool)
+        write_atomic(self.spool_dir / "running.json", json.dumps(
+            {"session_id": self.session_id, "client_id": self.client_id, "pid": os.getpid()}).encode())
         if self.url:
             self.uploader = Uploader(self.url, self.spool, token=self.token, batch_bytes=self.batch_bytes)
         self._started = True
@@ -207,26 +212,68 @@ class Agent:
                 return
         self.replayed_lines = backlog_lines
 
-    def _end_crashed_run(self) -> None:
-        # `running.json` names the session in progress; it is removed by a clean close().
-        # Found here (we hold the spool lock, so its process is gone): that run crashed.
+    def _open_spool(self) -> Spool:
+        # Several instances of one app (or several watchdogs) may share a home: each takes
+        # the first spool slot no other live process holds.
+        for i in range(SPOOL_SLOTS):
+            path = self.home / ("spool" if i == 0 else f"spool.{i}")
+            try:
+                spool = Spool(path, max_bytes=self.spool_max_bytes, fsync_every=self.fsync_every)
+            except SpoolBusy:
+                continue
+            self.spool_dir = path
+            return spool
+        raise SpoolBusy(f"all {SPOOL_SLOTS} spool slots under {self.home} are in use")
+
+    def _adopt_idle_spools(self) -> None:
+        # A slot left behind by an instance that ran alongside us is nobody's now: move its
+        # unsent lines (bytes unchanged, so seqs too) into our spool before it is forgotten.
         assert self.spool is not None
-        marker = self.home / "running.json"
+        for path in sorted(self.home.glob("spool*")):
+            if path == self.spool_dir or not path.is_dir():
+                continue
+            try:
+                other = Spool(path, max_bytes=self.spool_max_bytes)
+            except SpoolBusy:
+                continue
+            try:
+                self._end_crashed_run(path / "running.json", other)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path / "running.json")
+                while True:
+                    batch = other.read()
+                    if not batch.lines:
+                        break
+                    self.spool.append(batch.lines)
+                    self.spool.sync()
+                    other.commit(batch.end)
+                carried = other.dropped_unreported()
+                if carried:
+                    self.spool.add_dropped(carried)
+                    other.mark_reported(carried)
+            finally:
+                other.close()
+        self.spool.backlog_bytes = self.spool.pending_bytes()
+        self.spool.backlog_lines = self.spool.pending_lines()
+
+    def _end_crashed_run(self, marker: Path, spool: Spool) -> None:
+        # `running.json` names a spool's session in progress; a clean close() removes it.
+        # Found while we hold that spool's lock (its process is gone): that run crashed.
+        assert self.spool is not None
         try:
             old = json.loads(marker.read_bytes())
             sid = str(old["session_id"])
         except FileNotFoundError:
-            old = None
+            return
         except (ValueError, KeyError, TypeError):
-            old = None
             log.warning("ignoring unreadable %s", marker)
-        if old is not None and old["session_id"] != self.session_id:
-            ts = int(self.spool.last_append_time() * 1000) or int(self.clock() * 1000)
-            end = EndLine(session_id=sid, ts=ts, seq=CRASH_END_SEQ, reason="crashed")
-            self.spool.append([encode_line(end)])
-            self.crashed_session = sid
-        write_atomic(marker, json.dumps({"session_id": self.session_id, "client_id": self.client_id,
-                                         "pid": os.getpid()}).encode())
+            return
+        if sid == self.session_id:
+            return
+        ts = int(spool.last_append_time() * 1000) or int(self.clock() * 1000)
+        end = EndLine(session_id=sid, ts=ts, seq=CRASH_END_SEQ, reason="crashed")
+        self.spool.append([encode_line(end)])
+        self.crashed_sessions.append(sid)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -266,7 +313,7 @@ class Agent:
         assert self.spool is not None
         self.spool.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.home / "running.json")
+            os.unlink(self.spool_dir / "running.json")
         if self.close_at_exit:
             atexit.unregister(self.close)
 

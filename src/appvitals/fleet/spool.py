@@ -337,6 +337,12 @@ class Spool:
         """Lines dropped (over the size bound, or replay declined) not yet reported."""
         return self.dropped_total - self.dropped_reported
 
+    def add_dropped(self, count: int) -> None:
+        """Count `count` lines lost elsewhere (e.g. in an adopted spool) as dropped here."""
+        with self._lock:
+            self.dropped_total += count
+            self._write_state()
+
     def mark_reported(self, count: int) -> None:
         """Record that `count` dropped lines were reported to the collector."""
         with self._lock:
