@@ -8,7 +8,7 @@ import time
 import pytest
 from _fault_collector import FaultCollector
 
-from appvitals.fleet.agent import Agent, system_attrs
+from appvitals.fleet.agent import CRASH_END_SEQ, Agent, system_attrs
 from appvitals.fleet.protocol import EndLine, EventLine, SampleLine, SessionLine
 from appvitals.fleet.spool import Spool
 
@@ -86,10 +86,18 @@ def test_a_spool_left_by_a_crashed_run_is_replayed_at_start(tmp_path, server):
         crashed.sample()
     crashed.spool.close()  # as if killed: no end line, nothing uploaded
     agent = Agent(server.url, home=tmp_path, background=False, close_at_exit=False).start()
-    assert agent.replayed_lines == 6
+    assert agent.replayed_lines == 6 and agent.crashed_sessions == [crashed.session_id]
     agent.close()
-    assert len(_session(server, crashed.session_id)) == 6
+    old = _session(server, crashed.session_id)
+    assert [x.seq for x in old] == [0, 1, 2, 3, 4, 5, CRASH_END_SEQ]
+    # the run that died without an `end` gets one, stamped with its last activity
+    assert isinstance(old[-1], EndLine) and old[-1].reason == "crashed"
+    assert old[-2].ts - 2000 <= old[-1].ts <= int(time.time() * 1000)
     assert len(_session(server, agent.session_id)) == 2
+    # a clean close leaves no marker: the next run finds no crash
+    again = Agent(server.url, home=tmp_path, background=False, close_at_exit=False).start()
+    assert again.crashed_sessions == []
+    again.close()
 
 
 def _crashed_backlog(home, n):
@@ -113,7 +121,7 @@ def test_a_big_backlog_asks_for_consent_and_a_no_drops_it_and_reports_the_count(
     assert asked and asked[0][1] == 51 and asked[0][0] > 1000
     agent.flush(timeout=10)
     agent.close()
-    assert _session(server, crashed.session_id) == []
+    assert [x.reason for x in _session(server, crashed.session_id)] == ["crashed"]  # only the crash end
     ev = [x for x in _session(server, agent.session_id) if isinstance(x, EventLine)]
     assert ev and ev[0].name == "spool_dropped" and ev[0].attrs["count"] == 51
 
@@ -123,7 +131,7 @@ def test_a_small_backlog_is_replayed_without_asking(tmp_path, server):
     agent = Agent(server.url, home=tmp_path, background=False, close_at_exit=False,
                   replay_consent=lambda *a: pytest.fail("asked")).start()
     agent.close()
-    assert len(_session(server, crashed.session_id)) == 4
+    assert len(_session(server, crashed.session_id)) == 4 + 1
 
 
 def test_lines_dropped_over_the_bound_are_reported_when_the_collector_is_back(tmp_path, server):
@@ -155,7 +163,15 @@ def test_bad_use_is_a_clear_error(tmp_path):
         agent.event("")
     with pytest.raises(ValueError, match="limit"):
         agent.event("big", blob="x" * 70_000)
-    agent.close()
+    with pytest.raises(ValueError, match="attrs"):
+        agent.event("nested", where={"a": 1})
+    with pytest.raises(ValueError, match="at most 64"):
+        agent.event("wide", **{f"k{i}": i for i in range(65)})
+    agent.event("fine", n=1)  # a refused call changes nothing: seq goes on without a gap
+    agent.close(flush=False)
+    with Spool(tmp_path / "spool") as spool:
+        seqs = [json.loads(raw)["seq"] for raw in spool.read().lines]
+    assert seqs == [0, 1, 2]  # session, fine, end
     with pytest.raises(RuntimeError, match="closed"):
         agent.sample(1.0)
 
@@ -170,3 +186,25 @@ def test_spool_lines_are_plain_protocol_json(tmp_path):
     agent.close(flush=False)
     with Spool(tmp_path / "spool") as spool:
         assert spool.pending_lines() == 3
+
+
+def test_instances_sharing_a_home_each_get_a_spool_and_leftovers_are_adopted(tmp_path, server):
+    first = Agent(server.url, home=tmp_path, background=False, close_at_exit=False, cpu_source=lambda: 1.0).start()
+    second = Agent(None, home=tmp_path, background=False, close_at_exit=False, cpu_source=lambda: 2.0).start()
+    assert first.spool_dir != second.spool_dir
+    for _ in range(5):
+        second.sample()
+    second.spool.close()  # the second instance dies: its slot is left with 6 lines and no end
+    first.close()
+    third = Agent(server.url, home=tmp_path, background=False, close_at_exit=False).start()
+    assert third.spool_dir == first.spool_dir
+    assert third.crashed_sessions == [second.session_id]
+    assert third.replayed_lines == 7  # 6 adopted + the crash end
+    third.close()
+    got = _session(server, second.session_id)
+    assert [x.seq for x in got] == [0, 1, 2, 3, 4, 5, CRASH_END_SEQ]
+    # the adopted slot is empty now: nothing is sent twice by a later run
+    fourth = Agent(server.url, home=tmp_path, background=False, close_at_exit=False).start()
+    assert fourth.replayed_lines == 0
+    fourth.close()
+    assert server.duplicates == 0

@@ -7,7 +7,14 @@ import statistics
 import pytest
 
 from appvitals.fleet.protocol import EndLine, EventLine, SampleLine, SessionLine, decode_line, encode_line
-from appvitals.fleet.scenario import ScenarioError, default_scenario, load_scenario, matches, parse_scenario
+from appvitals.fleet.scenario import (
+    ScenarioError,
+    default_scenario,
+    load_scenario,
+    matches,
+    parse_scenario,
+    shipped_scenarios,
+)
 from appvitals.fleet.simulate import count_kinds, generate_lines
 
 START = 1_764_000_000_000
@@ -167,3 +174,20 @@ def test_bad_arguments():
         list(generate_lines(None, clients=0, minutes=1))
     with pytest.raises(ValueError):
         list(generate_lines(None, clients=1, minutes=0))
+
+
+@pytest.mark.parametrize("name", shipped_scenarios())
+def test_every_shipped_scenario_loads_by_name_and_generates(name):
+    sc = load_scenario(name)
+    lines = list(generate_lines(sc, clients=5, minutes=30, seed=1, start_ms=START))
+    kinds = count_kinds(lines)
+    assert kinds["session"] >= 5 and kinds["sample"] > 50
+
+
+def test_rollout_scenario_plants_a_three_way_interaction():
+    lines = list(generate_lines("rollout", clients=80, minutes=240, seed=2, start_ms=START))
+    def cpu(pred):
+        return _cpu_where(lines, lambda a: a["stage"] == "syncing" and a["os_version"] != "10" and pred(a))
+    bad = cpu(lambda a: a["app_version"] == "6.6.0" and a["os"] == "macos" and a["codec"] == "heic")
+    other = cpu(lambda a: not (a["app_version"] == "6.6.0" and a["os"] == "macos" and a["codec"] == "heic"))
+    assert statistics.mean(bad) > 40 > 20 > statistics.mean(other)

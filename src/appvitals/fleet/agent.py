@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -30,14 +31,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .protocol import MAX_LINE_BYTES, AnyLine, AttrValue, encode_line
+from .protocol import MAX_LINE_BYTES, AnyLine, AttrValue, EndLine, decode_line, encode_line
 from .recorder import Recorder
-from .spool import DEFAULT_MAX_BYTES, Spool
+from .spool import DEFAULT_MAX_BYTES, Spool, SpoolBusy, write_atomic
 from .uploader import Uploader
 
 log = logging.getLogger("appvitals.agent")
 
 DEFAULT_REPLAY_THRESHOLD = 5 * 1024 * 1024
+# seq of the `end` line written for a run that died without one: above any real seq (so
+# seq still increases within the session), the same on every retry (so it is deduplicated)
+# and exact in JSON/JavaScript doubles.
+CRASH_END_SEQ = 2**53 - 1
+SPOOL_SLOTS = 8  # instances of one app that may run at once with the same home
 ConsentCallback = Callable[[int, int], bool]  # (backlog bytes, backlog lines) -> replay?
 
 
@@ -153,6 +159,8 @@ class Agent:
         self.uploader: Uploader | None = None
         self.replayed_lines = 0
         self.declined_lines = 0
+        self.crashed_sessions: list[str] = []  # runs start() found dead without an `end` line
+        self.spool_dir = self.home / "spool"
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake_upload = threading.Event()
@@ -168,8 +176,12 @@ class Agent:
         """Open the spool (replaying an old one), send the session line, start the threads."""
         if self._started:
             return self
-        self.spool = Spool(self.home / "spool", max_bytes=self.spool_max_bytes, fsync_every=self.fsync_every)
+        self.spool = self._open_spool()
+        self._adopt_idle_spools()
         self._consider_replay()
+        self._end_crashed_run(self.spool_dir / "running.json", self.spool)
+        write_atomic(self.spool_dir / "running.json", json.dumps(
+            {"session_id": self.session_id, "client_id": self.client_id, "pid": os.getpid()}).encode())
         if self.url:
             self.uploader = Uploader(self.url, self.spool, token=self.token, batch_bytes=self.batch_bytes)
         self._started = True
@@ -200,6 +212,69 @@ class Agent:
                 return
         self.replayed_lines = backlog_lines
 
+    def _open_spool(self) -> Spool:
+        # Several instances of one app (or several watchdogs) may share a home: each takes
+        # the first spool slot no other live process holds.
+        for i in range(SPOOL_SLOTS):
+            path = self.home / ("spool" if i == 0 else f"spool.{i}")
+            try:
+                spool = Spool(path, max_bytes=self.spool_max_bytes, fsync_every=self.fsync_every)
+            except SpoolBusy:
+                continue
+            self.spool_dir = path
+            return spool
+        raise SpoolBusy(f"all {SPOOL_SLOTS} spool slots under {self.home} are in use")
+
+    def _adopt_idle_spools(self) -> None:
+        # A slot left behind by an instance that ran alongside us is nobody's now: move its
+        # unsent lines (bytes unchanged, so seqs too) into our spool before it is forgotten.
+        assert self.spool is not None
+        for path in sorted(self.home.glob("spool*")):
+            if path == self.spool_dir or not path.is_dir():
+                continue
+            try:
+                other = Spool(path, max_bytes=self.spool_max_bytes)
+            except SpoolBusy:
+                continue
+            try:
+                self._end_crashed_run(path / "running.json", other)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path / "running.json")
+                while True:
+                    batch = other.read()
+                    if not batch.lines:
+                        break
+                    self.spool.append(batch.lines)
+                    self.spool.sync()
+                    other.commit(batch.end)
+                carried = other.dropped_unreported()
+                if carried:
+                    self.spool.add_dropped(carried)
+                    other.mark_reported(carried)
+            finally:
+                other.close()
+        self.spool.backlog_bytes = self.spool.pending_bytes()
+        self.spool.backlog_lines = self.spool.pending_lines()
+
+    def _end_crashed_run(self, marker: Path, spool: Spool) -> None:
+        # `running.json` names a spool's session in progress; a clean close() removes it.
+        # Found while we hold that spool's lock (its process is gone): that run crashed.
+        assert self.spool is not None
+        try:
+            old = json.loads(marker.read_bytes())
+            sid = str(old["session_id"])
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable %s", marker)
+            return
+        if sid == self.session_id:
+            return
+        ts = int(spool.last_append_time() * 1000) or int(self.clock() * 1000)
+        end = EndLine(session_id=sid, ts=ts, seq=CRASH_END_SEQ, reason="crashed")
+        self.spool.append([encode_line(end)])
+        self.crashed_sessions.append(sid)
+
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
@@ -223,15 +298,22 @@ class Agent:
         self._wake_upload.set()
         for t in self._threads:
             t.join(timeout=max(timeout, 1.0))
-        if flush and self.uploader is not None:
+        if self.uploader is not None and self._upload_lock.acquire(timeout=max(timeout, 0.1)):
             try:
-                self.uploader.flush(timeout=timeout)
+                if flush:
+                    # a dead collector must not hold the app's exit longer than `timeout`
+                    self.uploader.close()
+                    self.uploader.timeout = min(self.uploader.timeout, max(timeout, 0.5))
+                    self.uploader.flush(timeout=timeout)
             except Exception:  # at exit nothing may raise; the spool keeps the lines for next time
                 log.exception("final upload failed")
-        if self.uploader is not None:
-            self.uploader.close()
+            finally:
+                self.uploader.close()
+                self._upload_lock.release()
         assert self.spool is not None
         self.spool.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.spool_dir / "running.json")
         if self.close_at_exit:
             atexit.unregister(self.close)
 
@@ -244,8 +326,16 @@ class Agent:
 
     def _append(self, line: AnyLine) -> None:
         data = encode_line(line)
-        if len(data) > MAX_LINE_BYTES:
-            raise ValueError(f"line of {len(data)} bytes is over the {MAX_LINE_BYTES}-byte limit")
+        try:
+            if len(data) > MAX_LINE_BYTES:
+                raise ValueError(f"line of {len(data)} bytes is over the {MAX_LINE_BYTES}-byte limit")
+            # the collector's own check, here: a bad attr is the app's ValueError now, not a
+            # line silently rejected later (LineError is a ValueError)
+            decode_line(data)
+        except ValueError:
+            if line.session_id == self.session_id and line.seq == self.recorder.next_seq - 1:
+                self.recorder.next_seq -= 1  # give the seq back: no gap for a refused call
+            raise
         assert self.spool is not None
         self.spool.append([data])
         self._appended_since_upload += len(data) + 1

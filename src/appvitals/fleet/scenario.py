@@ -134,10 +134,20 @@ def parse_scenario(text: str, where: str = "scenario") -> Scenario:
     return scenario
 
 
+def shipped_scenarios() -> list[str]:
+    """Names of the scenarios shipped in the package (default, quiet, rollout...)."""
+    folder = resources.files("appvitals.fleet").joinpath("scenarios")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
 def load_scenario(path: str | Path | None = None) -> Scenario:
-    """Read a scenario TOML file; None or "default" gives the shipped default scenario."""
-    if path is None or str(path) == "default":
+    """Read a scenario TOML file, or a shipped one by name ("default", "quiet"...); None = default."""
+    if path is None:
         return default_scenario()
+    name = str(path)
+    if "/" not in name and "\\" not in name and not name.endswith(".toml") and name in shipped_scenarios():
+        text = resources.files("appvitals.fleet").joinpath(f"scenarios/{name}.toml").read_text("utf-8")
+        return parse_scenario(text, f"{name}.toml")
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")

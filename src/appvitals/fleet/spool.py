@@ -308,6 +308,14 @@ class Spool:
                     return Batch(lines, end, nbytes)
             return Batch(lines, end, nbytes)
 
+    def last_append_time(self) -> float:
+        """When a line was last appended (mtime of the newest segment), 0.0 if never."""
+        with self._lock:
+            try:
+                return os.stat(self._segment_path(self._active)).st_mtime
+            except OSError:
+                return 0.0
+
     def commit(self, end: Position) -> None:
         """Forget every line before `end` (call only after the collector answered 200)."""
         with self._lock:
@@ -315,6 +323,8 @@ class Spool:
                 return
             self.committed = end
             self._write_state()
+            if self._fd is None:  # closed meanwhile (an upload finishing during close): state only
+                return
             for n in [n for n in self._sizes if n < end.segment and n != self._active]:
                 self._delete_segment(n)
             if end.segment == self._active and end.offset >= self._sizes[self._active] >= self.segment_bytes // 2:
@@ -326,6 +336,12 @@ class Spool:
     def dropped_unreported(self) -> int:
         """Lines dropped (over the size bound, or replay declined) not yet reported."""
         return self.dropped_total - self.dropped_reported
+
+    def add_dropped(self, count: int) -> None:
+        """Count `count` lines lost elsewhere (e.g. in an adopted spool) as dropped here."""
+        with self._lock:
+            self.dropped_total += count
+            self._write_state()
 
     def mark_reported(self, count: int) -> None:
         """Record that `count` dropped lines were reported to the collector."""
