@@ -171,7 +171,13 @@ def explain(
     )
     ranked = _one_threshold_per_shape(ranked, set(numeric or {}))
     shown = {tuple(sorted(e.attrs.items())) for e in ranked[: s.max_explanations]}
-    tree = [e for c, e in nodes.items() if c in shown or c in explained]
+    numeric_keys = set(numeric or {})
+    # explained-away parents stay in the tree as grouping nodes ("receiving -> of those, long names"),
+    # except bare numeric thresholds, whose session counts are only upper bounds
+    tree = [
+        e for c, e in nodes.items()
+        if c in shown or (c in explained and not all(k in numeric_keys for k, _ in c))
+    ]
     tree = _one_threshold_per_shape(sorted(tree, key=lambda e: -e.risk_ratio), set(numeric or {}))
     return Result(ranked[: s.max_explanations], tree, len(frequent))
 

@@ -299,7 +299,11 @@ def _timeline(rows: Sequence[_facts.TimelineRow], rw: ReportWindow, bucket_ms: i
         )
         for v in sorted(keep, key=lambda v: (v == "other", version_sort_key(v)))
     ]
-    times = [rw.since_ms + i * bucket_ms for i in range(n_buckets)]
+    used = [i for i in range(n_buckets) if any(per[v][i][0] for v in per)]
+    first, last = (used[0], used[-1] + 1) if used else (0, 0)
+    for s in series:  # trim the empty buckets before the first and after the last session
+        s.sessions, s.high_share = s.sessions[first:last], s.high_share[first:last]
+    times = [rw.since_ms + i * bucket_ms for i in range(first, last)]
     return Timeline(key=key, bucket_ms=bucket_ms, times=times, series=series)
 
 
@@ -370,10 +374,17 @@ def _compare(counts: Mapping[Combo, Counts], keys: _facts.Keys, version_key: str
     return Comparison(key=version_key, a=sides[0] if sides else None, b=sides[1] if len(sides) > 1 else None)
 
 
+def _phase_label(items: Combo) -> str:
+    """'receiving, file_name_length [35,55)' for a phase's items."""
+    if not items:
+        return "(all)"
+    return ", ".join(v if k in STAGE_KEYS else f"{k} {v}" for k, v in items)
+
+
 def _worst(f: _facts.SessionFacts) -> WorstSession:
     return WorstSession(
         session_id=f.session_id, samples=f.samples, mean=round(f.mean, 2), max=round(f.max, 2),
-        high_phases=[" ".join(f"{k}={v}" for k, v in items) or "(all)" for items, high in f.phases if high],
+        high_phases=[_phase_label(items) for items, high in f.phases if high],
         attrs=dict(f.attrs),
     )
 
@@ -381,3 +392,60 @@ def _worst(f: _facts.SessionFacts) -> WorstSession:
 def to_json(report: Report) -> bytes:
     """The report as JSON bytes."""
     return msgspec.json.encode(report)
+
+
+class SamplePoint(msgspec.Struct):
+    """One CPU sample of a session."""
+
+    ts: int
+    cpu: float
+    attrs: dict[str, str] = {}
+    values: dict[str, float] = {}
+
+
+class EventPoint(msgspec.Struct):
+    """One event of a session."""
+
+    ts: int
+    name: str
+    attrs: dict[str, str] = {}
+
+
+class SessionDetail(msgspec.Struct):
+    """One session, for `GET /v1/sessions/{session_id}`: attrs, samples and events in time order."""
+
+    session_id: str
+    client_id: str | None
+    started_ms: int | None
+    attrs: dict[str, str]
+    samples: list[SamplePoint]
+    events: list[EventPoint]
+    ended_ms: int | None = None
+    end_reason: str | None = None
+
+
+def session_detail(wh: Warehouse, session_id: str) -> SessionDetail | None:
+    """One session's attrs, samples and events in time order; None when the warehouse has nothing for it."""
+    raw = _facts.fetch_session(wh, session_id)
+    if not (raw["sessions"] or raw["samples"] or raw["events"] or raw["ends"]):
+        return None
+    attrs: dict[str, str] = {}
+    client_id = started = None
+    for cid, ts, keys, values in raw["sessions"]:
+        client_id = client_id or cid
+        started = ts if started is None else min(started, ts)
+        attrs.update({k: str(v) for k, v in zip(keys, values, strict=False)})
+    samples = [
+        SamplePoint(int(ts), float(cpu), {k: str(v) for k, v in zip(ak, av, strict=False)},
+                    {k: float(v) for k, v in zip(vk or [], vv or [], strict=False)})
+        for ts, cpu, ak, av, vk, vv in raw["samples"]
+    ]
+    events = [
+        EventPoint(int(ts), str(name), {k: str(v) for k, v in zip(ak, av, strict=False)})
+        for ts, name, ak, av in raw["events"]
+    ]
+    end = raw["ends"][-1] if raw["ends"] else None
+    return SessionDetail(
+        session_id=session_id, client_id=client_id, started_ms=started, attrs=attrs, samples=samples, events=events,
+        ended_ms=int(end[0]) if end else None, end_reason=end[1] if end else None,
+    )
