@@ -508,7 +508,7 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
             enc += [d.lit((RS if i else GS) + name + US), alias]
         parts["V"] = (
             f"SELECT 'V' AS part, {d.concat('session_id', *enc)} AS k, ph_hi AS a, 0 AS b, 0 AS c, 0 AS e, "
-            f"0 AS x, 0 AS y FROM {phases_src} WHERE session_id IN (SELECT k FROM ({parts['W']}))"
+            f"ph_t0 AS x, 0 AS y FROM {phases_src} WHERE session_id IN (SELECT k FROM ({parts['W']}))"
         )
     return parts
 
@@ -563,12 +563,12 @@ def fetch_facts(
         elif part == "V":
             sid, _, enc = str(k).partition(GS)
             items = tuple((n, v) for n, v in (i.split(US, 1) for i in enc.split(RS)) if v)
-            phases_of.setdefault(sid, []).append((items, bool(a)))
+            phases_of.setdefault(sid, []).append((float(x or 0), items, bool(a)))
         else:
             worst.append(SessionFacts(session_id=str(k), samples=int(a), mean=float(x or 0.0), max=float(y or 0.0)))
     worst.sort(key=lambda f: (-f.mean, f.session_id))
     for f in worst:
-        f.phases = sorted(phases_of.get(f.session_id, []))
+        f.phases = [(items, hi) for _, items, hi in sorted(phases_of.get(f.session_id, []))]
     _fill_worst(wh, d, keys, window, metric, threshold, worst)
     return Facts(keys=keys, counts=counts, total=total, timeline=timeline, worst=worst)
 
@@ -589,7 +589,7 @@ def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: s
     aliases = [a for a, _ in cols.phase]
     names = [k for _, k in cols.phase]
     sel = ", ".join(["session_id", *aliases, "ph_hi"])
-    for row in wh.query(f"SELECT {sel} FROM ({phase_sql}) ORDER BY session_id") if need_phases else []:
+    for row in wh.query(f"SELECT {sel} FROM ({phase_sql}) ORDER BY session_id, ph_t0") if need_phases else []:
         items = tuple((n, str(v)) for n, v in zip(names, row[1:-1], strict=True) if v)
         found[row[0]].phases.append((items, bool(row[-1])))
     ev_numeric = {nk.key: nk.edges for nk in keys.event_numeric}
