@@ -6,9 +6,9 @@ sample attrs such as stage, numeric attrs as thresholds like ">=40") is a candid
 kept when it has enough support (high sessions it covers), a risk ratio of at least
 `min_risk_ratio`, passes a chi-square test (Bonferroni-corrected over every candidate
 tried), and -- for two or three values -- is significantly higher than each simpler
-combination it extends (otherwise it adds nothing). A simpler combination whose excess is
-entirely inside one of its extensions (e.g. `stage = receiving` when only long file names
-make receiving high) is kept for the drill-down tree but left out of the ranked list.
+combination it extends (otherwise it adds nothing). A combination whose excess lies entirely
+inside its overlap with a stronger explanation (e.g. `stage = receiving` when only long file
+names make receiving high) is kept for the drill-down tree but left out of the ranked list.
 
 Units are *phases* (one session's samples sharing their sample attrs); a combination with
 a sample attr covers the matching phases, one without covers every phase of its sessions.
@@ -164,7 +164,7 @@ def explain(
             units=n.units, high_units=n.high_units, p_value=float(f"{p:.3g}"),
         )
     nodes = _merge_aliases(passed)
-    explained = _explained_by_child(nodes, counts, total, s, alpha)
+    explained = _explained_by_better(nodes, counts, total, s, alpha)
     ranked = sorted(
         (e for c, e in nodes.items() if c not in explained),
         key=lambda e: (-e.risk_ratio, -e.high_sessions, len(e.attrs), sorted(e.attrs.items())),
@@ -172,11 +172,15 @@ def explain(
     ranked = _one_threshold_per_shape(ranked, set(numeric or {}))
     shown = {tuple(sorted(e.attrs.items())) for e in ranked[: s.max_explanations]}
     numeric_keys = set(numeric or {})
-    # explained-away parents stay in the tree as grouping nodes ("receiving -> of those, long names"),
-    # except bare numeric thresholds, whose session counts are only upper bounds
+    # explained-away parents of listed explanations stay in the tree as grouping nodes
+    # ("receiving -> of those, long names"), except bare numeric thresholds (their session
+    # counts are only upper bounds)
     tree = [
         e for c, e in nodes.items()
-        if c in shown or (c in explained and not all(k in numeric_keys for k, _ in c))
+        if c in shown or (
+            c in explained and not all(k in numeric_keys for k, _ in c)
+            and any(set(c) < set(sc) for sc in shown)
+        )
     ]
     tree = _one_threshold_per_shape(sorted(tree, key=lambda e: -e.risk_ratio), set(numeric or {}))
     return Result(ranked[: s.max_explanations], tree, len(frequent))
@@ -198,24 +202,33 @@ def _adds_to_parents(combo: Combo, n: Counts, counts: Mapping[Combo, Counts], al
     return True
 
 
-def _explained_by_child(nodes: Mapping[Combo, Explanation], counts: Mapping[Combo, Counts], total: Counts,
-                        s: Settings, alpha: float) -> set[Combo]:
-    """Combinations whose excess lies entirely inside one of their passing extensions."""
+def _explained_by_better(nodes: Mapping[Combo, Explanation], counts: Mapping[Combo, Counts], total: Counts,
+                         s: Settings, alpha: float) -> set[Combo]:
+    """Combinations whose excess lies entirely inside their overlap with a stronger explanation.
+
+    `stage = receiving` is explained away by `file_name_length >= 40` when receiving phases
+    without a long name are not high; a parent is explained away by a child the same way.
+    """
     out = set()
-    for parent in nodes:
-        pc = counts[parent]
-        for child in nodes:
-            if len(child) != len(parent) + 1 or not set(parent) <= set(child):
+    for p_combo, p in nodes.items():
+        pc = counts[p_combo]
+        for q_combo, q in nodes.items():
+            if q_combo == p_combo or (q.risk_ratio <= p.risk_ratio and not set(p_combo) < set(q_combo)):
                 continue
-            cc = counts[child]
-            rest_u, rest_h = pc.units - cc.units, pc.high_units - cc.high_units
+            union = tuple(sorted(set(p_combo) | set(q_combo)))
+            if len({k for k, _ in union}) != len(union) or union == p_combo:
+                continue
+            uc = counts.get(union)
+            if uc is None:
+                continue
+            rest_u, rest_h = pc.units - uc.units, pc.high_units - uc.high_units
             if rest_u <= 0:
                 continue
             out_u, out_h = total.units - pc.units, total.high_units - pc.high_units
             rr = risk_ratio(rest_h, rest_u, out_h, out_u)
-            p = _test(rest_h, rest_u, _factor(pc), out_h, out_u, _factor(total))
-            if rr < s.min_risk_ratio or p >= alpha:
-                out.add(parent)
+            p_value = _test(rest_h, rest_u, _factor(pc), out_h, out_u, _factor(total))
+            if rr < s.min_risk_ratio or p_value >= alpha:
+                out.add(p_combo)
                 break
     return out
 
@@ -237,13 +250,13 @@ def _merge_aliases(passed: Mapping[Combo, Explanation]) -> dict[Combo, Explanati
 
 
 def _one_threshold_per_shape(ranked: list[Explanation], numeric_keys: set[str]) -> list[Explanation]:
-    """Of explanations that differ only in a numeric attr's threshold, keep the first (best)."""
+    """Of explanations that differ only in a numeric attr's threshold (or its side), keep the first (best)."""
     if not numeric_keys:
         return ranked
     seen: set = set()
     out = []
     for e in ranked:
-        shape = tuple(sorted((k, v[:1] if k in numeric_keys else v) for k, v in e.attrs.items()))
+        shape = tuple(sorted((k, None if k in numeric_keys else v) for k, v in e.attrs.items()))
         if shape in seen:
             continue
         seen.add(shape)
