@@ -443,10 +443,10 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     """The statements (S, P, T, W) over the phase rows and per-session rows."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
-    s_group = ", ".join(s_aliases) if s_aliases else "1"
+    s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
     s_compact = (
         f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
-        f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src} GROUP BY {s_group}"
+        f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src}{s_group}"
     )
     s_combos = [d.lit(TOTAL)] + _combo_exprs(d, cols.session)
     s_sql = (
@@ -546,6 +546,7 @@ def fetch_facts(
     worst: list[SessionFacts] = []
     phases_of: dict[str, list] = {}
     for part, k, a, b, c, e, x, y in rows:
+        a, b, c, e = (int(v or 0) for v in (a, b, c, e))  # sums over no rows are NULL
         if part == "S":
             cnt = Counts(int(a), int(b), int(c), int(e), int(x or 0), float(y or 0.0))
             if k == TOTAL:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 INDEX = HERE / "templates" / "index.html"
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger("appvitals.web")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -60,6 +62,9 @@ def routes(warehouse_getter: Callable, check_read: Callable) -> list:
             result = await asyncio.to_thread(build_report, warehouse_getter(), **params)
         except ReportError as exc:
             return _error(400, str(exc))
+        except Exception as exc:  # a warehouse failure: one JSON line, details in the log
+            log.exception("report failed")
+            return _error(500, f"report failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return Response(_encoder.encode(result), media_type="application/json")
 
     async def session(request: Request) -> Response:

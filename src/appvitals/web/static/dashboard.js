@@ -290,6 +290,12 @@ document.getElementById("controls").addEventListener("submit", (ev) => {
   if (location.hash.startsWith("#/session/")) location.hash = "#/";
   loadReport();
 });
-for (const name of ["since", "metric", "threshold"]) if (params.get(name)) document.getElementById("controls").elements[name].value = params.get(name);
+for (const name of ["since", "metric", "threshold"]) {
+  const value = params.get(name);
+  if (!value) continue;
+  const field = document.getElementById("controls").elements[name];
+  if (field.tagName === "SELECT" && ![...field.options].some((o) => o.value === value)) field.append(el("option", { value }, value));
+  field.value = value;
+}
 window.addEventListener("hashchange", route);
 route();

@@ -1,0 +1,52 @@
+"""The report on ClickHouse (Debian's 18.16 server) equals the report on DuckDB for the same lines."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+import pytest
+from svc_clickhouse import clickhouse_url, fresh_database  # noqa: F401 - pytest fixture
+
+from appvitals.fleet.report import build_report, session_detail
+from appvitals.fleet.simulate import generate_lines
+from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
+
+START_MS = 1_764_000_000_000
+
+
+@pytest.fixture(scope="module")
+def both(clickhouse_url):  # noqa: F811
+    from appvitals.fleet.warehouse.clickhouse import ClickHouseWarehouse
+
+    lines = list(generate_lines(None, clients=80, minutes=90, seed=2, start_ms=START_MS))
+    duck = DuckDBWarehouse(":memory:")
+    duck.insert(lines)
+    ch = ClickHouseWarehouse(fresh_database(clickhouse_url, "report"))
+    ch.insert(lines)
+    yield duck, ch, lines
+    duck.close()
+    ch.close()
+
+
+def _now(minutes: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(START_MS / 1000 + minutes * 60, dt.timezone.utc)
+
+
+@pytest.mark.parametrize("since,threshold", [("2h", 30.0), ("45m", 50.0)])
+def test_same_report_on_clickhouse_and_duckdb(both, since, threshold):
+    duck, ch, _ = both
+    a = msgspec.to_builtins(build_report(duck, since=since, threshold=threshold, now=_now(90)))
+    b = msgspec.to_builtins(build_report(ch, since=since, threshold=threshold, now=_now(90)))
+    a.pop("took_ms")
+    b.pop("took_ms")
+    assert a["sessions"] > 50 and a["explanations"], "the fleet should have something to explain"
+    for key in a:
+        assert a[key] == b[key], key
+
+
+def test_session_detail_on_clickhouse(both):
+    duck, ch, lines = both
+    sid = lines[0].session_id
+    assert msgspec.to_builtins(session_detail(ch, sid)) == msgspec.to_builtins(session_detail(duck, sid))
+    assert session_detail(ch, "no-such-session") is None
