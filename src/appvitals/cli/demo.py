@@ -61,7 +61,7 @@ def planted_findings(scenario, explanations) -> list[tuple[str, int | None]]:
 @click.command("demo")
 @click.option("--dir", "workdir", default=None, type=click.Path(file_okay=False),
               help="Keep the warehouse here (e.g. ./vitals-demo); default: a temporary directory, removed at the end.")
-@click.option("--clients", default=60, show_default=True, type=click.IntRange(1, 2000), help="Simulated clients.")
+@click.option("--clients", default=100, show_default=True, type=click.IntRange(1, 2000), help="Simulated clients.")
 @click.option("--minutes", default=120.0, show_default=True, type=float, help="Fleet minutes to simulate.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Simulation seed.")
 @click.option("--scenario", default=None, help="Scenario TOML (default: the shipped one with four planted problems).")

@@ -25,7 +25,7 @@ DEFAULT_URL = "http://127.0.0.1:8420"
 @click.option("--threshold", default=30.0, show_default=True, type=float, help="A phase is high when its mean passes this.")
 @click.option("--metric", default="cpu", show_default=True, help="'cpu', or the name of a sample `values` entry.")
 @click.option("--min-support", "min_support", default=None, type=float,
-              help="Least high sessions a combination must hold: a share below 1 (default 0.02) or a count.")
+              help="Least high sessions a combination must hold: a share below 1 (default 0.01) or a count.")
 @click.option("--compare", default=None, metavar="A,B", help="Two versions to put side by side.")
 @click.option("--token", default=lambda: os.environ.get("VITALS_READ_TOKEN"), help="Read token for --url (or VITALS_READ_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the report as JSON.")

@@ -30,7 +30,7 @@ from .facts import Combo, Counts, fmt_number, interval_bounds
 class Settings(msgspec.Struct):
     """Knobs of the explanation search."""
 
-    min_support: float = 0.02  # < 1: share of all high sessions; >= 1: a number of high sessions
+    min_support: float = 0.01  # < 1: share of all high sessions; >= 1: a number of high sessions
     min_support_sessions: int = 3
     min_risk_ratio: float = 2.0
     alpha: float = 0.01  # family-wise error rate, Bonferroni over all candidates

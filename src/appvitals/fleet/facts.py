@@ -113,12 +113,6 @@ class Dialect:
             return f"SELECT {select}, {alias} FROM ({source}) ARRAY JOIN {arr} AS {alias}"
         return f"SELECT {select}, unnest({arr}) AS {alias} FROM ({source})"
 
-    def bucket_range(self, lo: str, hi: str) -> str:
-        """One row per integer in [lo, hi] (used as a select expression)."""
-        if self.ch:
-            return f"arrayJoin(arrayMap(x -> x + {lo}, range(toUInt64({hi} - {lo} + 1))))"
-        return f"unnest(range({lo}, {hi} + 1))"
-
     def quantiles(self, expr: str, qs: Sequence[float]) -> str:
         """An array of quantiles of expr."""
         if self.ch:
@@ -311,7 +305,7 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         elif int(nv) <= MAX_VALUES_PER_KEY:
             sample.append(k)
 
-    rows = wh.query(stats + f"({d.array_join('events', _ts(window))}) GROUP BY k ORDER BY n DESC, k")
+    rows = wh.query(stats + f"({d.array_join('events', _ts(window), KEY_SCAN_ROWS)}) GROUP BY k ORDER BY n DESC, k")
     event_numeric: list[NumericKey] = []
     event_text: list[str] = []
     taken = set(session) | set(sample) | {nk.key for nk in sample_numeric}
@@ -366,17 +360,22 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows)."""
     cols = _columns(keys)
     value, cond = metric_expr(d, metric)
-    phase_exprs = [f"{d.attr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
-    phase_exprs += [
-        f"{_interval_sql(d, d.number(d.attr(nk.key)), nk.edges)} AS sn_{i}" for i, nk in enumerate(keys.sample_numeric)
-    ]
+    cat = [a for a, _ in cols.phase if a.startswith("sp_")]
+    inner_cols = [f"{d.attr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
+    inner_cols += [f"{d.number(d.attr(nk.key))} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
+    inner = (
+        f"SELECT session_id, ts, {value} AS mv{''.join(', ' + c for c in inner_cols)} "
+        f"FROM samples WHERE {_ts(window)} AND {cond}"
+    )
+    if keys.sample_numeric:  # each number is parsed once, then bucketed
+        buckets = [f"{_interval_sql(d, f'nv_{i}', nk.edges)} AS sn_{i}" for i, nk in enumerate(keys.sample_numeric)]
+        inner = f"SELECT session_id, ts, mv{''.join(', ' + c for c in cat + buckets)} FROM ({inner})"
     group = ", ".join(["session_id"] + [a for a, _ in cols.phase])
     thr = float(threshold)
     phases = (
-        f"SELECT session_id{''.join(', ' + e for e in phase_exprs)}, count(*) AS ph_n, sum({value}) AS ph_sum, "
-        f"max({value}) AS ph_max, min(ts) AS ph_t0, max(ts) AS ph_t1, "
-        f"CASE WHEN sum({value}) > {thr} * count(*) THEN 1 ELSE 0 END AS ph_hi "
-        f"FROM samples WHERE {_ts(window)} AND {cond} GROUP BY {group}"
+        f"SELECT {group}, count(*) AS ph_n, sum(mv) AS ph_sum, max(mv) AS ph_max, min(ts) AS ph_t0, "
+        f"max(ts) AS ph_t1, CASE WHEN sum(mv) > {thr} * count(*) THEN 1 ELSE 0 END AS ph_hi "
+        f"FROM ({inner}) GROUP BY {group}"
     )
     per_session = (
         "SELECT session_id, count(*) AS n_ph, sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
@@ -455,54 +454,58 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         + d.explode("c_s, c_sh, c_u, c_uh, c_n, c_m", s_combos, s_compact, "combo")
         + ") WHERE combo != '' GROUP BY combo"
     )
-    p_aliases = [a for a, _ in cols.phase]
     parts = {"S": s_sql}
-    if p_aliases:
-        sel = ", ".join(s_aliases + p_aliases)
+    cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
+    num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
+    ss_items = f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss"
+    if num:
+        # combinations naming a numeric sample attr: counted on the phases themselves
+        sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
+        has_num = " OR ".join(f"{a} != ''" for a, _ in num)
         joined = (
-            f"SELECT {sel}, ph_hi FROM {phases_src} AS ph {d.inner_join} "
-            f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss USING (session_id)"
+            f"SELECT {sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
+            f"{d.inner_join} {ss_items} USING (session_id)"
         )
         p_compact = f"SELECT {sel}, ph_hi, count(*) AS c_n FROM ({joined}) GROUP BY {sel}, ph_hi"
-        p_combos = _combo_exprs(d, cols.session + cols.phase, must=cols.phase)
         parts["P"] = (
             "SELECT 'P' AS part, combo AS k, sum(c_n) AS a, sum(c_n * ph_hi) AS b, sum(c_n) AS c, "
             "sum(c_n * ph_hi) AS e, 0 AS x, 0 AS y FROM ("
-            + d.explode("c_n, ph_hi", p_combos, p_compact, "combo")
+            + d.explode("c_n, ph_hi", _combo_exprs(d, cols.session + cols.phase, must=num), p_compact, "combo")
             + ") WHERE combo != '' GROUP BY combo"
         )
-    cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
-    if cat and len(cat) < len(cols.phase):
-        # numeric sample attrs split a stage into several phases; count distinct sessions per stage exactly
+    if cat:
+        # combinations naming only categorical sample attrs (stage): one row per (session, stage), so
+        # sessions are exact, and the phases inside it are counted too
         c_aliases = [a for a, _ in cat]
         sel = ", ".join(s_aliases + c_aliases)
         coarse = (
-            f"SELECT session_id, {', '.join(c_aliases)}, max(ph_hi) AS ph_hi FROM {phases_src} "
-            f"GROUP BY session_id, {', '.join(c_aliases)}"
+            f"SELECT session_id, {', '.join(c_aliases)}, count(*) AS co_n, sum(ph_hi) AS co_h, "
+            f"max(ph_hi) AS co_any FROM {phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
         )
-        joined = (
-            f"SELECT {sel}, ph_hi FROM ({coarse}) AS co {d.inner_join} "
-            f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss USING (session_id)"
+        joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {ss_items} USING (session_id)"
+        q_compact = (
+            f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
+            f"FROM ({joined}) GROUP BY {sel}"
         )
-        q_compact = f"SELECT {sel}, ph_hi, count(*) AS c_n FROM ({joined}) GROUP BY {sel}, ph_hi"
-        q_combos = _combo_exprs(d, cols.session + cat, must=cat)
         parts["Q"] = (
-            "SELECT 'Q' AS part, combo AS k, sum(c_n) AS a, sum(c_n * ph_hi) AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y "
-            f"FROM ({d.explode('c_n, ph_hi', q_combos, q_compact, 'combo')}) WHERE combo != '' GROUP BY combo"
+            "SELECT 'Q' AS part, combo AS k, sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, "
+            "0 AS x, 0 AS y FROM ("
+            + d.explode("c_s, c_sh, c_u, c_uh", _combo_exprs(d, cols.session + cat, must=cat), q_compact, "combo")
+            + ") WHERE combo != '' GROUP BY combo"
         )
     since = int(window.since_ms)
     b0 = d.idiv(f"t0 - {since}", int(bucket_ms))
     b1 = d.idiv(f"t1 - {since}", int(bucket_ms))
     ver = version_alias or "''"
     parts["T"] = (
-        "SELECT 'T' AS part, ver AS k, b AS a, count(*) AS b2, sum(s_hi) AS c, 0 AS e, 0 AS x, 0 AS y FROM "
-        f"(SELECT {d.bucket_range(b0, b1)} AS b, {ver} AS ver, s_hi FROM {sessions_src}) GROUP BY b, ver"
+        f"SELECT 'T' AS part, ver AS k, b0 AS a, b1 AS b2, count(*) AS c, sum(s_hi) AS e, 0 AS x, 0 AS y FROM "
+        f"(SELECT {b0} AS b0, {b1} AS b1, {ver} AS ver, s_hi FROM {sessions_src}) GROUP BY b0, b1, ver"
     )
     parts["W"] = (
         "SELECT 'W' AS part, session_id AS k, n_samples AS a, s_hi AS b, 0 AS c, 0 AS e, "
         f"m_sum / n_samples AS x, peak AS y FROM {sessions_src} ORDER BY x DESC, k LIMIT {WORST_LIMIT}"
     )
-    if p_aliases and not d.ch:
+    if cols.phase and not d.ch:
         enc: list[str] = []
         for i, (alias, name) in enumerate(cols.phase):
             enc += [d.lit((RS if i else GS) + name + US), alias]
@@ -542,9 +545,9 @@ def fetch_facts(
         rows = wh.query(f"WITH ph AS MATERIALIZED ({blocks.phases}), ss AS MATERIALIZED ({blocks.sessions}) {union}")
     counts: dict[Combo, Counts] = {}
     total = Counts()
-    timeline: list[TimelineRow] = []
     worst: list[SessionFacts] = []
     phases_of: dict[str, list] = {}
+    timeline_acc: dict[tuple[int, str], list[int]] = {}
     for part, k, a, b, c, e, x, y in rows:
         a, b, c, e = (int(v or 0) for v in (a, b, c, e))  # sums over no rows are NULL
         if part == "S":
@@ -553,20 +556,20 @@ def fetch_facts(
                 total = cnt
             else:
                 counts[_decode_combo(k)] = cnt
-        elif part == "P":
-            cnt = counts.setdefault(_decode_combo(k), Counts(int(a), int(b)))
-            cnt.units, cnt.high_units = int(c), int(e)
-        elif part == "Q":
-            cnt = counts.setdefault(_decode_combo(k), Counts())
-            cnt.sessions, cnt.high_sessions = int(a), int(b)
+        elif part in ("P", "Q"):
+            counts[_decode_combo(k)] = Counts(a, b, c, e)
         elif part == "T":
-            timeline.append(TimelineRow(int(a), str(k), int(b), int(c)))
+            for bucket in range(a, b + 1):  # a session counts in every bucket it was active
+                per_bucket = timeline_acc.setdefault((bucket, str(k)), [0, 0])
+                per_bucket[0] += c
+                per_bucket[1] += e
         elif part == "V":
             sid, _, enc = str(k).partition(GS)
             items = tuple((n, v) for n, v in (i.split(US, 1) for i in enc.split(RS)) if v)
             phases_of.setdefault(sid, []).append((float(x or 0), items, bool(a)))
         else:
             worst.append(SessionFacts(session_id=str(k), samples=int(a), mean=float(x or 0.0), max=float(y or 0.0)))
+    timeline = [TimelineRow(b, v, n, h) for (b, v), (n, h) in sorted(timeline_acc.items())]
     worst.sort(key=lambda f: (-f.mean, f.session_id))
     for f in worst:
         f.phases = [(items, hi) for _, items, hi in sorted(phases_of.get(f.session_id, []))]

@@ -1,1 +1,0 @@
-"""Fast synthetic warehouse data for bench_report.py, generated inside DuckDB with SQL."""
