@@ -3,10 +3,14 @@
 Writes hand DuckDB the validated lines re-encoded as compact JSON (msgspec, in C) in an
 Arrow column, and DuckDB's JSON reader fills the columns in C++ off the GIL: ~4x faster
 than building Python column lists, and the Python thread is free to read the next request.
-One transaction per write, so a commit is one WAL fsync. Exactly-once: an internal
-`line_keys(session_id, seq, ts)` table with a primary key holds every stored key;
-`INSERT OR IGNORE ... RETURNING` in the same transaction tells which keys are new, so a
-line seen again -- in the same batch, a later batch, or after a restart -- is not stored twice.
+One transaction per write, so a commit is one WAL fsync.
+
+Exactly-once without an index: a line sent again carries the same ts, so inside the write's
+transaction one query looks the batch's (session_id, seq) keys up in the four tables,
+restricted to the batch's ts range; DuckDB's zone maps skip every row group outside it, so
+the cost follows the batch, not the table. (An ART primary key was 3-5x slower per line and
+grew in memory with the table.) Duplicates in the same batch are found in Python first. A
+line seen again -- same write, later write, or after a restart -- is not stored twice.
 """
 
 from __future__ import annotations
@@ -29,12 +33,6 @@ from .base import InsertResult, Warehouse
 _STR = pa.string()
 _STRS = pa.list_(pa.string())
 _I64 = pa.int64()
-_F64 = pa.float64()
-_ARROW_TYPES = {
-    "session_id": _STR, "client_id": _STR, "name": _STR, "reason": _STR,
-    "ts": _I64, "seq": _I64, "cpu": _F64,
-    "attr_keys": _STRS, "attr_values": _STRS, "value_keys": _STRS, "value_values": pa.list_(_F64),
-}
 _ENCODER = msgspec.json.Encoder()
 _TABLE_OF = {SessionLine: "sessions", SampleLine: "samples", EventLine: "events", EndLine: "ends"}
 # lines are encoded with omit_defaults: a missing seq is -1, missing attrs/values are empty
