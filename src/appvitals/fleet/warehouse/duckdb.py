@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
-
 import msgspec
+import pyarrow as pa
 
 from ..protocol import AnyLine, EndLine, EventLine, SampleLine, SessionLine
 from ._columns import SCHEMA, KeyedBatch
