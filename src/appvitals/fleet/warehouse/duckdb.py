@@ -15,6 +15,7 @@ line seen again -- same write, later write, or after a restart -- is not stored 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ def _insert_sql(table: str) -> str:
     if "map_keys(v)" in _EXTRACT[table]:
         inner += f", {_VALUES} AS v"
     return (f"INSERT INTO {table} SELECT {_EXTRACT[table]} "
-            f"FROM ({inner} FROM (SELECT line::JSON AS j FROM _incoming))")
+            f"FROM ({inner} FROM (SELECT line::JSON AS j FROM _incoming_{table}))")
 
 
 _INSERT_SQL = {table: _insert_sql(table) for table in SCHEMA}
@@ -108,29 +109,34 @@ class DuckDBWarehouse(Warehouse):
         keyed = KeyedBatch(lines)
         with self._write_lock:
             con = self._con
-            con.execute("BEGIN TRANSACTION")
+            # the writer is the only one writing this file, so the lookup may run before the
+            # transaction; each execute() gives up the GIL and waits to get it back, so the
+            # whole write is two calls: the lookup, then BEGIN; INSERT...; COMMIT in one script
+            if keyed.first:
+                self._claim_keys(con, keyed)
+            groups: dict[str, list[AnyLine]] = {}
+            for line in keyed.fresh_lines():
+                table = _TABLE_OF[type(line)]
+                group = groups.get(table)
+                if group is None:
+                    group = groups[table] = []
+                group.append(line)
+            script = ["BEGIN TRANSACTION"]
+            for table, group in groups.items():
+                encoded = _ENCODER.encode_lines(group).split(b"\n")
+                encoded.pop()  # after the last newline
+                con.register(f"_incoming_{table}", pa.table({"line": pa.array(encoded, _STR)}))
+                script.append(_INSERT_SQL[table])
+            script.append("COMMIT")
             try:
-                if keyed.first:
-                    self._claim_keys(con, keyed)
-                groups: dict[str, list[AnyLine]] = {}
-                for line in keyed.fresh_lines():
-                    table = _TABLE_OF[type(line)]
-                    group = groups.get(table)
-                    if group is None:
-                        group = groups[table] = []
-                    group.append(line)
-                for table, group in groups.items():
-                    encoded = _ENCODER.encode_lines(group).split(b"\n")
-                    encoded.pop()  # after the last newline
-                    con.register("_incoming", pa.table({"line": pa.array(encoded, _STR)}))
-                    try:
-                        con.execute(_INSERT_SQL[table])
-                    finally:
-                        con.unregister("_incoming")
-                con.execute("COMMIT")
+                con.execute(";\n".join(script))
             except BaseException:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 raise
+            finally:
+                for table in groups:
+                    con.unregister(f"_incoming_{table}")
         dups = keyed.duplicate_counts(sizes)
         return [InsertResult(accepted=size - d, duplicates=d) for size, d in zip(sizes, dups)]
 
