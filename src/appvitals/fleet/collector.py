@@ -128,6 +128,7 @@ class Collector:
         assert self.queue is not None, "collector not started"
         future = asyncio.get_running_loop().create_future()
         job = _Job(lines, future)
+        self.queued_lines += len(lines)  # before the put: the writer may take the job first
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -135,8 +136,8 @@ class Collector:
             try:
                 await asyncio.wait_for(self.queue.put(job), self.max_wait)
             except TimeoutError:
+                self.queued_lines -= len(lines)
                 raise Overloaded(f"writer behind by {self.depth()} chunks")
-        self.queued_lines += len(lines)
         return future
 
     async def _write_loop(self) -> None:
