@@ -507,6 +507,7 @@ def serve(
 
     tokens, read_tokens = tuple(tokens), tuple(read_tokens)
     check_bind(host, tokens, read_tokens, insecure)
+    _check_port_free(host, port)
     app = create_app(warehouse, tokens, read_tokens, retention_days=retention_days, **options)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False,
@@ -522,6 +523,22 @@ def serve(
             on_ready(f"http://{shown}:{port}")
 
         server.startup = startup  # type: ignore[method-assign]
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits the process when it cannot start
+        server.started = False
     if not server.started:
-        raise RuntimeError(f"could not start the collector on {host}:{port} (port in use?)")
+        raise RuntimeError(f"could not start the collector on {host}:{port}")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    # uvicorn would log a traceback-like error and exit(3); say it in one line instead
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
