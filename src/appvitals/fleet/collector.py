@@ -328,6 +328,7 @@ class _RequestState:
         return line_no
 
     def track(self, future: asyncio.Future) -> None:
+        """Count a queued chunk's result when its commit finishes."""
         self.pending.add(future)
         future.add_done_callback(self._done)
 
@@ -344,16 +345,19 @@ class _RequestState:
         self.duplicates += result.duplicates
 
     async def wait(self) -> None:
+        """Wait until every queued chunk of the request is committed (or failed)."""
         if self.pending:
             await asyncio.wait(list(self.pending))
 
     async def settle(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for queued chunks, ignoring failures."""
         # chunks already queued still commit; wait a little so the counts we report are true
         if self.pending:
             with contextlib.suppress(Exception):
                 await asyncio.wait(list(self.pending), timeout=timeout)
 
     def partial(self) -> dict[str, int]:
+        """Counts so far, for answers that end a request early."""
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
 
 
@@ -414,6 +418,7 @@ def create_app(
     collector_ref: dict[str, Collector] = {}
 
     def warehouse_getter() -> Warehouse:
+        """The warehouse the app writes to (opened at startup when given as a URL)."""
         return holder["warehouse"]
 
     def check_read(request: Request) -> Response | None:
@@ -422,6 +427,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        """Open the warehouse and start the writer; drain and close at shutdown."""
         if holder["warehouse"] is None:
             holder["warehouse"] = await asyncio.to_thread(open_warehouse, warehouse)  # type: ignore[arg-type]
         collector = Collector(
@@ -441,6 +447,7 @@ def create_app(
     ingest = _Ingest(None, tokens, chunk_lines, max_line_bytes, flush_interval)  # type: ignore[arg-type]
 
     async def metrics_route(request: Request) -> Response:
+        """GET /metrics: the collector's own registry in Prometheus text format."""
         denied = check_read(request)
         if denied is not None:
             return denied
@@ -452,6 +459,7 @@ def create_app(
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def healthz(request: Request) -> Response:
+        """GET /healthz: 200 when the collector can accept data."""
         collector = collector_ref.get("c")
         if collector is None or not collector.healthy:
             return JSONResponse({"status": "starting or stopping"}, 503)
@@ -519,6 +527,7 @@ def serve(
         original_startup = server.startup
 
         async def startup(sockets=None):
+            """uvicorn's startup, then tell the caller where we listen."""
             await original_startup(sockets)
             on_ready(f"http://{shown}:{port}")
 
