@@ -520,6 +520,7 @@ def serve(
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False,
         limit_concurrency=limit_concurrency, timeout_keep_alive=30, lifespan="on",
+        timeout_graceful_shutdown=10,  # a client streaming forever must not block a restart
     )
     server = uvicorn.Server(config)
     if on_ready is not None:
