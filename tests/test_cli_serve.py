@@ -164,3 +164,14 @@ def test_tokens_from_the_command_line(tmp_path, token_args):
         r = httpx.post(proc.url + "/v1/ingest", content=data, headers={"Authorization": "Bearer t1"})
         assert r.status_code == 200 and r.json()["accepted"] == 3
         assert httpx.get(proc.url + "/metrics", headers={"Authorization": "Bearer r1"}).status_code == 200
+
+
+def test_port_in_use_and_locked_file_are_one_line_errors(tmp_path):
+    db = tmp_path / "busy.duckdb"
+    with spawn_serve("--db", str(db), tmp_path=tmp_path) as proc:
+        taken = run_cli("serve", "--db", str(tmp_path / "other.duckdb"), "--port", str(proc.port))
+        assert taken.returncode == 1 and "cannot listen" in taken.stderr
+        locked = run_cli("serve", "--db", str(db), "--port", "0")
+        assert locked.returncode == 1 and "cannot open warehouse" in locked.stderr
+        for r in (taken, locked):
+            assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ import zstandard
 from svc_collector import running_app
 
 from appvitals.fleet.collector import check_bind, create_app
-from appvitals.fleet.protocol import MAX_LINE_BYTES
+from appvitals.fleet.protocol import MAX_LINE_BYTES, decode_line
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 
 T0 = 1764000000000
@@ -275,3 +275,17 @@ def test_ingest_answer_shape(url):
     got = post(url, body(sample())).json()
     assert set(got) == {"accepted", "duplicates", "rejected", "errors"}
     assert json.loads(json.dumps(got)) == {"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []}
+
+
+def test_retention_runs_at_start(warehouse):
+    now = int(time.time() * 1000)
+    warehouse.insert([
+        decode_line(sample("old", 1, ts=now - 40 * 86_400_000)),
+        decode_line(sample("new", 1, ts=now)),
+    ])
+    with running_app(create_app(warehouse, retention_days=30)) as base:
+        deadline = time.monotonic() + 10
+        while count(warehouse) != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(base + "/healthz").status_code == 200
+    assert warehouse.query("SELECT session_id FROM samples") == [("new",)]

@@ -47,6 +47,7 @@ def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention
         raise VitalsError(f"cannot open warehouse {warehouse}: {exc}")
 
     def ready(url: str) -> None:
+        """Say where the collector listens, on stderr."""
         auth = "token required" if tokens else "no token"
         click.echo(f"vitals: collector listening on {url} ({auth}), warehouse {warehouse}", err=True)
 

@@ -128,6 +128,7 @@ class Collector:
         assert self.queue is not None, "collector not started"
         future = asyncio.get_running_loop().create_future()
         job = _Job(lines, future)
+        self.queued_lines += len(lines)  # before the put: the writer may take the job first
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -135,8 +136,8 @@ class Collector:
             try:
                 await asyncio.wait_for(self.queue.put(job), self.max_wait)
             except TimeoutError:
+                self.queued_lines -= len(lines)
                 raise Overloaded(f"writer behind by {self.depth()} chunks")
-        self.queued_lines += len(lines)
         return future
 
     async def _write_loop(self) -> None:
@@ -327,6 +328,7 @@ class _RequestState:
         return line_no
 
     def track(self, future: asyncio.Future) -> None:
+        """Count a queued chunk's result when its commit finishes."""
         self.pending.add(future)
         future.add_done_callback(self._done)
 
@@ -343,16 +345,19 @@ class _RequestState:
         self.duplicates += result.duplicates
 
     async def wait(self) -> None:
+        """Wait until every queued chunk of the request is committed (or failed)."""
         if self.pending:
             await asyncio.wait(list(self.pending))
 
     async def settle(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for queued chunks, ignoring failures."""
         # chunks already queued still commit; wait a little so the counts we report are true
         if self.pending:
             with contextlib.suppress(Exception):
                 await asyncio.wait(list(self.pending), timeout=timeout)
 
     def partial(self) -> dict[str, int]:
+        """Counts so far, for answers that end a request early."""
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
 
 
@@ -413,6 +418,7 @@ def create_app(
     collector_ref: dict[str, Collector] = {}
 
     def warehouse_getter() -> Warehouse:
+        """The warehouse the app writes to (opened at startup when given as a URL)."""
         return holder["warehouse"]
 
     def check_read(request: Request) -> Response | None:
@@ -421,6 +427,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        """Open the warehouse and start the writer; drain and close at shutdown."""
         if holder["warehouse"] is None:
             holder["warehouse"] = await asyncio.to_thread(open_warehouse, warehouse)  # type: ignore[arg-type]
         collector = Collector(
@@ -440,6 +447,7 @@ def create_app(
     ingest = _Ingest(None, tokens, chunk_lines, max_line_bytes, flush_interval)  # type: ignore[arg-type]
 
     async def metrics_route(request: Request) -> Response:
+        """GET /metrics: the collector's own registry in Prometheus text format."""
         denied = check_read(request)
         if denied is not None:
             return denied
@@ -451,6 +459,7 @@ def create_app(
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def healthz(request: Request) -> Response:
+        """GET /healthz: 200 when the collector can accept data."""
         collector = collector_ref.get("c")
         if collector is None or not collector.healthy:
             return JSONResponse({"status": "starting or stopping"}, 503)
@@ -506,10 +515,12 @@ def serve(
 
     tokens, read_tokens = tuple(tokens), tuple(read_tokens)
     check_bind(host, tokens, read_tokens, insecure)
+    _check_port_free(host, port)
     app = create_app(warehouse, tokens, read_tokens, retention_days=retention_days, **options)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False,
         limit_concurrency=limit_concurrency, timeout_keep_alive=30, lifespan="on",
+        timeout_graceful_shutdown=10,  # a client streaming forever must not block a restart
     )
     server = uvicorn.Server(config)
     if on_ready is not None:
@@ -517,10 +528,27 @@ def serve(
         original_startup = server.startup
 
         async def startup(sockets=None):
+            """uvicorn's startup, then tell the caller where we listen."""
             await original_startup(sockets)
             on_ready(f"http://{shown}:{port}")
 
         server.startup = startup  # type: ignore[method-assign]
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits the process when it cannot start
+        server.started = False
     if not server.started:
-        raise RuntimeError(f"could not start the collector on {host}:{port} (port in use?)")
+        raise RuntimeError(f"could not start the collector on {host}:{port}")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    # uvicorn would log a traceback-like error and exit(3); say it in one line instead
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")

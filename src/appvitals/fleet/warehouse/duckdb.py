@@ -3,14 +3,19 @@
 Writes hand DuckDB the validated lines re-encoded as compact JSON (msgspec, in C) in an
 Arrow column, and DuckDB's JSON reader fills the columns in C++ off the GIL: ~4x faster
 than building Python column lists, and the Python thread is free to read the next request.
-One transaction per write, so a commit is one WAL fsync. Exactly-once: an internal
-`line_keys(session_id, seq, ts)` table with a primary key holds every stored key;
-`INSERT OR IGNORE ... RETURNING` in the same transaction tells which keys are new, so a
-line seen again -- in the same batch, a later batch, or after a restart -- is not stored twice.
+One transaction per write, so a commit is one WAL fsync.
+
+Exactly-once without an index: a line sent again carries the same ts, so inside the write's
+transaction one query looks the batch's (session_id, seq) keys up in the four tables,
+restricted to the batch's ts range; DuckDB's zone maps skip every row group outside it, so
+the cost follows the batch, not the table. (An ART primary key was 3-5x slower per line and
+grew in memory with the table.) Duplicates in the same batch are found in Python first. A
+line seen again -- same write, later write, or after a restart -- is not stored twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -18,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
-
 import msgspec
+import pyarrow as pa
 
 from ..protocol import AnyLine, EndLine, EventLine, SampleLine, SessionLine
 from ._columns import SCHEMA, KeyedBatch
@@ -29,12 +33,6 @@ from .base import InsertResult, Warehouse
 _STR = pa.string()
 _STRS = pa.list_(pa.string())
 _I64 = pa.int64()
-_F64 = pa.float64()
-_ARROW_TYPES = {
-    "session_id": _STR, "client_id": _STR, "name": _STR, "reason": _STR,
-    "ts": _I64, "seq": _I64, "cpu": _F64,
-    "attr_keys": _STRS, "attr_values": _STRS, "value_keys": _STRS, "value_values": pa.list_(_F64),
-}
 _ENCODER = msgspec.json.Encoder()
 _TABLE_OF = {SessionLine: "sessions", SampleLine: "samples", EventLine: "events", EndLine: "ends"}
 # lines are encoded with omit_defaults: a missing seq is -1, missing attrs/values are empty
@@ -59,7 +57,7 @@ def _insert_sql(table: str) -> str:
     if "map_keys(v)" in _EXTRACT[table]:
         inner += f", {_VALUES} AS v"
     return (f"INSERT INTO {table} SELECT {_EXTRACT[table]} "
-            f"FROM ({inner} FROM (SELECT line::JSON AS j FROM _incoming))")
+            f"FROM ({inner} FROM (SELECT line::JSON AS j FROM _incoming_{table}))")
 
 
 _INSERT_SQL = {table: _insert_sql(table) for table in SCHEMA}
@@ -111,29 +109,34 @@ class DuckDBWarehouse(Warehouse):
         keyed = KeyedBatch(lines)
         with self._write_lock:
             con = self._con
-            con.execute("BEGIN TRANSACTION")
+            # the writer is the only one writing this file, so the lookup may run before the
+            # transaction; each execute() gives up the GIL and waits to get it back, so the
+            # whole write is two calls: the lookup, then BEGIN; INSERT...; COMMIT in one script
+            if keyed.first:
+                self._claim_keys(con, keyed)
+            groups: dict[str, list[AnyLine]] = {}
+            for line in keyed.fresh_lines():
+                table = _TABLE_OF[type(line)]
+                group = groups.get(table)
+                if group is None:
+                    group = groups[table] = []
+                group.append(line)
+            script = ["BEGIN TRANSACTION"]
+            for table, group in groups.items():
+                encoded = _ENCODER.encode_lines(group).split(b"\n")
+                encoded.pop()  # after the last newline
+                con.register(f"_incoming_{table}", pa.table({"line": pa.array(encoded, _STR)}))
+                script.append(_INSERT_SQL[table])
+            script.append("COMMIT")
             try:
-                if keyed.first:
-                    self._claim_keys(con, keyed)
-                groups: dict[str, list[AnyLine]] = {}
-                for line in keyed.fresh_lines():
-                    table = _TABLE_OF[type(line)]
-                    group = groups.get(table)
-                    if group is None:
-                        group = groups[table] = []
-                    group.append(line)
-                for table, group in groups.items():
-                    encoded = _ENCODER.encode_lines(group).split(b"\n")
-                    encoded.pop()  # after the last newline
-                    con.register("_incoming", pa.table({"line": pa.array(encoded, _STR)}))
-                    try:
-                        con.execute(_INSERT_SQL[table])
-                    finally:
-                        con.unregister("_incoming")
-                con.execute("COMMIT")
+                con.execute(";\n".join(script))
             except BaseException:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 raise
+            finally:
+                for table in groups:
+                    con.unregister(f"_incoming_{table}")
         dups = keyed.duplicate_counts(sizes)
         return [InsertResult(accepted=size - d, duplicates=d) for size, d in zip(sizes, dups)]
 
