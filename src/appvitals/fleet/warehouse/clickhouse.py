@@ -129,11 +129,14 @@ class ClickHouseWarehouse(Warehouse):
         return [InsertResult(accepted=size - d, duplicates=d) for size, d in zip(sizes, dups)]
 
     def _stored_keys(self, client, keyed: KeyedBatch) -> list[tuple[str, int]]:
-        sids, seqs, _ = keyed.key_columns()
+        # a line sent again carries the same ts: the ts range prunes partitions, session_id uses the primary key
+        sids, seqs, tss = keyed.key_columns()
+        lo, hi = int(min(tss)), int(max(tss))
         keys = [{"session_id": s, "seq": q} for s, q in zip(sids, seqs)]
         union = " UNION ALL ".join(
             f"SELECT session_id, seq FROM {self.database}.{table} "
-            "WHERE session_id IN (SELECT session_id FROM _keys) AND (session_id, seq) IN (SELECT session_id, seq FROM _keys)"
+            f"WHERE ts BETWEEN {lo} AND {hi} AND session_id IN (SELECT session_id FROM _keys) "
+            "AND (session_id, seq) IN (SELECT session_id, seq FROM _keys)"
             for table in SCHEMA
         )
         rows = client.execute(
