@@ -191,3 +191,21 @@ def test_rollout_scenario_plants_a_three_way_interaction():
     bad = cpu(lambda a: a["app_version"] == "6.6.0" and a["os"] == "macos" and a["codec"] == "heic")
     other = cpu(lambda a: not (a["app_version"] == "6.6.0" and a["os"] == "macos" and a["codec"] == "heic"))
     assert statistics.mean(bad) > 40 > 20 > statistics.mean(other)
+
+
+def test_weighted_ranges_for_event_attrs():
+    text = SMALL.replace('duration = [10.0, 10.0]', 'duration = [10.0, 10.0]\nevent = "got"\n'
+                         'event_attrs = { n = { ranges = [{ min = 1, max = 3, weight = 9 }, { min = 50, max = 60 }] } }')
+    lines = list(generate_lines(parse_scenario(text), clients=20, minutes=30, seed=1, start_ms=START))
+    values = [x.attrs["n"] for x in lines if isinstance(x, EventLine)]
+    assert set(values) <= set(range(1, 4)) | set(range(50, 61))
+    assert 0.03 < sum(v >= 50 for v in values) / len(values) < 0.25
+    with pytest.raises(ScenarioError, match="ranges"):
+        parse_scenario(text.replace("min = 50, max = 60", "min = 60, max = 50"))
+
+
+def test_default_long_file_names_are_a_minority():
+    lines = _fleet(clients=40)
+    lengths = [x.attrs["file_name_length"] for x in lines if isinstance(x, EventLine) and x.name == "file_received"]
+    share = sum(n >= 40 for n in lengths) / len(lengths)
+    assert 0.1 < share < 0.3

@@ -68,11 +68,21 @@ class Cpu(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ceiling: float = 400.0
 
 
+class Range(msgspec.Struct, forbid_unknown_fields=True):
+    """Integers in [min, max], picked with probability proportional to `weight`."""
+
+    min: int
+    max: int
+    weight: float = 1.0
+
+
 class AttrGen(msgspec.Struct, forbid_unknown_fields=True):
-    """How an event attribute is drawn: an integer in [min, max], or one of `choices`."""
+    """How an event attribute is drawn: an integer in [min, max], one of weighted `ranges`
+    (e.g. mostly short names, a tail of long ones), or one of `choices`."""
 
     min: int | None = None
     max: int | None = None
+    ranges: list[Range] = []
     choices: list[Weighted] = []
 
 
@@ -197,6 +207,12 @@ def _check(s: Scenario, where: str) -> None:
             bad(f"stage {st.name!r}: weight must be >= 0")
         for key, gen in st.event_attrs.items():
             if gen.choices:
+                if sum(c.weight for c in gen.choices) <= 0:
+                    bad(f"stage {st.name!r}: event_attrs.{key} choices need a positive total weight")
+                continue
+            if gen.ranges:
+                if any(r.max < r.min or r.weight < 0 for r in gen.ranges) or sum(r.weight for r in gen.ranges) <= 0:
+                    bad(f"stage {st.name!r}: event_attrs.{key} ranges need min <= max and positive weights")
                 continue
             if gen.min is None or gen.max is None or gen.max < gen.min:
                 bad(f"stage {st.name!r}: event_attrs.{key} needs min <= max, or choices")
@@ -283,6 +299,9 @@ def _pick(rng: random.Random, items: list, weights: list[float]):
 def _draw_attr(rng: random.Random, gen: AttrGen) -> AttrValue:
     if gen.choices:
         return _pick(rng, [c.value for c in gen.choices], [c.weight for c in gen.choices])
+    if gen.ranges:
+        r = _pick(rng, gen.ranges, [r.weight for r in gen.ranges])
+        return rng.randint(r.min, r.max)
     return rng.randint(int(gen.min), int(gen.max))  # type: ignore[arg-type]
 
 
