@@ -43,15 +43,21 @@ def running_collector(db_path: str, port: int = 0):
 
 
 def planted_findings(scenario, explanations) -> list[tuple[str, int | None]]:
-    """For each planted problem of a scenario: its name and the rank (1-based) of the explanation naming it."""
+    """For each planted problem of a scenario: its name and the rank (1-based) of the explanation naming it.
+
+    An explanation names a problem when it holds every condition of the problem (a numeric
+    threshold in the same direction), except that `stage` may be left implied, as when only
+    receiving samples carry file_name_length.
+    """
     out = []
     for problem in scenario.problems:
-        want = set(problem.when)
+        want = {k: str(v) for k, v in problem.when.items()}
         rank = None
         for i, e in enumerate(explanations, 1):
-            if set(e.attrs) == want and all(
-                str(v).startswith((">", "<")) or e.attrs[k] == str(v) for k, v in problem.when.items()
-            ):
+            if not set(e.attrs) <= set(want) or not set(want) - {"stage"} <= set(e.attrs):
+                continue
+            if all(e.attrs[k] == v or (v[:1] in "<>" and e.attrs[k][:1] == v[:1]) for k, v in want.items()
+                   if k in e.attrs):
                 rank = i
                 break
         out.append((problem.name, rank))

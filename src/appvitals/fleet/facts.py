@@ -36,7 +36,8 @@ MAX_VALUES_PER_KEY = 50
 MAX_SAMPLE_KEYS = 3
 MAX_EVENT_KEYS = 4
 MAX_ITEMS = 3
-NUMERIC_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+NUMERIC_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 5 %, 10 %, ... 95 %
+MAX_EDGES = 32
 KEY_SCAN_ROWS = 200_000
 WORST_LIMIT = 200
 
@@ -115,9 +116,17 @@ class Dialect:
 
     def quantiles(self, expr: str, qs: Sequence[float]) -> str:
         """An array of quantiles of expr."""
+        if self.ch:  # exact, and a value that occurs, as DuckDB's quantile_disc
+            return f"quantilesExact({', '.join(str(q) for q in qs)})({expr})"
+        return f"quantile_disc({expr}, [{', '.join(str(q) for q in qs)}])"
+
+    def sample_every(self, n: int) -> str:
+        """A deterministic condition keeping about one row in n (by session and time)."""
+        if n <= 1:
+            return "1 = 1"
         if self.ch:
-            return f"quantiles({', '.join(str(q) for q in qs)})({expr})"
-        return f"quantile_cont({expr}, [{', '.join(str(q) for q in qs)}])"
+            return f"cityHash64(session_id, ts) % {int(n)} = 0"
+        return f"hash(session_id, ts) % {int(n)} = 0"
 
     def count_distinct(self, expr: str) -> str:
         return f"uniqExact({expr})" if self.ch else f"count(DISTINCT {expr})"
@@ -256,9 +265,21 @@ def _ts(window: Window) -> str:
     return f"ts >= {int(window.since_ms)} AND ts < {int(window.until_ms)}"
 
 
+def candidate_edges(quantiles: Sequence[float | None]) -> list[float]:
+    """Readable cut points: the rounded quantiles and the midpoints between them (a gap in the
+    data, e.g. between names of 6-32 and of 40-90 characters, gets an edge inside it)."""
+    qs = sorted({float(q) for q in quantiles if q is not None and math.isfinite(q)})
+    mids = [(a + b) / 2 for a, b in zip(qs, qs[1:], strict=False)]
+    edges = nice_edges(qs + mids)
+    if len(edges) > MAX_EDGES:
+        step = len(edges) / MAX_EDGES
+        edges = [edges[int(i * step)] for i in range(MAX_EDGES)]
+    return edges
+
+
 def _numeric_key(k: str, n, nn, nv, qs) -> NumericKey | None:
     if int(nn) >= 0.95 * int(n) and int(nv) > 2:
-        edges = nice_edges([float(q) if q is not None else None for q in (qs or [])])
+        edges = candidate_edges(qs or [])
         if edges:
             return NumericKey(k, edges)
     return None
@@ -290,8 +311,10 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         f"SELECT k, count(*) AS n, count({num}) AS nn, {d.count_distinct('v')} AS nv, "
         f"{d.quantiles(num, NUMERIC_QUANTILES)} AS qs FROM "
     )
+    n_samples = int(wh.query(f"SELECT count(*) FROM samples WHERE {_ts(window)}")[0][0] or 0)
+    sampled = f"{_ts(window)} AND {metric_cond} AND {d.sample_every(n_samples // KEY_SCAN_ROWS)}"
     rows = wh.query(
-        stats + f"({d.array_join('samples', _ts(window) + ' AND ' + metric_cond, KEY_SCAN_ROWS)}) "
+        stats + f"({d.array_join('samples', sampled)}) "
         "GROUP BY k ORDER BY n DESC, k"
     )
     sample: list[str] = []
@@ -305,7 +328,9 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         elif int(nv) <= MAX_VALUES_PER_KEY:
             sample.append(k)
 
-    rows = wh.query(stats + f"({d.array_join('events', _ts(window), KEY_SCAN_ROWS)}) GROUP BY k ORDER BY n DESC, k")
+    n_events = int(wh.query(f"SELECT count(*) FROM events WHERE {_ts(window)}")[0][0] or 0)
+    sampled = f"{_ts(window)} AND {d.sample_every(n_events // KEY_SCAN_ROWS)}"
+    rows = wh.query(stats + f"({d.array_join('events', sampled)}) GROUP BY k ORDER BY n DESC, k")
     event_numeric: list[NumericKey] = []
     event_text: list[str] = []
     taken = set(session) | set(sample) | {nk.key for nk in sample_numeric}
@@ -324,13 +349,17 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
 
 
 def _interval_sql(d: Dialect, value: str, edges: Sequence[float]) -> str:
-    """The interval label of a numeric expression, '' when it is NULL."""
+    """The interval label of a numeric expression ('' when it is NULL): a balanced CASE tree, so
+    each value takes about log2(len(edges)) comparisons."""
     labels = interval_labels(edges)
-    parts = [f"CASE WHEN {value} IS NULL THEN ''"]
-    for edge, label in zip(edges, labels, strict=False):
-        parts.append(f"WHEN {value} < {edge!r} THEN {d.lit(label)}")
-    parts.append(f"ELSE {d.lit(labels[-1])} END")
-    return " ".join(parts)
+
+    def tree(lo: int, hi: int) -> str:  # intervals lo..hi; interval i lies below edges[i]
+        if lo == hi:
+            return d.lit(labels[lo])
+        mid = (lo + hi) // 2
+        return f"CASE WHEN {value} < {edges[mid]!r} THEN {tree(lo, mid)} ELSE {tree(mid + 1, hi)} END"
+
+    return f"CASE WHEN {value} IS NULL THEN '' ELSE {tree(0, len(labels) - 1)} END"
 
 
 class _Cols(msgspec.Struct):
