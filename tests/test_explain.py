@@ -165,3 +165,14 @@ def test_satisfies_and_matches():
 def test_empty_fleet_explains_nothing():
     result = explain({}, Counts())
     assert result.explanations == [] and result.candidates == 0
+
+
+def test_candidate_edges_cut_inside_a_gap():
+    from appvitals.fleet.facts import candidate_edges
+
+    # 5 %-quantiles of 80 % names of 6-32 characters and 20 % of 40-90
+    low = [6 + 26 * i / 16 for i in range(1, 17)]
+    high = [40 + 50 * i / 4 for i in range(0, 3)]
+    edges = candidate_edges(low + high)
+    assert any(32 < e <= 40 for e in edges), edges
+    assert len(edges) <= 13 and edges == sorted(edges)

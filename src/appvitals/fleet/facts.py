@@ -37,7 +37,7 @@ MAX_SAMPLE_KEYS = 3
 MAX_EVENT_KEYS = 4
 MAX_ITEMS = 3
 NUMERIC_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 5 %, 10 %, ... 95 %
-MAX_EDGES = 32
+MAX_EDGES = 12
 KEY_SCAN_ROWS = 200_000
 WORST_LIMIT = 200
 
@@ -119,14 +119,6 @@ class Dialect:
         if self.ch:  # exact, and a value that occurs, as DuckDB's quantile_disc
             return f"quantilesExact({', '.join(str(q) for q in qs)})({expr})"
         return f"quantile_disc({expr}, [{', '.join(str(q) for q in qs)}])"
-
-    def sample_every(self, n: int) -> str:
-        """A deterministic condition keeping about one row in n (by session and time)."""
-        if n <= 1:
-            return "1 = 1"
-        if self.ch:
-            return f"cityHash64(session_id, ts) % {int(n)} = 0"
-        return f"hash(session_id, ts) % {int(n)} = 0"
 
     def count_distinct(self, expr: str) -> str:
         return f"uniqExact({expr})" if self.ch else f"count(DISTINCT {expr})"
@@ -266,15 +258,26 @@ def _ts(window: Window) -> str:
 
 
 def candidate_edges(quantiles: Sequence[float | None]) -> list[float]:
-    """Readable cut points: the rounded quantiles and the midpoints between them (a gap in the
-    data, e.g. between names of 6-32 and of 40-90 characters, gets an edge inside it)."""
+    """Readable cut points: the rounded quantiles, plus the middle of any unusually wide gap
+    between two quantiles (names of 6-32 and of 40-90 characters get an edge near 36)."""
     qs = sorted({float(q) for q in quantiles if q is not None and math.isfinite(q)})
-    mids = [(a + b) / 2 for a, b in zip(qs, qs[1:], strict=False)]
-    edges = nice_edges(qs + mids)
-    if len(edges) > MAX_EDGES:
-        step = len(edges) / MAX_EDGES
-        edges = [edges[int(i * step)] for i in range(MAX_EDGES)]
-    return edges
+    gaps = sorted(b - a for a, b in zip(qs, qs[1:], strict=False))
+    wide = 3 * gaps[len(gaps) // 2] if gaps else math.inf
+    mids = [(a + b) / 2 for a, b in zip(qs, qs[1:], strict=False) if b - a > wide]
+    edges = nice_edges(qs)
+    if len(edges) > MAX_EDGES - len(mids):
+        keep = max(1, MAX_EDGES - len(mids))
+        edges = [edges[int(i * len(edges) / keep)] for i in range(keep)]
+    return sorted(set(edges) | set(nice_edges(mids)))
+
+
+def _time_slices(window: Window, rows: int, slices: int = 20) -> str:
+    """A deterministic condition keeping about KEY_SCAN_ROWS of `rows`: thin time slices spread over the window."""
+    if rows <= KEY_SCAN_ROWS:
+        return "1 = 1"
+    period = max(1, (window.until_ms - window.since_ms) // slices)
+    keep = max(1, int(period * KEY_SCAN_ROWS / rows))
+    return f"(ts - {int(window.since_ms)}) % {period} < {keep}"
 
 
 def _numeric_key(k: str, n, nn, nv, qs) -> NumericKey | None:
@@ -312,7 +315,7 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         f"{d.quantiles(num, NUMERIC_QUANTILES)} AS qs FROM "
     )
     n_samples = int(wh.query(f"SELECT count(*) FROM samples WHERE {_ts(window)}")[0][0] or 0)
-    sampled = f"{_ts(window)} AND {metric_cond} AND {d.sample_every(n_samples // KEY_SCAN_ROWS)}"
+    sampled = f"{_ts(window)} AND {metric_cond} AND {_time_slices(window, n_samples)}"
     rows = wh.query(
         stats + f"({d.array_join('samples', sampled)}) "
         "GROUP BY k ORDER BY n DESC, k"
@@ -329,7 +332,7 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
             sample.append(k)
 
     n_events = int(wh.query(f"SELECT count(*) FROM events WHERE {_ts(window)}")[0][0] or 0)
-    sampled = f"{_ts(window)} AND {d.sample_every(n_events // KEY_SCAN_ROWS)}"
+    sampled = f"{_ts(window)} AND {_time_slices(window, n_events)}"
     rows = wh.query(stats + f"({d.array_join('events', sampled)}) GROUP BY k ORDER BY n DESC, k")
     event_numeric: list[NumericKey] = []
     event_text: list[str] = []
