@@ -1,11 +1,60 @@
-"""`vitals serve` (not built yet)."""
+"""`vitals serve`: run the fleet collector (a thin wrapper over appvitals.fleet.collector.serve)."""
+
+from __future__ import annotations
+
+import logging
 
 import click
 
-from . import VitalsError
+from . import BadUsage, VitalsError
+
+DEFAULT_DB = "vitals-fleet.duckdb"
 
 
 @click.command("serve")
-def command() -> None:
-    """Not built yet."""
-    raise VitalsError("'vitals serve' is not built yet")
+@click.option("--db", "db", metavar="FILE", help=f"DuckDB warehouse file (default: {DEFAULT_DB}).")
+@click.option("--clickhouse", "clickhouse", metavar="URL", help="ClickHouse warehouse: clickhouse://host:9000/database.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8420, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--token", "tokens", multiple=True, metavar="T", help="Bearer token clients must send to ingest (repeatable).")
+@click.option("--read-token", "read_tokens", multiple=True, metavar="T",
+              help="Bearer token for reports, sessions and /metrics (repeatable).")
+@click.option("--insecure", is_flag=True, help="Allow listening beyond 127.0.0.1 without tokens.")
+@click.option("--retention-days", type=click.IntRange(1, None), metavar="N", help="Drop data older than N days (checked hourly).")
+@click.option("--max-queue", type=click.IntRange(1, None), default=64, show_default=True,
+              help="Line chunks (1000 lines each) that may wait for the writer before requests slow down.")
+def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention_days, max_queue) -> None:
+    """Run the fleet collector: POST /v1/ingest, GET /v1/report, /metrics, /healthz."""
+    from ..fleet.collector import check_bind, serve
+
+    # the driver logs each failed connection with a traceback; our one-line error says it all
+    logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
+
+    if db and clickhouse:
+        raise BadUsage("give either --db or --clickhouse, not both")
+    if clickhouse and not clickhouse.startswith("clickhouse://"):
+        raise BadUsage("--clickhouse wants a URL like clickhouse://127.0.0.1:9000/default")
+    warehouse = clickhouse or db or DEFAULT_DB
+    try:
+        check_bind(host, tokens, read_tokens, insecure)
+    except ValueError as exc:
+        raise BadUsage(str(exc))
+    try:
+        from ..fleet.warehouse import open_warehouse
+
+        store = open_warehouse(warehouse)  # open before listening: a bad --db/--clickhouse fails fast
+    except Exception as exc:
+        raise VitalsError(f"cannot open warehouse {warehouse}: {exc}")
+
+    def ready(url: str) -> None:
+        """Say where the collector listens, on stderr."""
+        auth = "token required" if tokens else "no token"
+        click.echo(f"vitals: collector listening on {url} ({auth}), warehouse {warehouse}", err=True)
+
+    try:
+        serve(store, host=host, port=port, tokens=tokens, read_tokens=read_tokens, insecure=insecure,
+              retention_days=retention_days, max_queue=max_queue, on_ready=ready)
+    except RuntimeError as exc:
+        raise VitalsError(str(exc))
+    finally:
+        store.close()

@@ -45,6 +45,10 @@ class Warehouse(abc.ABC):
     def insert(self, lines: Sequence[AnyLine]) -> InsertResult:
         """Store lines durably (committed/fsynced before return), skipping duplicates by (session_id, seq)."""
 
+    def insert_many(self, batches: Sequence[Sequence[AnyLine]]) -> list[InsertResult]:
+        """Store several batches in one durable write where the backend can; one result per batch, in order."""
+        return [self.insert(batch) for batch in batches]
+
     @abc.abstractmethod
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         """Run one read-only SQL statement in this backend's dialect and return its rows."""
