@@ -25,6 +25,10 @@ class QueryError(ValueError):
     """A bad scope, time, filter or parameter; the message is one line for the user."""
 
 
+class SourceError(RuntimeError):
+    """The stats could not be read (app unreachable, HTTP error); one line for the user."""
+
+
 class Query(msgspec.Struct, frozen=True):
     """What to show: which runs, which window, which series, which metrics."""
 
@@ -172,3 +176,54 @@ def previous_window(q: Query, compare_at: dt.datetime, now: dt.datetime) -> tupl
         current = msgspec.structs.replace(q, since=compare_at, until=q.until)
         previous = msgspec.structs.replace(q, since=compare_at - length, until=compare_at)
     return current, previous
+
+
+def snapshot_url(url: str) -> str:
+    """The /v1/snapshot address of an app served at `url` ("host:port" gets http://)."""
+    base = url.strip()
+    if "://" not in base:
+        base = "http://" + base
+    base = base.rstrip("/")
+    for suffix in ("/v1/snapshot", "/metrics", "/v1/events"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base + "/v1/snapshot"
+
+
+def read_url(url: str, q: Query, token: str | None = None, timeout: float = 10.0) -> _snap.Snapshot:
+    """Run a query against a running app's `/v1/snapshot`; QueryError on 400, SourceError otherwise."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    address = snapshot_url(url) + "?" + urllib.parse.urlencode(q.params())
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(address, headers=headers), timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        message = _error_of(exc.read())
+        if exc.code == 400:
+            raise QueryError(message)
+        if exc.code == 401:
+            raise SourceError(f"{url}: {message} (pass --token or set VITALS_TOKEN)")
+        raise SourceError(f"{url}: HTTP {exc.code}: {message}")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SourceError(f"cannot reach {url}: {reason}")
+    try:
+        return _snap.decode(body)
+    except msgspec.DecodeError as exc:
+        raise SourceError(f"{url} did not answer with a snapshot: {exc}")
+
+
+def _error_of(body: bytes) -> str:
+    try:
+        doc = msgspec.json.decode(body)
+        if isinstance(doc, dict) and "error" in doc:
+            return str(doc["error"])
+    except msgspec.DecodeError:
+        pass
+    return body.decode("utf-8", "replace").strip().splitlines()[0][:200] if body.strip() else "no details"

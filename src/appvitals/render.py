@@ -384,8 +384,8 @@ def _distinct(messages: Iterable[str], limit: int = 3) -> list[str]:
 
 
 def sections(snap: _snap.Snapshot, order: Sequence[str] = ()) -> list[tuple[str, list[_snap.MetricSnapshot]]]:
-    """Metrics grouped by their declared group: `order` first, then by kind (state first, events
-    last), then by name; metrics without a group go last."""
+    """Metrics grouped by their declared group: `order` first, then groups with a state machine,
+    counters and gauges, histograms, event logs, each by name; metrics without a group go last."""
     groups: dict[str, list[_snap.MetricSnapshot]] = {}
     for m in snap.metrics:
         groups.setdefault(m.group, []).append(m)
@@ -396,7 +396,10 @@ def sections(snap: _snap.Snapshot, order: Sequence[str] = ()) -> list[tuple[str,
             return (0, order.index(name), 0, name)
         if not name:
             return (2, 0, 0, "")
-        return (1, 0, min(_KIND_RANK.get(m.kind, 9) for m in metrics), name)
+        kinds = {m.kind for m in metrics}
+        # a group holding a state machine reads first, one holding event logs last
+        kind_rank = 0 if "state" in kinds else 3 if "events" in kinds else max(_KIND_RANK.get(k, 9) for k in kinds)
+        return (1, 0, kind_rank, name)
 
     out = []
     for name, metrics in sorted(groups.items(), key=rank):
