@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import threading
@@ -48,6 +49,7 @@ class Registry:
         self._warned: set[str] = set()
         self._store: Store | None = None
         self._persister = None
+        self._backup_unknown: dict[str, str] = {}
 
     # ------------------------------------------------------------ factories
 
@@ -140,11 +142,14 @@ class Registry:
         merged.taken_at = session.taken_at
         return merged
 
-    def _collect(self) -> _snap.Snapshot:
-        """This session's values, read atomically under the mutation lock."""
+    def _collect_raw(self) -> tuple[float, list[tuple[Metric, list]]]:
+        """Every series' raw value, read atomically under the mutation lock.
+
+        Counters come back as (metric, keys, texts, extras): `texts` are the reprs of the
+        lock-free cells, read in one C-level sweep; everything else as (metric, [(key, raw)])."""
         metrics = list(self._metrics.values())
         counters = [m for m in metrics if isinstance(m, Counter)]
-        raw: list[tuple[Metric, list]] = []
+        raw: list[tuple[Metric, Any]] = []
         with MUTATION_LOCK:
             cell_lists = [c._cells for c in counters]
             gc_enabled = gc.isenabled()
@@ -159,12 +164,22 @@ class Registry:
             offset = 0
             for c in counters:
                 n = len(c._cells)
-                raw.append((c, [(c._keys[i], _count_of(texts[offset + i]) + c._cells[i]._extra) for i in range(n)]))
+                raw.append((c, (c._keys, texts[offset:offset + n], [cell._extra for cell in c._cells])))
                 offset += n
             for m in metrics:
                 if not isinstance(m, Counter):
                     raw.append((m, [(key, child._read()) for key, child in m._series.items()]))
-        out = [self._metric_snapshot(m, rows) for m, rows in raw]
+        return now, raw
+
+    def _collect(self) -> _snap.Snapshot:
+        """This session's values as a Snapshot."""
+        now, raw = self._collect_raw()
+        out = []
+        for m, data in raw:
+            if isinstance(m, Counter):
+                keys, texts, extras = data
+                data = [(keys[i], _count_of(texts[i]) + extras[i]) for i in range(len(texts))]
+            out.append(self._metric_snapshot(m, data, now))
         out.sort(key=lambda m: m.name)
         return _snap.Snapshot(
             taken_at=_snap.to_datetime(now),
@@ -174,7 +189,7 @@ class Registry:
             metrics=out,
         )
 
-    def _metric_snapshot(self, m: Metric, rows: list) -> _snap.MetricSnapshot:
+    def _metric_snapshot(self, m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
         names = m.label_names
         series: list[_snap.Series] = []
         kind = m.kind
@@ -188,7 +203,6 @@ class Registry:
                 series.append(_snap._hist_from(labels, count, total, lo if count else None, hi if count else None, data))
         elif kind == "state":
             capacity = m.history_size  # type: ignore[attr-defined]
-            now = self._clock()
             for key, (current, entered, times, transitions, history) in rows:
                 if current is not None:
                     times[current] = times.get(current, 0.0) + max(0.0, now - entered)
@@ -217,31 +231,39 @@ class Registry:
             raise ValueError("forget() needs at least one label, e.g. forget(user='5'); use reset() to drop everything")
         if not self.enabled:
             return 0
-        dropped = 0
-        for m in list(self._metrics.values()):
-            if isinstance(m, Events):
-                dropped += m.remove_records(**labels)
-            else:
-                dropped += m.remove(**labels)
-        with MUTATION_LOCK:
-            if self._past is not None:
-                self._past = _snap.drop_series(self._past, labels)
-        if self._store is not None:
-            self._store.forget(labels)
+        with self._persistence_paused():
+            dropped = 0
+            for m in list(self._metrics.values()):
+                if isinstance(m, Events):
+                    dropped += m.remove_records(**labels)
+                else:
+                    dropped += m.remove(**labels)
+            with MUTATION_LOCK:
+                if self._past is not None:
+                    self._past = _snap.drop_series(self._past, labels)
+            if self._store is not None:
+                self._store.forget(labels)
         return dropped
+
+    def _persistence_paused(self):
+        """No flush may interleave with a forget or reset (it could write back what was just removed)."""
+        if self._persister is not None:
+            return self._persister._flush_lock
+        return contextlib.nullcontext()
 
     def reset(self) -> None:
         """Forget everything, in memory and on disk; tracking starts again now."""
         if not self.enabled:
             return
         now = self._clock()
-        with MUTATION_LOCK:
-            for m in self._metrics.values():
-                m._zero_all_locked()
-            self._past = None
-            self.tracking_since = now
-        if self._store is not None:
-            self._store.reset(now)
+        with self._persistence_paused():
+            with MUTATION_LOCK:
+                for m in self._metrics.values():
+                    m._zero_all_locked()
+                self._past = None
+                self.tracking_since = now
+            if self._store is not None:
+                self._store.reset(now)
 
     # ------------------------------------------------------------ persistence
 
@@ -270,6 +292,38 @@ class Registry:
             self._persister.stop()
             self._persister = None
             self._store = None
+
+    def export_backup(self, path: str | None = None) -> str:
+        """The text backup (one key=value a line) of all stats; written atomically to `path` if given."""
+        from . import backup
+
+        text = backup.dump(self.snapshot(scope="all"), unknown=self._backup_unknown)
+        if path is not None:
+            import os
+
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        return text
+
+    def import_backup(self, source: str) -> _snap.Snapshot:
+        """Add a text backup (a path, or the text itself) to the past; unknown keys are kept for re-export."""
+        import os
+
+        from . import backup
+
+        text = open(source, encoding="utf-8").read() if os.path.exists(source) else source
+        loaded, unknown = backup.load(text)
+        with self._persistence_paused():
+            with MUTATION_LOCK:
+                self._past = loaded if self._past is None else _snap.merge(self._past, loaded, scope="past")
+                self._backup_unknown.update(unknown)
+            if self._store is not None:
+                self._store.add_past(loaded)
+        return loaded
 
     def _set_past(self, past: _snap.Snapshot | None, tracking_since: float) -> None:
         with MUTATION_LOCK:
