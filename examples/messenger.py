@@ -22,6 +22,7 @@ import threading
 import time
 
 import appvitals
+from appvitals.store import HistoryPolicy
 
 USERS = ("1", "2", "3")
 SMP_SERVERS = ("smp1.simplex.im", "smp2.simplex.im", "smp.example.org")
@@ -35,20 +36,20 @@ class AgentStats:
         self.network = reg.state("network_state", "Network", states=("Offline", "Connecting", "Online"),
                                  group="network")
         self.connected = reg.gauge("smp_servers_connected", "SMP servers connected", group="network")
-        self.sent = reg.counter("smp_messages_sent", "SMP messages sent", labels=("user", "server"), group="smp")
+        self.sent = reg.counter("smp_messages_sent", "SMP messages sent", labels=("user", "server"), group="SMP")
         self.received = reg.counter("smp_messages_received", "SMP messages received", labels=("user", "server"),
-                                    group="smp")
+                                    group="SMP")
         self.subscriptions = reg.counter("smp_subscriptions", "SMP subscriptions", labels=("user", "server"),
-                                         group="smp")
-        self.send_errors = reg.counter("smp_send_errors", "SMP send errors", labels=("user", "server"), group="smp")
+                                         group="SMP")
+        self.send_errors = reg.counter("smp_send_errors", "SMP send errors", labels=("user", "server"), group="SMP")
         self.send_latency = reg.histogram("smp_send_latency", "SMP send latency", unit="ms", labels=("server",),
-                                          group="smp")
+                                          group="SMP")
         self.uploaded = reg.counter("xftp_uploaded", "XFTP uploaded", labels=("user", "server"), unit="bytes",
-                                    group="xftp")
+                                    group="XFTP")
         self.downloaded = reg.counter("xftp_downloaded", "XFTP downloaded", labels=("user", "server"), unit="bytes",
-                                      group="xftp")
-        self.chunks = reg.counter("xftp_chunks", "XFTP chunks", labels=("user", "direction"), group="xftp")
-        self.chunk_latency = reg.histogram("xftp_chunk_latency", "XFTP chunk latency", unit="ms", group="xftp")
+                                      group="XFTP")
+        self.chunks = reg.counter("xftp_chunks", "XFTP chunks", labels=("user", "direction"), group="XFTP")
+        self.chunk_latency = reg.histogram("xftp_chunk_latency", "XFTP chunk latency", unit="ms", group="XFTP")
         self.errors = reg.events("agent_errors", "Agent errors", capacity=50, group="errors")
 
 
@@ -106,6 +107,12 @@ class Messenger:
         return reg.forget(user=user)
 
 
+def own_signals(stop: threading.Event) -> None:
+    """SIGTERM and Ctrl-C end the main loop, which then stops serving and detaches (a final flush)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
 def run(args: argparse.Namespace, stop: threading.Event) -> None:
     """Run the client until `stop` is set or the duration is over."""
     reg = appvitals.Registry()
@@ -116,7 +123,9 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
         if key is None:
             print("note: no --key / VITALS_STORE_KEY: the stats file is not encrypted", file=sys.stderr)
         store = appvitals.Store(args.db, key=key)
-        reg.attach(store, interval=args.interval)
+        history = HistoryPolicy(fine_every=args.history_every) if args.history_every is not None else None
+        reg.attach(store, interval=args.interval, history=history)
+        own_signals(stop)  # after attach: we stop cleanly and detach (final flush) ourselves
     server = appvitals.serve(reg, host=args.host, port=args.port) if args.port is not None else None
     if server is not None:
         print(f"serving {server.url}", flush=True)
@@ -151,6 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until SIGTERM / Ctrl-C)")
     p.add_argument("--interval", type=float, default=5.0, help="flush interval of the store, seconds")
+    p.add_argument("--history-every", type=float, metavar="SECONDS",
+                   help="keep a history point (for --since windows) at most this often (default 60; 0: every flush)")
     p.add_argument("--tick", type=float, default=0.02, help="seconds between simulation steps")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--delete-user", metavar="USER", help="delete this user (forgetting its stats)")
@@ -162,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run until the duration ends, SIGTERM or Ctrl-C."""
     args = parse_args(argv)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    own_signals(stop)
     run(args, stop)
     return 0
 

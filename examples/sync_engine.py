@@ -24,6 +24,7 @@ import threading
 import time
 
 import appvitals
+from appvitals.store import HistoryPolicy
 
 PEERS = ("A", "B", "C")
 MODELS = ("entry", "content_identity", "location", "tag")
@@ -123,6 +124,12 @@ class SyncEngine:
             m.lag.labels(peer=peer).set(round(rng.expovariate(1 / 80)))
 
 
+def own_signals(stop: threading.Event) -> None:
+    """SIGTERM and Ctrl-C end the main loop, which then stops serving and detaches (a final flush)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
 def run(args: argparse.Namespace, stop: threading.Event) -> None:
     """Run the engine until `stop` is set or the duration is over."""
     reg = appvitals.Registry()
@@ -130,7 +137,9 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
     store = None
     if args.db:
         store = appvitals.Store(args.db, key=args.key or os.environ.get("VITALS_STORE_KEY") or None)
-        reg.attach(store, interval=args.interval)
+        history = HistoryPolicy(fine_every=args.history_every) if args.history_every is not None else None
+        reg.attach(store, interval=args.interval, history=history)
+        own_signals(stop)  # after attach: we stop cleanly and detach (final flush) ourselves
     server = appvitals.serve(reg, host=args.host, port=args.port) if args.port is not None else None
     if server is not None:
         print(f"serving {server.url}", flush=True)
@@ -159,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (0: until SIGTERM / Ctrl-C)")
     p.add_argument("--interval", type=float, default=5.0, help="flush interval of the store, seconds")
+    p.add_argument("--history-every", type=float, metavar="SECONDS",
+                   help="keep a history point (for --since windows) at most this often (default 60; 0: every flush)")
     p.add_argument("--tick", type=float, default=0.05, help="seconds between simulation steps")
     p.add_argument("--seed", type=int, default=None)
     return p.parse_args(argv)
@@ -168,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run until the duration ends, SIGTERM or Ctrl-C."""
     args = parse_args(argv)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    own_signals(stop)
     try:
         run(args, stop)
     except KeyboardInterrupt:

@@ -174,3 +174,120 @@ def test_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path):
         finally:
             stop.set()
             _tmux(sock, "kill-server")
+
+
+# ---------------------------------------------------------------- --db: the example apps and their stores
+
+
+def _run_example(name: str, *args: str, env: dict | None = None, timeout: float = 60) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], capture_output=True, text=True,
+                          env=env or _env(), timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _json(*args: str, env: dict | None = None) -> dict:
+    proc = vitals("metrics", *args, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _value(doc: dict, name: str) -> float:
+    for m in doc.get("metrics", []):
+        if m["name"] == name:
+            return sum(s.get("value") or 0 for s in m["series"])
+    return 0.0
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
+
+
+def test_since_across_a_restart_of_the_example_app(tmp_path):
+    db = str(tmp_path / "sync.db")
+    common = ("--db", db, "--duration", "2", "--interval", "1", "--history-every", "0", "--seed", "1")
+    before = time.time() - 1
+    first = _run_example("sync_engine.py", *common)
+    time.sleep(0.5)
+    between = time.time()
+    time.sleep(0.5)
+    second = _run_example("sync_engine.py", *common)
+    run1 = int(first.split("done: ")[1].split()[0].replace(",", ""))
+    run2 = int(second.split("done: ")[1].split()[0].replace(",", ""))
+    assert run1 > 0 and run2 > 0
+
+    assert _value(_json("--db", db), "changes_received") == run1 + run2
+    assert _value(_json("--db", db, "--scope", "session"), "changes_received") == run2
+    assert _value(_json("--db", db, "--scope", "past"), "changes_received") == run1
+    windowed = _json("--db", db, "--since", _iso(between))
+    assert _value(windowed, "changes_received") == run2  # only what happened after the restart
+    assert windowed["window"]["since"].startswith(_iso(between)[:19])
+    assert _value(_json("--db", db, "--since", _iso(before)), "changes_received") == run1 + run2
+    assert _value(_json("--db", db, "--until", _iso(between)), "changes_received") == run1
+
+    text = vitals("metrics", "--db", db, "--since", _iso(between), "--title", "Sync Metrics").stdout
+    assert "Window: " in text and f"Changes received: {run2:,}" in text
+
+    # --compare: the window after the restart against the one of the same length before it
+    proc = vitals("metrics", "--db", db, "--since", _iso(between), "--compare", _iso(before), "--json")
+    doc = json.loads(proc.stdout)
+    assert _value(doc["current"], "changes_received") == run2
+    assert 0 < _value(doc["previous"], "changes_received") <= run1
+    text = vitals("metrics", "--db", db, "--since", _iso(between), "--compare", _iso(before)).stdout
+    assert "Compared with: " in text and "(was " in text and ("▲" in text or "▼" in text)
+    _one_clear_line(vitals("metrics", "--db", db, "--since", "next tuesday-ish"), 2, "cannot read time")
+    _one_clear_line(vitals("metrics", "--db", db, "--where", "colour=red"), 2, "known keys: ")
+
+
+def test_encrypted_store_keys_and_forgetting_a_user(tmp_path):
+    db = str(tmp_path / "chat.db")
+    out = _run_example("messenger.py", "--db", db, "--duration", "2", "--interval", "1", "--seed", "3",
+                       env=_env(VITALS_STORE_KEY="s3cret"))
+    assert "done:" in out
+    assert b"simplex.im" not in Path(db).read_bytes()  # server names are private: the file is encrypted
+    _one_clear_line(vitals("metrics", "--db", db), 2, "encrypted: pass --key")
+    _one_clear_line(vitals("metrics", "--db", db, "--key", "wrong"), 2, "wrong key")
+    _one_clear_line(vitals("metrics", "--db", db, env=_env(VITALS_STORE_KEY="nope")), 2, "wrong key")
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("hello " * 1000)
+    proc = vitals("metrics", "--db", str(not_a_store))
+    assert proc.returncode in (1, 2) and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+    doc = _json("--db", db, "--key", "s3cret", "--where", "user=3")
+    assert _value(doc, "smp_messages_sent") > 0
+    text = vitals("metrics", "--db", db, env=_env(VITALS_STORE_KEY="s3cret")).stdout
+    assert "\nSMP\n" in text and "  SMP messages sent: " in text and "\nXFTP\n" in text
+
+    # the user is deleted in a second run: its series are forgotten everywhere, the others stay
+    out = _run_example("messenger.py", "--db", db, "--key", "s3cret", "--duration", "1.5", "--interval", "1",
+                       "--delete-user", "3")
+    assert "deleted user 3" in out
+    everything = _json("--db", db, "--key", "s3cret")
+    users = {s["labels"].get("user") for m in everything["metrics"] for s in m["series"]}
+    assert "3" not in users and {"1", "2"} <= users
+    assert all(r.get("user") != "3" for m in everything["metrics"] if m["kind"] == "events"
+               for s in m["series"] for r in s["recent"])
+
+
+def test_db_can_be_read_while_the_app_runs(tmp_path):
+    db = str(tmp_path / "live.db")
+    app = subprocess.Popen([sys.executable, str(ROOT / "examples" / "sync_engine.py"), "--db", db, "--duration", "20",
+                            "--interval", "1", "--port", "0"], stdout=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        url = app.stdout.readline().split()[1]
+        deadline = time.monotonic() + 20
+        doc = {}
+        while time.monotonic() < deadline and _value(doc, "changes_received") == 0:
+            time.sleep(0.5)
+            proc = vitals("metrics", "--db", db, "--json")
+            if proc.returncode == 0:
+                doc = json.loads(proc.stdout)
+        assert _value(doc, "changes_received") > 0
+        live = _json("--url", url)
+        assert _value(live, "changes_received") >= _value(doc, "changes_received")  # the app is ahead of its file
+        windowed = _json("--url", url, "--since", "1 hour ago")  # the served registry has a store: windows work
+        assert windowed["window"] and _value(windowed, "changes_received") > 0
+    finally:
+        app.terminate()
+        assert app.wait(20) == 0  # SIGTERM: a clean stop with a final flush
+    assert "done:" in app.stdout.read()
