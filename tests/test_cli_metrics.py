@@ -117,7 +117,8 @@ def _tmux(sock: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True, timeout=20)
 
 
-def test_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("no_color", ["", "1"])
+def test_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path, no_color):
     require("tmux", shutil.which("tmux") is not None)
     reg = appvitals.Registry()
     ticks = reg.counter("ticks", "Ticks", group="operations")
@@ -134,7 +135,7 @@ def test_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path):
     with appvitals.serve(reg, port=0) as h:
         cmd = (f"{sys.executable} -m appvitals.cli metrics --url {h.url} --watch 1 2>{tmp_path / 'err'}; "
                f"echo $? > {done}")
-        env_args = ["-e", f"PYTHONPATH={SRC}"]
+        env_args = ["-e", f"PYTHONPATH={SRC}", "-e", f"NO_COLOR={no_color}"]
         try:
             started = _tmux(sock, "new-session", "-d", "-x", "120", "-y", "50", *env_args, "bash", "-c", cmd)
             if started.returncode != 0 and "-e" in started.stderr:  # old tmux: no -e; the env is inherited
@@ -164,7 +165,11 @@ def test_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path):
             shown = screen()
             assert shown.count("Metrics (all sessions)") == 1  # redrawn in place, not appended
             assert "Refreshing every 1s · Ctrl-C to quit" in shown
-            assert "\x1b" not in shown
+            colours = _tmux(sock, "capture-pane", "-p", "-e", "-t", "0").stdout
+            if no_color:
+                assert "\x1b[3" not in colours and "\x1b[9" not in colours  # no foreground colours
+            else:
+                assert "\x1b[" in colours  # a terminal gets styles
             _tmux(sock, "send-keys", "-t", "0", "C-c")
             while time.monotonic() < deadline and not (done.exists() and done.read_text().strip()):
                 time.sleep(0.2)

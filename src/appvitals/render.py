@@ -459,15 +459,18 @@ def render(snap: _snap.Snapshot, *, title: str = "Metrics", previous: _snap.Snap
 
 
 def make_console(file=None, color: bool | None = None, width: int | None = None) -> Console:
-    """A console that writes plain text unless `color` (default: a terminal without NO_COLOR)."""
+    """A console for the view: colour only on a terminal without NO_COLOR (or when `color` says so);
+    a terminal keeps cursor control either way (for --watch), a pipe gets plain unwrapped text."""
     import os
     import sys
 
     file = file if file is not None else sys.stdout
+    is_tty = bool(getattr(file, "isatty", lambda: False)())
     if color is None:
-        color = file.isatty() and not os.environ.get("NO_COLOR")
-    return Console(file=file, force_terminal=bool(color), no_color=not color, color_system="auto" if color else None,
-                   highlight=False, emoji=False, width=width, soft_wrap=not color)
+        color = is_tty and not os.environ.get("NO_COLOR")
+    terminal = True if color else (None if is_tty else False)
+    return Console(file=file, force_terminal=terminal, no_color=not color, color_system="auto" if color else None,
+                   highlight=False, emoji=False, width=width, soft_wrap=not (is_tty or color))
 
 
 def render_text(snap: _snap.Snapshot, *, title: str = "Metrics", previous: _snap.Snapshot | None = None,
