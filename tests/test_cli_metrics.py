@@ -240,6 +240,10 @@ def test_since_across_a_restart_of_the_example_app(tmp_path):
     assert 0 < _value(doc["previous"], "changes_received") <= run1
     text = vitals("metrics", "--db", db, "--since", _iso(between), "--compare", _iso(before)).stdout
     assert "Compared with: " in text and "(was " in text and ("▲" in text or "▼" in text)
+    # nothing that old in a young store: the current window alone, and a note why
+    proc = vitals("metrics", "--db", db, "--compare", "1 day ago", "--json")
+    assert proc.returncode == 0 and "nothing to compare with" in proc.stderr
+    assert json.loads(proc.stdout)["previous"] is None
     _one_clear_line(vitals("metrics", "--db", db, "--since", "next tuesday-ish"), 2, "cannot read time")
     _one_clear_line(vitals("metrics", "--db", db, "--where", "colour=red"), 2, "known keys: ")
 

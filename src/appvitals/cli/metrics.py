@@ -98,28 +98,39 @@ def command(db, key, url, token, since, until, where, metrics, groups, scope, as
             return q, None
         return _query.previous_window(q, _query.parse_when(compare, "compare", now), now)
 
+    warned = []
+
     def take(read: Reader) -> tuple[_snap.Snapshot, _snap.Snapshot | None]:
         current_q, previous_q = queries(dt.datetime.now(dt.timezone.utc))
         current = read(current_q)
-        return current, (read(previous_q) if previous_q is not None else None)
+        if previous_q is None:
+            return current, None
+        try:
+            return current, read(previous_q)
+        except VitalsError as exc:  # e.g. no history that old: show the current window alone, say why
+            if not warned:
+                warned.append(True)
+                click.echo(f"vitals: nothing to compare with: {exc.format_message()}", err=True)
+            return current, None
 
     try:
         queries(dt.datetime.now(dt.timezone.utc))  # bad options fail before any I/O
         with _open_source(db, key, url, token) as read:
             if watch is not None:
-                _watch(read, take, watch, as_json, title, groups)
+                _watch(read, take, watch, as_json, title, groups, bool(compare))
                 return
             current, previous = take(read)
-            _emit(current, previous, as_json, title, groups)
+            _emit(current, previous, as_json, title, groups, comparing=bool(compare))
     except _query.QueryError as exc:
         raise BadUsage(_one_line(exc))
     except _query.SourceError as exc:
         raise VitalsError(_one_line(exc))
 
 
-def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: bool, title: str, groups) -> None:
+def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: bool, title: str, groups,
+          comparing: bool = False) -> None:
     if as_json:
-        doc = current if previous is None else {"current": current, "previous": previous}
+        doc = {"current": current, "previous": previous} if comparing else current
         sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
         sys.stdout.flush()
         return
@@ -127,7 +138,7 @@ def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: boo
     console.print(_render.render(current, title=title, previous=previous, order=tuple(groups)))
 
 
-def _watch(read: Reader, take, interval: float, as_json: bool, title: str, groups) -> None:
+def _watch(read: Reader, take, interval: float, as_json: bool, title: str, groups, comparing: bool) -> None:
     """Refresh until Ctrl-C (exit 0). A failed read shows on the screen and is retried."""
     from rich.console import Group
     from rich.live import Live
@@ -137,7 +148,7 @@ def _watch(read: Reader, take, interval: float, as_json: bool, title: str, group
         try:
             while True:
                 current, previous = take(read)
-                _emit(current, previous, True, title, groups)
+                _emit(current, previous, True, title, groups, comparing)
                 time.sleep(interval)
         except KeyboardInterrupt:
             return
