@@ -300,3 +300,27 @@ def test_db_can_be_read_while_the_app_runs(tmp_path):
         app.terminate()
         assert app.wait(20) == 0  # SIGTERM: a clean stop with a final flush
     assert "done:" in app.stdout.read()
+
+
+def test_watch_into_a_pipe_prints_each_refresh_and_stops_on_sigint():
+    reg = appvitals.Registry()
+    hits = reg.counter("hits", "Hits")
+    with appvitals.serve(reg, port=0) as h:
+        proc = subprocess.Popen([sys.executable, "-m", "appvitals.cli", "metrics", "--url", h.url, "--watch", "0.3"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+        seen: list[str] = []
+        try:
+            for line in proc.stdout:
+                if line.startswith("  Hits: "):
+                    seen.append(line.strip())
+                    hits.inc(5)
+                if len(seen) == 3:
+                    break
+            proc.send_signal(2)  # SIGINT, as Ctrl-C
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert seen[0] == "Hits: 0" and len(set(seen)) >= 2
+        assert proc.returncode == 0 and "Traceback" not in err
+        assert "\x1b[" not in "".join(seen) + out

@@ -168,6 +168,16 @@ def _watch(read: Reader, take, interval: float, as_json: bool, title: str, group
         last = _render.render(current, title=title, previous=previous, order=tuple(groups))
         return Group(last, Text(""), footer)
 
+    if not console.is_terminal:  # a pipe or a file: no cursor to move, print each refresh in turn
+        try:
+            console.print(last)
+            while True:
+                time.sleep(interval)
+                console.print(Text(""))
+                console.print(Group(*view().renderables[:-1]))  # no "Ctrl-C" footer in a file
+                console.file.flush()
+        except KeyboardInterrupt:
+            return
     try:
         with Live(Group(last, Text(""), footer), console=console, auto_refresh=False, redirect_stdout=False,
                   redirect_stderr=False, vertical_overflow="crop") as live:
