@@ -92,8 +92,9 @@ def sync_snapshot(scale: float = 1.0) -> S.Snapshot:
 
 def _golden(name: str, text: str) -> None:
     path = GOLDEN / name
-    if os.environ.get("VITALS_UPDATE_GOLDEN") == "1" or not path.exists():
+    if os.environ.get("VITALS_UPDATE_GOLDEN") == "1":
         path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} is missing: run with VITALS_UPDATE_GOLDEN=1 once and review it"
     assert text == path.read_text(encoding="utf-8"), f"{name} differs; see the diff above"
 
 

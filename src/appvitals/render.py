@@ -229,7 +229,13 @@ def _counter(out: _Out, m: _snap.MetricSnapshot, prev: _snap.MetricSnapshot | No
         out.tree(2, _ranked(list(_by_label(m, names[0]).items()), total, m.unit,
                             _by_label(prev, names[0]) if prev else None))
         return
-    for name in names:
+    # a label with one value across the series (say, fixed by --where) says nothing as a tree
+    varying = [n for n in names if len({s.labels.get(n, "") for s in m.series}) > 1]
+    if not varying:
+        only = m.series[0]
+        out.tree(2, [[f"{_label_text(only.labels, m.label_names)}: ", (fmt_value(total, m.unit), S_NAME)]])
+        return
+    for name in varying:
         out.line(2, f"By {name}:")
         out.tree(2, _ranked(list(_by_label(m, name).items()), total, m.unit,
                             _by_label(prev, name) if prev else None))
