@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appvitals import render as R
 from appvitals import snapshot as S
@@ -156,3 +158,47 @@ def test_fmt_number_and_value():
     assert R.fmt_number(53.666) == "53.67"
     assert R.fmt_value(2100, "ms") == "2.1s"
     assert R.fmt_value(12, "widgets") == "12 widgets"
+
+
+# ---------------------------------------------------------------- any snapshot renders
+
+_names = st.sampled_from(["a", "b_total", "latency", "queue", "errors"])
+_label_sets = st.lists(st.fixed_dictionaries({"peer": st.sampled_from(["A", "B", "é", "x y"])}), max_size=12)
+_numbers = st.floats(min_value=0, max_value=1e15, allow_nan=False) | st.integers(0, 10**12).map(float)
+
+
+@st.composite
+def _metric(draw):
+    kind = draw(st.sampled_from(["counter", "gauge", "histogram", "state", "events"]))
+    unit = draw(st.sampled_from(["", "bytes", "ms", "seconds", "things"]))
+    labels = draw(_label_sets)
+    series = []
+    for lab in {tuple(sorted(d.items())): d for d in labels}.values():
+        if kind in ("counter", "gauge"):
+            series.append(S.Series(labels=lab, value=draw(_numbers)))
+        elif kind == "histogram":
+            values = draw(st.lists(st.floats(min_value=0.001, max_value=1e6), max_size=5))
+            series.append(_hist(lab, values) if values else S.Series(labels=lab, count=0, sum=0.0))
+        elif kind == "state":
+            times = draw(st.dictionaries(st.sampled_from(["Idle", "Busy"]), st.floats(0, 1e7), max_size=2))
+            series.append(S.Series(labels=lab, current=draw(st.sampled_from([None, "Idle", "Busy"])),
+                                   entered_at=_ago(draw(st.integers(0, 10**6))), time_in_state=times,
+                                   transitions={"Idle->Busy": 1} if times else {},
+                                   history=[S.Transition(at=_ago(5), from_=None, to="Busy")] if times else []))
+    if kind == "events":
+        n = draw(st.integers(0, 4))
+        series = [S.Series(labels={}, total=n, by_type={"net": n} if n else {}, recent=[
+            {"type": "net", "message": draw(st.text(max_size=20)), "at": _ago(i).isoformat()} for i in range(n)])]
+    return S.MetricSnapshot(name=draw(_names) + "_" + kind, kind=kind, unit=unit,
+                            group=draw(st.sampled_from(["", "ops", "state"])),
+                            label_names=["peer"] if kind != "events" and labels else [], series=series)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_metric(), max_size=6, unique_by=lambda m: m.name), st.booleans())
+def test_any_snapshot_renders(metrics, compare):
+    snap = S.Snapshot(taken_at=T, tracking_since=_ago(100), session_started_at=_ago(50), metrics=metrics)
+    text = R.render_text(snap, previous=snap if compare else None, tz=UTC)
+    assert text.startswith("Metrics (all sessions)\n")
+    for m in metrics:
+        assert R.title_of(m) in text

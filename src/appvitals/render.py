@@ -302,6 +302,8 @@ def _histogram(out: _Out, m: _snap.MetricSnapshot, prev: _snap.MetricSnapshot | 
 
 
 def _state(out: _Out, m: _snap.MetricSnapshot, taken_at: dt.datetime, tz, prev: _snap.MetricSnapshot | None) -> None:
+    if not m.series:
+        out.line(2, f"{title_of(m)}: ", ("-", S_DIM))
     for s in sorted(m.series, key=lambda s: _label_text(s.labels, m.label_names)):
         suffix = f" [{_label_text(s.labels, m.label_names)}]" if s.labels else ""
         out.line(2, f"{title_of(m)}{suffix}")
