@@ -208,3 +208,21 @@ def test_a_real_prometheus_scrapes_metrics(tmp_path):
             proc.terminate()
             proc.wait(10)
             log.close()
+
+
+def test_windows_with_an_attached_store(tmp_path):
+    reg = appvitals.Registry()
+    c = reg.counter("hits", "Hits", labels=("user",))
+    c.labels(user="1").inc(4)
+    store = appvitals.Store(str(tmp_path / "s.db"))
+    reg.attach(store, interval=60)
+    try:
+        with appvitals.serve(reg, port=0) as h:
+            r = httpx.get(h.url + "/v1/snapshot", params={"since": "1 hour ago"})
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert doc["window"]["since"] and doc["metrics"][0]["series"][0]["value"] == 4
+            r = httpx.get(h.url + "/v1/snapshot", params={"until": "2001-01-01T00:00:00Z"})
+            assert r.status_code == 500 and "history" in r.json()["error"]  # one line, not a bare 500
+    finally:
+        reg.detach()

@@ -146,9 +146,12 @@ def apply(snap: _snap.Snapshot, q: Query) -> _snap.Snapshot:
 def read_registry(registry: Any, q: Query) -> _snap.Snapshot:
     """Run a query against a live registry; windows need an attached store (else QueryError)."""
     if q.windowed:
-        if getattr(registry, "_store", None) is None:
-            raise QueryError("since/until need the app's registry attached to a store (reg.attach(store))")
-        snap = registry.snapshot(scope=q.scope, since=q.since, until=q.until)
+        try:
+            snap = registry.snapshot(scope=q.scope, since=q.since, until=q.until)
+        except ValueError as exc:
+            if "attached store" in str(exc):
+                raise QueryError("since/until need the app's registry attached to a store (reg.attach(store))")
+            raise QueryError(str(exc))
     else:
         snap = registry.snapshot(scope=q.scope)
     return apply(snap, q)

@@ -42,6 +42,11 @@ DELTA_INTERVAL = 1.0  # how often it reports counter deltas
 _json = msgspec.json.Encoder()
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -73,7 +78,9 @@ def create_app(registry: Registry, token: str | None = None, stopping: threading
             q = _query.from_params(request.query_params.multi_items())
             snap = await run_in_threadpool(_query.read_registry, registry, q)
         except (_query.QueryError, ValueError) as exc:
-            return _error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return _error(400, _one_line(exc))
+        except Exception as exc:  # e.g. the store has no history that old: say so, in one line
+            return _error(500, _one_line(exc))
         return Response(snap.to_json(), media_type="application/json")
 
     async def events(request: Request) -> Response:
