@@ -107,10 +107,11 @@ def command(db, key, url, token, since, until, where, metrics, groups, scope, as
             return current, None
         try:
             return current, read(previous_q)
-        except VitalsError as exc:  # e.g. no history that old: show the current window alone, say why
+        except (VitalsError, _query.SourceError) as exc:  # e.g. no history that old: the current window alone
             if not warned:
                 warned.append(True)
-                click.echo(f"vitals: nothing to compare with: {exc.format_message()}", err=True)
+                why = exc.format_message() if isinstance(exc, VitalsError) else _one_line(exc)
+                click.echo(f"vitals: nothing to compare with: {why}", err=True)
             return current, None
 
     try:
