@@ -61,6 +61,7 @@ class Messenger:
         self.steps = 0
 
     def step(self) -> None:
+        """One simulation step: connect, send, receive, maybe a file chunk or an error."""
         s, rng = self.s, self.rng
         self.steps += 1
         if self.steps == 1:

@@ -72,6 +72,7 @@ class SyncEngine:
         self.phase = 0
 
     def step(self) -> None:
+        """One simulation step: maybe a state change, some broadcasts, receives and errors."""
         m, rng = self.m, self.rng
         elapsed = time.monotonic() - self.started
         if self.phase == 0 and elapsed > 0.2:
