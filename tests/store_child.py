@@ -14,7 +14,7 @@ received = reg.counter("received", "Messages received", labels=("server",))
 delivered = reg.counter("delivered", "Messages delivered", labels=("server",))
 users = reg.counter("per_user", "Per user", labels=("user", "server"))
 
-if mode == "sigterm":
+if mode in ("sigterm", "sigterm_busy"):
     def on_term(signum, frame):
         open(db + ".app-handler-ran", "w").write("yes")
         sys.exit(0)
@@ -48,3 +48,10 @@ elif mode == "sigterm":
     time.sleep(60)
 elif mode == "hold":
     time.sleep(60)
+elif mode == "sigterm_busy":
+    # SIGTERM lands while the main thread is inside the instruments' locked sections
+    h = reg.histogram("lat", labels=("a",))
+    print("busy", flush=True)
+    while True:
+        h.labels(a="x").observe(1.5)
+        received.labels(server="a").inc(2)

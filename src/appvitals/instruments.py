@@ -128,27 +128,29 @@ class _Timer:
 
 
 class _HistogramChild:
-    __slots__ = ("count", "sum", "min", "max", "zero", "pos", "neg", "_scale")
+    # no count field: it is derived from the buckets (one less store on the hot path, and no
+    # second number that could drift from them)
+    __slots__ = ("sum", "min", "max", "zero", "pos", "neg", "_scale")
 
     def __init__(self, scale: float = 1.0) -> None:
         self._scale = scale
         self._zero()
 
-    def observe(self, value: float) -> None:
-        """Record one value: count, sum, min, max and the quantile sketch."""
-        with MUTATION_LOCK:
-            self.count += 1
+    def observe(self, value: float, _lock=MUTATION_LOCK, _log=_log, _ceil=_ceil, _k=INV_LOG_GAMMA,
+                _eps=MIN_POSITIVE) -> None:
+        """Record one value: sum, min, max and the quantile sketch (the count is the buckets' total)."""
+        with _lock:
             self.sum += value
             if value < self.min:
                 self.min = value
             if value > self.max:
                 self.max = value
-            if value > MIN_POSITIVE:
-                i = _ceil(_log(value) * INV_LOG_GAMMA)
+            if value > _eps:
+                i = _ceil(_log(value) * _k)
                 pos = self.pos
                 pos[i] = pos.get(i, 0) + 1
-            elif value < -MIN_POSITIVE:
-                i = _ceil(_log(-value) * INV_LOG_GAMMA)
+            elif value < -_eps:
+                i = _ceil(_log(-value) * _k)
                 neg = self.neg
                 neg[i] = neg.get(i, 0) + 1
             else:
@@ -158,8 +160,12 @@ class _HistogramChild:
         """Context manager observing the elapsed time in the histogram's unit."""
         return _Timer(self, self._scale)
 
+    @property
+    def count(self) -> int:
+        """How many values were observed."""
+        return self.zero + sum(self.pos.values()) + sum(self.neg.values())
+
     def _zero(self) -> None:
-        self.count = 0
         self.sum = 0.0
         self.min = math.inf
         self.max = -math.inf
@@ -260,8 +266,12 @@ class Metric:
         self.max_series = max_series
         self.options = options
         self._n = len(label_names)
-        self._children: dict[tuple, Any] = {}  # as passed by callers (fast path) -> child
-        self._series: dict[tuple[str, ...], Any] = {}  # canonical (str) label values -> child
+        # canonical (str) label values -> child, plus aliases as callers passed them (labels(user=5))
+        self._children: dict[tuple, Any] = {}
+        # every series once, in creation order: canonical keys and children side by side (the snapshot
+        # sweep reads `_cells`; one dict plus two lists is the whole per-series memory cost)
+        self._keys: list[tuple[str, ...]] = []
+        self._cells: list[Any] = []
         if not label_names:
             self._solo = self._add_series(())
             self._bind_solo(self._solo)
@@ -315,21 +325,22 @@ class Metric:
             raw = tuple(labels[n] for n in self.label_names)
         canonical = tuple(str(v) for v in raw)
         with MUTATION_LOCK:
-            child = self._series.get(canonical)
+            child = self._children.get(canonical)
             if child is None:
-                if len(self._series) >= self.max_series:
+                if len(self._cells) >= self.max_series:
                     child = self._overflow_locked()
                 else:
                     child = self._add_series_locked(canonical)
             try:
-                self._children[raw] = child
+                if raw != canonical:
+                    self._children[raw] = child
             except TypeError:  # unhashable raw values: only the canonical form is cached
                 pass
         return child
 
     def _overflow_locked(self):
         key = (OVERFLOW,) * self._n
-        child = self._series.get(key)
+        child = self._children.get(key)
         if child is None:
             child = self._add_series_locked(key)
         self._registry._note_overflow(self.name)
@@ -341,9 +352,15 @@ class Metric:
 
     def _add_series_locked(self, key: tuple[str, ...]):
         child = self._new_child()
-        self._series[key] = child
         self._children[key] = child
+        self._keys.append(key)
+        self._cells.append(child)
         return child
+
+    @property
+    def _series(self) -> dict[tuple[str, ...], Any]:
+        """Canonical label values -> child (a copy)."""
+        return dict(zip(self._keys, self._cells))
 
     def remove(self, **match: Any) -> int:
         """Drop the series whose labels include `match`; returns how many were dropped."""
@@ -352,35 +369,30 @@ class Metric:
             return 0
         idx = [(self.label_names.index(k), v) for k, v in want.items()]
         with MUTATION_LOCK:
-            doomed = [key for key in self._series if all(key[i] == v for i, v in idx)]
+            doomed = [i for i, key in enumerate(self._keys) if all(key[j] == v for j, v in idx)]
             if not doomed:
                 return 0
-            gone = {id(self._series.pop(key)) for key in doomed}
+            gone = {id(self._cells[i]) for i in doomed}
+            keep = [i for i in range(len(self._keys)) if id(self._cells[i]) not in gone]
+            # new lists (not in-place edits): the persister notices the identity change
+            self._keys = [self._keys[i] for i in keep]
+            self._cells = [self._cells[i] for i in keep]
             for raw in [r for r, c in self._children.items() if id(c) in gone]:
                 del self._children[raw]
-            self._forget_locked(gone)
         return len(doomed)
 
-    def _forget_locked(self, gone: set[int]) -> None:
-        """Hook for families that keep extra per-series bookkeeping."""
-
     def _zero_all_locked(self) -> None:
-        for child in self._series.values():
+        for child in self._cells:
             child._zero()
 
     def _items(self) -> list[tuple[tuple[str, ...], Any]]:
-        return list(self._series.items())
+        return list(zip(self._keys, self._cells))
 
 
 class Counter(Metric):
     """A value that only goes up (requests, bytes, errors)."""
 
     kind = "counter"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._cells: list[_CounterChild] = []
-        self._keys: list[tuple[str, ...]] = []
-        super().__init__(*args, **kwargs)
 
     def _bind_solo(self, child: _CounterChild) -> None:
         self.inc = child.inc  # type: ignore[method-assign]
@@ -396,21 +408,6 @@ class Counter(Metric):
 
     def _new_child(self) -> _CounterChild:
         return _CounterChild()
-
-    def _add_series_locked(self, key):
-        child = super()._add_series_locked(key)
-        self._cells.append(child)
-        self._keys.append(key)
-        return child
-
-    def _forget_locked(self, gone: set[int]) -> None:
-        keep = [i for i, c in enumerate(self._cells) if id(c) not in gone]
-        self._cells = [self._cells[i] for i in keep]
-        self._keys = [self._keys[i] for i in keep]
-
-    def _zero_all_locked(self) -> None:
-        for child in self._cells:
-            child._zero()
 
 
 class Gauge(Metric):
@@ -504,7 +501,7 @@ class Events(Metric):
         want = {k: str(v) for k, v in match.items()}
         dropped = 0
         with MUTATION_LOCK:
-            for child in self._series.values():
+            for child in self._cells:
                 keep = [r for r in child.recent if not all(str(r.get(k)) == v for k, v in want.items())]
                 dropped += len(child.recent) - len(keep)
                 child.recent.clear()

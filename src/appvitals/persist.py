@@ -43,6 +43,8 @@ class Persister:
         self._label_json: dict[tuple[str, tuple], str] = {}
         self._last_history: float | None = None
         self._previous_sigterm: Any = None
+        self._term_pending = False
+        self._term_flushed = False
         self.run_id = 0
         self.flushes = 0
 
@@ -105,10 +107,27 @@ class Persister:
                 pass
 
     def _on_sigterm(self, signum, frame) -> None:
+        # The handler may have interrupted the main thread inside an instrument's locked section, so
+        # it must not flush here (that would wait on a lock its own thread holds). A helper thread
+        # flushes once the main thread has moved on, then sends SIGTERM again; this handler then
+        # hands over to the application's handler, or to the default action.
+        if self._term_flushed:
+            self._chain_sigterm(signum, frame)
+        elif not self._term_pending:
+            self._term_pending = True
+            threading.Thread(target=self._flush_then_resignal, args=(signum,), name="appvitals-sigterm",
+                             daemon=True).start()
+
+    def _flush_then_resignal(self, signum: int) -> None:
         try:
             self.flush()
         except Exception:
             pass
+        self._term_flushed = True
+        os.kill(os.getpid(), signum)
+
+    def _chain_sigterm(self, signum, frame) -> None:
+        self._term_flushed = self._term_pending = False
         previous = self._previous_sigterm
         if callable(previous):
             previous(signum, frame)

@@ -106,7 +106,7 @@ class Registry:
             self._overflow = Counter(self, "appvitals_series_overflow", "Updates sent to the overflow series because a "
                                      "metric reached its series limit", "", ("metric",), "", 10_000)
             self._metrics["appvitals_series_overflow"] = self._overflow
-        child = self._overflow._series.get((name,))
+        child = self._overflow._children.get((name,))
         if child is None:
             child = self._overflow._add_series_locked((name,))
         child.inc()
@@ -168,7 +168,7 @@ class Registry:
                 offset += n
             for m in metrics:
                 if not isinstance(m, Counter):
-                    raw.append((m, [(key, child._read()) for key, child in m._series.items()]))
+                    raw.append((m, [(key, child._read()) for key, child in zip(m._keys, m._cells)]))
         return now, raw
 
     def _collect(self) -> _snap.Snapshot:

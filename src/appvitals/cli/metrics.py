@@ -1,11 +1,189 @@
-"""`vitals metrics` (not built yet)."""
+"""`vitals metrics`: an app's in-app stats, from its store file or from the running app.
+
+Thin: options become an `appvitals.query.Query`; the snapshot is read with
+`query.read_store` (`--db`) or `query.read_url` (`--url`) and shown by `appvitals.render`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
 
 import click
+import msgspec
 
-from . import VitalsError
+from .. import query as _query
+from .. import render as _render
+from .. import snapshot as _snap
+from . import BadUsage, VitalsError
+
+Reader = Callable[[_query.Query], _snap.Snapshot]
+
+
+@contextlib.contextmanager
+def _open_source(db: str | None, key: str | None, url: str | None, token: str | None) -> Iterator[Reader]:
+    """A function Query -> Snapshot over the chosen source, with errors turned into one-liners."""
+    if db and url:
+        raise BadUsage("give either --db FILE or --url URL, not both")
+    if url:
+        yield lambda q: _query.read_url(url, q, token)
+        return
+    if not db:
+        raise BadUsage("give --db FILE (the app's store) or --url URL (the running app, e.g. http://127.0.0.1:9464)")
+    if not os.path.isfile(db):
+        raise BadUsage(f"no store file at {db!r}")
+    from ..store import Store, StoreError, StoreKeyError
+
+    try:
+        store = Store.open_readonly(db, key=key or None)
+    except StoreKeyError as exc:
+        raise BadUsage(_key_message(db, key, exc))
+    except StoreError as exc:
+        raise VitalsError(f"cannot read {db}: {exc}")
+    try:
+        def read(q: _query.Query) -> _snap.Snapshot:
+            try:
+                return _query.read_store(store, q)
+            except StoreKeyError as exc:
+                raise BadUsage(_key_message(db, key, exc))
+            except StoreError as exc:
+                raise VitalsError(f"cannot read {db}: {exc}")
+
+        yield read
+    finally:
+        store.close()
+
+
+def _key_message(db: str, key: str | None, exc: Exception) -> str:
+    if key:
+        return f"wrong key for the encrypted store {db} (check --key / VITALS_STORE_KEY)"
+    return f"{db} is encrypted: pass --key KEY or set VITALS_STORE_KEY"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @click.command("metrics")
-def command() -> None:
-    """Not built yet."""
-    raise VitalsError("'vitals metrics' is not built yet")
+@click.option("--db", metavar="FILE", help="The app's store file (SQLite; SQLCipher with a key).")
+@click.option("--key", metavar="KEY", envvar="VITALS_STORE_KEY", show_envvar=True,
+              help="Key of an encrypted store.")
+@click.option("--url", metavar="URL", help="A running app served by appvitals.serve (e.g. http://127.0.0.1:9464).")
+@click.option("--token", metavar="TOKEN", envvar="VITALS_TOKEN", show_envvar=True, help="Bearer token for --url.")
+@click.option("--since", metavar="WHEN", help='Start of the window: "1 hour ago", "90m", "yesterday", ISO 8601...')
+@click.option("--until", metavar="WHEN", help="End of the window (default: now).")
+@click.option("--where", "where", multiple=True, metavar="KEY=VALUE", help="Only series with this label (repeatable).")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME", help="Only metrics matching this glob (repeatable).")
+@click.option("--group", "groups", multiple=True, metavar="NAME", help="Only this section/group (repeatable).")
+@click.option("--scope", type=click.Choice(_query.SCOPES), default="all", show_default=True,
+              help="all runs, this session (the latest run) or past sessions.")
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot JSON (SPEC section 4) and nothing else.")
+@click.option("--watch", type=click.FloatRange(min=0.2), is_flag=False, flag_value=2.0, default=None,
+              metavar="[SECONDS]", help="Refresh in place every SECONDS (default 2) until Ctrl-C.")
+@click.option("--compare", metavar="WHEN",
+              help='Compare with an earlier window of the same length: alone, "1 day ago" compares the last '
+                   "day with the day before; with --since, WHEN is where the earlier window starts.")
+@click.option("--title", default="Metrics", show_default=True, help="Title of the view.")
+def command(db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, title) -> None:
+    """In-app stats, formatted like seed 003's example (or as JSON), live with --watch."""
+
+    def queries(now: dt.datetime) -> tuple[_query.Query, _query.Query | None]:
+        q = _query.build(scope, since, until, where, metrics, groups, now=now)
+        if not compare:
+            return q, None
+        return _query.previous_window(q, _query.parse_when(compare, "compare", now), now)
+
+    warned = []
+
+    def take(read: Reader) -> tuple[_snap.Snapshot, _snap.Snapshot | None]:
+        current_q, previous_q = queries(dt.datetime.now(dt.timezone.utc))
+        current = read(current_q)
+        if previous_q is None:
+            return current, None
+        try:
+            return current, read(previous_q)
+        except (VitalsError, _query.SourceError) as exc:  # e.g. no history that old: the current window alone
+            if not warned:
+                warned.append(True)
+                why = exc.format_message() if isinstance(exc, VitalsError) else _one_line(exc)
+                click.echo(f"vitals: nothing to compare with: {why}", err=True)
+            return current, None
+
+    try:
+        queries(dt.datetime.now(dt.timezone.utc))  # bad options fail before any I/O
+        with _open_source(db, key, url, token) as read:
+            if watch is not None:
+                _watch(read, take, watch, as_json, title, groups, bool(compare))
+                return
+            current, previous = take(read)
+            _emit(current, previous, as_json, title, groups, comparing=bool(compare))
+    except _query.QueryError as exc:
+        raise BadUsage(_one_line(exc))
+    except _query.SourceError as exc:
+        raise VitalsError(_one_line(exc))
+
+
+def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: bool, title: str, groups,
+          comparing: bool = False) -> None:
+    if as_json:
+        doc = {"current": current, "previous": previous} if comparing else current
+        sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
+        sys.stdout.flush()
+        return
+    console = _render.make_console()
+    console.print(_render.render(current, title=title, previous=previous, order=tuple(groups)))
+
+
+def _watch(read: Reader, take, interval: float, as_json: bool, title: str, groups, comparing: bool) -> None:
+    """Refresh until Ctrl-C (exit 0). A failed read shows on the screen and is retried."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    if as_json:  # one JSON document per refresh (JSON lines)
+        try:
+            while True:
+                current, previous = take(read)
+                _emit(current, previous, True, title, groups, comparing)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+    console = _render.make_console()
+    footer = Text(f"Refreshing every {_render.fmt_duration(interval)} · Ctrl-C to quit", style="dim")
+    current, previous = take(read)  # a first failure is an error like without --watch
+    last = _render.render(current, title=title, previous=previous, order=tuple(groups))
+
+    def view() -> Group:
+        nonlocal last
+        try:
+            current, previous = take(read)
+        except (_query.SourceError, click.ClickException) as exc:  # the app restarting, say: keep trying
+            message = exc.format_message() if isinstance(exc, click.ClickException) else _one_line(exc)
+            return Group(last, Text(""), Text(f"⚠ {message} (retrying)", style="yellow"), footer)
+        last = _render.render(current, title=title, previous=previous, order=tuple(groups))
+        return Group(last, Text(""), footer)
+
+    if not console.is_terminal:  # a pipe or a file: no cursor to move, print each refresh in turn
+        try:
+            console.print(last)
+            while True:
+                time.sleep(interval)
+                console.print(Text(""))
+                console.print(Group(*view().renderables[:-1]))  # no "Ctrl-C" footer in a file
+                console.file.flush()
+        except KeyboardInterrupt:
+            return
+    try:
+        with Live(Group(last, Text(""), footer), console=console, auto_refresh=False, redirect_stdout=False,
+                  redirect_stderr=False, vertical_overflow="crop") as live:
+            while True:
+                time.sleep(interval)
+                live.update(view(), refresh=True)
+    except KeyboardInterrupt:
+        pass
