@@ -89,27 +89,36 @@ def with_thresholds(counts: Mapping[Combo, Counts], numeric: Mapping[str, Sequen
     """Replace numeric interval items ('[20,30)') by threshold items ('>=20', '<30'), summing intervals."""
     if not numeric:
         return dict(counts)
-    bounds = {k: interval_bounds(edges) for k, edges in numeric.items()}
+    # interval label -> the threshold items it falls under, per numeric attr
+    contrib: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for key, edges in numeric.items():
+        per_label = contrib[key] = {}
+        for label, (lo, hi) in interval_bounds(edges).items():
+            per_label[label] = [(key, ">=" + fmt_number(e)) for e in edges if lo >= e] + [
+                (key, "<" + fmt_number(e)) for e in edges if hi <= e
+            ]
     out: dict[Combo, Counts] = {}
+    sums: dict[Combo, list] = {}
     for combo, c in counts.items():
-        num = [(k, v) for k, v in combo if k in bounds]
-        if not num:
+        num = next((i for i in combo if i[0] in contrib), None)
+        if num is None:
             out[combo] = c
             continue
-        (key, label), rest = num[0], tuple(i for i in combo if i[0] != num[0][0])
-        lo, hi = bounds[key].get(label, (math.nan, math.nan))
-        for edge in numeric[key]:
-            if lo >= edge:
-                item = (key, ">=" + fmt_number(edge))
-            elif hi <= edge:
-                item = (key, "<" + fmt_number(edge))
-            else:
-                continue
+        rest = tuple(i for i in combo if i[0] != num[0])
+        for item in contrib[num[0]].get(num[1], ()):
             target = tuple(sorted((*rest, item)))
-            acc = out.get(target)
+            acc = sums.get(target)
             if acc is None:
-                acc = out[target] = Counts()
-            acc.add(c)
+                sums[target] = [c.sessions, c.high_sessions, c.units, c.high_units, c.samples, c.metric_sum]
+            else:
+                acc[0] += c.sessions
+                acc[1] += c.high_sessions
+                acc[2] += c.units
+                acc[3] += c.high_units
+                acc[4] += c.samples
+                acc[5] += c.metric_sum
+    for target, acc in sums.items():
+        out[target] = Counts(*acc)
     return _cap_sessions(out, set(numeric))
 
 

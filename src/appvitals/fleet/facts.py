@@ -64,6 +64,12 @@ class Dialect:
             return f"{values}[indexOf({keys}, {self.lit(key)})]"
         return f"coalesce({values}[list_indexof({keys}, {self.lit(key)})], '')"
 
+    def attr_number(self, key: str, keys: str = "attr_keys", values: str = "attr_values") -> str:
+        """An attr as a float, NULL when absent or not a number (no '' detour: failed casts are slow)."""
+        if self.ch:
+            return f"toFloat64OrNull({values}[indexOf({keys}, {self.lit(key)})])"
+        return f"TRY_CAST({values}[list_indexof({keys}, {self.lit(key)})] AS DOUBLE)"
+
     def has(self, key: str, keys: str) -> str:
         """True when the array holds the key."""
         return f"has({keys}, {self.lit(key)})" if self.ch else f"list_contains({keys}, {self.lit(key)})"
@@ -394,7 +400,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     value, cond = metric_expr(d, metric)
     cat = [a for a, _ in cols.phase if a.startswith("sp_")]
     inner_cols = [f"{d.attr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
-    inner_cols += [f"{d.number(d.attr(nk.key))} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
+    inner_cols += [f"{d.attr_number(nk.key)} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
     inner = (
         f"SELECT session_id, ts, {value} AS mv{''.join(', ' + c for c in inner_cols)} "
         f"FROM samples WHERE {_ts(window)} AND {cond}"
@@ -432,7 +438,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     if ev:
         inner, outer = [], []
         for i, nk in enumerate(keys.event_numeric):
-            inner.append(f"max({d.number(d.attr(nk.key))}) AS em_{i}")
+            inner.append(f"max({d.attr_number(nk.key)}) AS em_{i}")
             outer.append(f"{_interval_sql(d, f'em_{i}', nk.edges)} AS en_{i}")
         for i, k in enumerate(keys.event_text):
             inner.append(f"max({d.attr(k)}) AS et_{i}_raw")
