@@ -151,6 +151,7 @@ def main() -> None:
         "floor_group_by_session_stage_s": {"median": round(statistics.median(floor), 3), "min": round(min(floor), 3)},
         "report_s": {"median": round(statistics.median(runs), 3), "min": round(min(runs), 3),
                      "max": round(max(runs), 3), "runs": [round(x, 3) for x in runs]},
+        "report_over_floor": round(statistics.median(runs) / statistics.median(floor), 2),
         "target_s": 1.0,
         "meets_target": statistics.median(runs) <= 1.0,
         "report": {
