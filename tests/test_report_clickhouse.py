@@ -50,3 +50,24 @@ def test_session_detail_on_clickhouse(both):
     sid = lines[0].session_id
     assert msgspec.to_builtins(session_detail(ch, sid)) == msgspec.to_builtins(session_detail(duck, sid))
     assert session_detail(ch, "no-such-session") is None
+
+
+def test_cli_report_on_clickhouse(both):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from svc_collector import SRC
+
+    _, ch, _ = both
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    url = ch.url
+    proc = subprocess.run(
+        [sys.executable, "-m", "appvitals", "report", "--clickhouse", url, "--since", "2025-11-24T16:00:00Z",
+         "--until", "2025-11-24T17:30:00Z", "--json"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["sessions"] > 50 and body["explanations"]

@@ -204,3 +204,29 @@ def test_numeric_event_attribute_that_is_not_on_samples():
     top = _top(r)
     assert top.get("file_name_length", "").startswith(">="), top
     assert 33 <= float(top["file_name_length"][2:]) <= 45
+
+
+def test_another_metric_from_sample_values():
+    """--metric NAME reads a sample's `values` entry instead of cpu."""
+    rng = random.Random(3)
+    lines = []
+    for s in range(300):
+        sid = f"m{s}"
+        t = START_MS + rng.randrange(0, 10 * 60_000)
+        version = rng.choice(["1.0", "1.0", "2.0"])
+        lines.append(SessionLine(sid, t, 0, client_id=f"c{s}", attrs={"app_version": version}))
+        for i in range(20):
+            mem = rng.gauss(200, 30) + (400 if version == "2.0" else 0)
+            lines.append(SampleLine(sid, t + i * 5000, i + 1, cpu=5.0, values={"rss_mb": max(0.0, mem)},
+                                    attrs={"stage": "idle"}))
+    wh = DuckDBWarehouse(":memory:")
+    try:
+        wh.insert(lines)
+        now = dt.datetime.fromtimestamp(START_MS / 1000 + 3600, dt.timezone.utc)
+        by_mem = build_report(wh, since="1h", metric="rss_mb", threshold=400, now=now)
+        by_cpu = build_report(wh, since="1h", threshold=30, now=now)
+    finally:
+        wh.close()
+    assert by_mem.metric == "rss_mb" and by_mem.high_sessions > 50
+    assert _top(by_mem) == {"app_version": "2.0"}
+    assert by_cpu.high_sessions == 0 and by_cpu.explanations == []
