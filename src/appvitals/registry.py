@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import operator
 import threading
 import time
 import warnings
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .store import Store
 
 DEFAULT_MAX_SERIES = 10_000
+_EXTRA = operator.attrgetter("_extra")
 
 
 class Registry:
@@ -164,7 +166,7 @@ class Registry:
             offset = 0
             for c in counters:
                 n = len(c._cells)
-                raw.append((c, (c._keys, texts[offset:offset + n], [cell._extra for cell in c._cells])))
+                raw.append((c, (c._keys, texts[offset:offset + n], list(map(_EXTRA, c._cells)))))
                 offset += n
             for m in metrics:
                 if not isinstance(m, Counter):

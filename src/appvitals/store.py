@@ -79,6 +79,14 @@ _series_data_decoder = msgspec.json.Decoder(_snap.Series)
 _encoder = msgspec.json.Encoder()
 _labels_decoder = msgspec.json.Decoder(dict[str, str])
 _list_decoder = msgspec.json.Decoder(list[str])
+_labels_list_decoder = msgspec.json.Decoder(list[dict[str, str]])
+
+
+def _safe_labels(text: str) -> dict[str, str] | None:
+    try:
+        return _labels_decoder.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def encode_labels(names: Iterable[str], values: Iterable[str]) -> str:
@@ -162,7 +170,9 @@ class Store:
                     raise StoreError(f"{self.path} is a database but not an appvitals store")
             if not self.readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
+                # WAL + NORMAL: a commit survives a killed process and the file is never torn; a power
+                # cut may roll back to an earlier completed flush. forget()/reset() checkpoint with a sync.
+                conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA secure_delete=ON")
                 now = repr(time.time())
                 conn.executescript(
@@ -226,24 +236,53 @@ class Store:
         """Start a new run: fold earlier runs into the past (one transaction); return (run id, past, tracking_since)."""
         with self._db_lock:
             conn = self._conn
-            past = self._runs_snapshot(exclude_latest=False, scope="past")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # fold earlier runs into run 0 so the file does not grow with restarts; a file written by a
                 # newer format is never rewritten (its rows may hold fields this version cannot carry over)
-                if past is not None and int(self._meta(conn, "format", "1")) <= FORMAT:
-                    rows = list(self._rows_for(past, run=0))
-                    known = ",".join(f"'{k}'" for k in KINDS)
-                    conn.execute(f"DELETE FROM series WHERE metric IN (SELECT name FROM metrics WHERE kind IN ({known}))")
-                    conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)", rows)
-                    conn.execute("DELETE FROM runs WHERE id > 0 AND id NOT IN (SELECT DISTINCT run FROM series)")
+                if int(self._meta(conn, "format", "1")) <= FORMAT:
+                    self._fold_locked()
                 conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
                 run = conn.execute("INSERT INTO runs(started_at) VALUES (?) RETURNING id", (started_at,)).fetchone()[0]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            past = self._runs_snapshot(exclude_latest=True, scope="past")
             return run, past, self.tracking_since
+
+    def _fold_locked(self) -> None:
+        conn = self._conn
+        if conn.execute("SELECT count(*) FROM runs WHERE id > 0").fetchone()[0] == 0:
+            return
+        # counters add and gauges keep the latest run's value: plain SQL, no round trip through Python
+        conn.execute("DROP TABLE IF EXISTS temp.fold")
+        conn.execute(
+            "CREATE TEMP TABLE fold AS "
+            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value FROM series s "
+            "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
+        conn.execute(
+            "INSERT INTO temp.fold SELECT metric, labels, value FROM ("
+            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
+            "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
+            "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
+        # histograms, states and events merge in Python (sketches, times, ring buffers)
+        defs = self._metric_defs()
+        complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events")]
+        merged: _snap.Snapshot | None = None
+        if complex_names:
+            tracking = self.tracking_since
+            for (run_id,) in conn.execute("SELECT id FROM runs ORDER BY id").fetchall():
+                snap = self._read_run(run_id, defs, tracking, tracking, tracking, only=complex_names)
+                merged = snap if merged is None else _snap.merge(merged, snap)
+        conn.execute("DELETE FROM series WHERE metric IN "
+                     "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events'))")
+        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
+        if merged is not None:
+            conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
+                             list(self._rows_for(merged, run=0)))
+        conn.execute("DROP TABLE temp.fold")
+        conn.execute("DELETE FROM runs WHERE id > 0 AND id NOT IN (SELECT DISTINCT run FROM series)")
 
     def _rows_for(self, snap: _snap.Snapshot, run: int):
         for m in snap.metrics:
@@ -347,7 +386,10 @@ class Store:
         out = _snap.window(later, earlier)
         out.scope = scope
         if since_ts is not None:
-            out.window = {"since": _snap.to_datetime(since_ts), "until": later.taken_at}
+            # honest bounds: with no history point at or before `since`, the window starts where
+            # the data does (tracking start), not where it was asked to
+            start = since_ts if earlier is not None else min(since_ts, _snap.to_epoch(later.tracking_since))
+            out.window = {"since": _snap.to_datetime(start), "until": later.taken_at}
         return out
 
     # ------------------------------------------------------------ reading
@@ -399,21 +441,33 @@ class Store:
                 out.session_started_at = _snap.to_datetime(start)
         return out
 
-    def _read_run(self, run: int, defs: dict, started: float, flushed: float, tracking: float) -> _snap.Snapshot:
+    def _read_run(self, run: int, defs: dict, started: float, flushed: float, tracking: float,
+                  only: list[str] | None = None) -> _snap.Snapshot:
+        if only is not None:
+            marks = ",".join("?" * len(only))
+            rows = self._conn.execute(f"SELECT metric, labels, value, data FROM series WHERE run = ? AND metric IN ({marks}) "
+                                      "ORDER BY metric, labels", (run, *only)).fetchall()
+        else:
+            rows = self._conn.execute("SELECT metric, labels, value, data FROM series WHERE run = ? "
+                                      "ORDER BY metric, labels", (run,)).fetchall()
+        rows = [r for r in rows if r[0] in defs]  # kinds this version does not know stay untouched on disk
+        try:  # one decode call for every label set: much faster than one call a row
+            all_labels = _labels_list_decoder.decode("[" + ",".join(r[1] for r in rows) + "]")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            all_labels = [_safe_labels(r[1]) for r in rows]
         by_metric: dict[str, list[_snap.Series]] = {}
-        for metric, labels, value, data in self._conn.execute(
-                "SELECT metric, labels, value, data FROM series WHERE run = ?", (run,)):
-            d = defs.get(metric)
-            if d is None:
-                continue  # a kind this version does not know: left untouched on disk
-            try:
-                label_map = _labels_decoder.decode(labels)
-                if d["kind"] in ("counter", "gauge"):
-                    series = _snap.Series(labels=label_map, value=float(value or 0.0))
-                else:
+        Series = _snap.Series
+        for (metric, _, value, data), label_map in zip(rows, all_labels):
+            if label_map is None:
+                continue
+            kind = defs[metric]["kind"]
+            if kind == "counter" or kind == "gauge":
+                series = Series(labels=label_map, value=float(value or 0.0))
+            else:
+                try:
                     series = decode_series(data, label_map)
-            except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
-                continue  # an unreadable row is skipped, never rewritten
+                except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+                    continue  # an unreadable row is skipped, never rewritten
             by_metric.setdefault(metric, []).append(series)
         metrics = []
         for name in sorted(by_metric):
@@ -422,10 +476,9 @@ class Store:
                 label_names = _list_decoder.decode(d["label_names"])
             except msgspec.DecodeError:
                 label_names = []
-            series = sorted(by_metric[name], key=lambda s: tuple(s.labels.get(n, "") for n in label_names))
             metrics.append(_snap.MetricSnapshot(name=name, kind=d["kind"], help=d["help"], unit=d["unit"],
                                                 group=d["group"], label_names=label_names, capacity=d["capacity"],
-                                                series=series))
+                                                series=by_metric[name]))
         return _snap.Snapshot(taken_at=_snap.to_datetime(flushed), tracking_since=_snap.to_datetime(tracking),
                               session_started_at=_snap.to_datetime(started), scope="all", metrics=metrics)
 
