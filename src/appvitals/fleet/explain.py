@@ -24,7 +24,7 @@ from itertools import combinations
 
 import msgspec
 
-from .facts import Combo, Counts, fmt_number, interval_bounds
+from .facts import Combo, Counts, fmt_number, interval_bounds, interval_labels
 
 
 class Settings(msgspec.Struct):
@@ -85,40 +85,53 @@ def _factor(c: Counts) -> float:
     return min(1.0, c.sessions / c.units) if c.units else 1.0
 
 
-def with_thresholds(counts: Mapping[Combo, Counts], numeric: Mapping[str, Sequence[float]]) -> dict[Combo, Counts]:
-    """Replace numeric interval items ('[20,30)') by threshold items ('>=20', '<30'), summing intervals."""
+def with_thresholds(counts: Mapping[Combo, Counts], numeric: Mapping[str, Sequence[float]],
+                    min_high: float = 0.0) -> dict[Combo, Counts]:
+    """Replace numeric interval items ('[20,30)') by threshold items ('>=20', '<30'), summing intervals.
+
+    Combinations whose other items already hold fewer than `min_high` high sessions are
+    skipped: no threshold can give them more.
+    """
     if not numeric:
         return dict(counts)
-    # interval label -> the threshold items it falls under, per numeric attr
-    contrib: dict[str, dict[str, list[tuple[str, str]]]] = {}
-    for key, edges in numeric.items():
-        per_label = contrib[key] = {}
-        for label, (lo, hi) in interval_bounds(edges).items():
-            per_label[label] = [(key, ">=" + fmt_number(e)) for e in edges if lo >= e] + [
-                (key, "<" + fmt_number(e)) for e in edges if hi <= e
-            ]
+    index = {key: {label: i for i, label in enumerate(interval_labels(edges))} for key, edges in numeric.items()}
     out: dict[Combo, Counts] = {}
-    sums: dict[Combo, list] = {}
+    groups: dict[tuple[str, Combo], list] = {}  # (numeric attr, other items) -> counts per interval
     for combo, c in counts.items():
-        num = next((i for i in combo if i[0] in contrib), None)
+        num = next((i for i in combo if i[0] in index), None)
         if num is None:
             out[combo] = c
             continue
+        at = index[num[0]].get(num[1])
         rest = tuple(i for i in combo if i[0] != num[0])
-        for item in contrib[num[0]].get(num[1], ()):
-            target = tuple(sorted((*rest, item)))
-            acc = sums.get(target)
-            if acc is None:
-                sums[target] = [c.sessions, c.high_sessions, c.units, c.high_units, c.samples, c.metric_sum]
-            else:
-                acc[0] += c.sessions
-                acc[1] += c.high_sessions
-                acc[2] += c.units
-                acc[3] += c.high_units
-                acc[4] += c.samples
-                acc[5] += c.metric_sum
-    for target, acc in sums.items():
-        out[target] = Counts(*acc)
+        if at is None or (rest and min_high and (rc := counts.get(rest)) is not None and rc.high_sessions < min_high):
+            continue
+        per = groups.get((num[0], rest))
+        if per is None:
+            per = groups[(num[0], rest)] = [None] * len(index[num[0]])
+        per[at] = c
+    for (key, rest), per in groups.items():
+        edges = numeric[key]
+        n = len(per)
+        # intervals 0..n-1; edge j separates interval j (below) from j+1 (above)
+        below = [0.0] * 6
+        for j, e in enumerate(edges):
+            c = per[j]
+            if c is not None:
+                below = [below[0] + c.sessions, below[1] + c.high_sessions, below[2] + c.units,
+                         below[3] + c.high_units, below[4] + c.samples, below[5] + c.metric_sum]
+            if below[2]:
+                out[tuple(sorted((*rest, (key, "<" + fmt_number(e)))))] = Counts(
+                    int(below[0]), int(below[1]), int(below[2]), int(below[3]), int(below[4]), below[5])
+        above = [0.0] * 6
+        for j in range(n - 1, 0, -1):
+            c = per[j]
+            if c is not None:
+                above = [above[0] + c.sessions, above[1] + c.high_sessions, above[2] + c.units,
+                         above[3] + c.high_units, above[4] + c.samples, above[5] + c.metric_sum]
+            if above[2]:
+                out[tuple(sorted((*rest, (key, ">=" + fmt_number(edges[j - 1])))))] = Counts(
+                    int(above[0]), int(above[1]), int(above[2]), int(above[3]), int(above[4]), above[5])
     return _cap_sessions(out, set(numeric))
 
 
@@ -142,12 +155,12 @@ def explain(
     s = settings or Settings()
     if total.units == 0 or total.high_units == 0:
         return Result([], [], 0)
-    counts = with_thresholds(counts, numeric or {})
+    min_high = s.min_support if s.min_support >= 1 else s.min_support * total.high_sessions
+    min_high = max(float(s.min_support_sessions), min_high)
+    counts = with_thresholds(counts, numeric or {}, min_high)
     for c in counts.values():
         c.sessions = min(c.sessions, total.sessions)
         c.high_sessions = min(c.high_sessions, total.high_sessions)
-    min_high = s.min_support if s.min_support >= 1 else s.min_support * total.high_sessions
-    min_high = max(float(s.min_support_sessions), min_high)
     frequent = {c: n for c, n in counts.items() if n.high_sessions >= min_high and n.units > 0}
     alpha = s.alpha / max(1, len(frequent))
     f_all = _factor(total)

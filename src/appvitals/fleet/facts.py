@@ -18,6 +18,7 @@ passes the threshold. A session is high when any of its phases is. Counting rows
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from itertools import combinations
@@ -245,6 +246,11 @@ def interval_labels(edges: Sequence[float]) -> list[str]:
 
 def interval_bounds(edges: Sequence[float]) -> dict[str, tuple[float, float]]:
     """Label -> (low, high) of each interval the edges cut."""
+    return _interval_bounds(tuple(edges))
+
+
+@functools.lru_cache(maxsize=256)
+def _interval_bounds(edges: tuple[float, ...]) -> dict[str, tuple[float, float]]:
     lows = [-math.inf, *edges]
     highs = [*edges, math.inf]
     return dict(zip(interval_labels(edges), zip(lows, highs, strict=True), strict=True))
