@@ -25,6 +25,7 @@ QUICK = {
     "core": {"BENCH_N": "100000"},
     "store": {"BENCH_SERIES": "20000"},
     "ingest": ["--samples", "200000"],
+    "report": ["--sessions", "10000"],
 }
 
 
