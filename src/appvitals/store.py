@@ -22,6 +22,7 @@ newer one wrote.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import os
@@ -192,6 +193,17 @@ class Store:
                 pass
             raise
 
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction: committed whole, or rolled back whole (caller holds _db_lock)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
     @staticmethod
     def _meta(conn, key: str, default: str) -> str:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -236,18 +248,13 @@ class Store:
         """Start a new run: fold earlier runs into the past (one transaction); return (run id, past, tracking_since)."""
         with self._db_lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 # fold earlier runs into run 0 so the file does not grow with restarts; a file written by a
                 # newer format is never rewritten (its rows may hold fields this version cannot carry over)
                 if int(self._meta(conn, "format", "1")) <= FORMAT:
                     self._fold_locked()
                 conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
                 run = conn.execute("INSERT INTO runs(started_at) VALUES (?) RETURNING id", (started_at,)).fetchone()[0]
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             past = self._runs_snapshot(exclude_latest=True, scope="past")
             return run, past, self.tracking_since
 
@@ -303,18 +310,13 @@ class Store:
             tracking = self.tracking_since
             current = self._read_run(0, defs, tracking, tracking, tracking)
             merged = _snap.merge(current, snap, scope="past")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
                 conn.executemany("INSERT OR IGNORE INTO metrics(name, kind, help, unit, grp, label_names, capacity) VALUES (?, ?, ?, ?, ?, ?, ?)", [
                     (m.name, m.kind, m.help, m.unit, m.group, msgspec.json.encode(m.label_names).decode(), m.capacity)
                     for m in snap.metrics])
                 conn.execute("DELETE FROM series WHERE run = 0")
                 conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)", list(self._rows_for(merged, run=0)))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
     def write_flush(self, run: int, now: float, metric_defs: list[tuple], rows: list[tuple],
                     history_point: Any = None) -> None:
@@ -323,8 +325,7 @@ class Store:
             raise StoreError("store is open read-only")
         with self._db_lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 if metric_defs:
                     conn.executemany("INSERT OR REPLACE INTO metrics(name, kind, help, unit, grp, label_names, capacity) VALUES (?, ?, ?, ?, ?, ?, ?)", metric_defs)
                 if rows:
@@ -333,10 +334,6 @@ class Store:
                 if history_point is not None:
                     snap = history_point() if callable(history_point) else history_point
                     self._add_history_locked(now, snap)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
     # ------------------------------------------------------------ history
 
@@ -493,8 +490,7 @@ class Store:
             raise ValueError("forget() needs at least one label")
         with self._db_lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 clause = " AND ".join("json_extract(labels, ?) = ?" for _ in want)
                 params: list[Any] = []
                 for k, v in want.items():
@@ -515,10 +511,6 @@ class Store:
                     cleaned = _snap.drop_series(snap, want)
                     conn.execute("UPDATE history SET snapshot = ? WHERE ts = ?",
                                  (zlib.compress(_snap.encode(cleaned), 6), ts))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             self._scrub()
 
     def reset(self, now: float | None = None) -> None:
@@ -528,15 +520,10 @@ class Store:
         now = time.time() if now is None else now
         with self._db_lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 conn.execute("DELETE FROM series")
                 conn.execute("DELETE FROM history")
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('tracking_since', ?)", (str(now),))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             self._scrub()
 
     def _scrub(self) -> None:
