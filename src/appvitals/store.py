@@ -262,18 +262,8 @@ class Store:
         conn = self._conn
         if conn.execute("SELECT count(*) FROM runs WHERE id > 0").fetchone()[0] == 0:
             return
-        # counters add and gauges keep the latest run's value: plain SQL, no round trip through Python
-        conn.execute("DROP TABLE IF EXISTS temp.fold")
-        conn.execute(
-            "CREATE TEMP TABLE fold AS "
-            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value FROM series s "
-            "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
-        conn.execute(
-            "INSERT INTO temp.fold SELECT metric, labels, value FROM ("
-            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
-            "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
-            "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
-        # histograms, states and events merge in Python (sketches, times, ring buffers)
+        # histograms, states and events merge in Python (sketches, times, ring buffers); read them
+        # before the counters and gauges below are folded in place
         defs = self._metric_defs()
         complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events")]
         merged: _snap.Snapshot | None = None
@@ -282,13 +272,23 @@ class Store:
             for (run_id,) in conn.execute("SELECT id FROM runs ORDER BY id").fetchall():
                 snap = self._read_run(run_id, defs, tracking, tracking, tracking, only=complex_names)
                 merged = snap if merged is None else _snap.merge(merged, snap)
-        conn.execute("DELETE FROM series WHERE metric IN "
+        # counters add and gauges keep the latest run's value: plain SQL, written over run 0 in place
+        conn.execute(
+            "INSERT OR REPLACE INTO series(run, metric, labels, value, data) "
+            "SELECT 0, s.metric, s.labels, sum(s.value), NULL FROM series s "
+            "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
+        conn.execute(
+            "INSERT OR REPLACE INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM ("
+            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
+            "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
+            "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
+        conn.execute("DELETE FROM series WHERE run > 0 AND metric IN "
                      "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events'))")
-        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
         if merged is not None:
+            marks = ",".join("?" * len(complex_names))
+            conn.execute(f"DELETE FROM series WHERE run = 0 AND metric IN ({marks})", complex_names)
             conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
                              list(self._rows_for(merged, run=0)))
-        conn.execute("DROP TABLE temp.fold")
         conn.execute("DELETE FROM runs WHERE id > 0 AND id NOT IN (SELECT DISTINCT run FROM series)")
 
     def _rows_for(self, snap: _snap.Snapshot, run: int):
