@@ -226,3 +226,20 @@ def test_windows_with_an_attached_store(tmp_path):
             assert r.status_code == 500 and "history" in r.json()["error"]  # one line, not a bare 500
     finally:
         reg.detach()
+
+
+def test_transitions_are_pushed_not_polled():
+    """With polling and deltas both set to a minute, a transition still arrives at once."""
+    reg = appvitals.Registry()
+    state = reg.state("sync_state", states=("Uninitialized", "Ready"))
+    errors = reg.events("errors")
+    with appvitals.serve(reg, port=0, poll_interval=60, delta_interval=60) as h:
+        def act():
+            time.sleep(0.5)
+            state.set("Ready", reason="caught up")
+            errors.record(type="network", message="reset")
+
+        threading.Thread(target=act, daemon=True).start()
+        events = _read_events(h.url + "/v1/events", lambda ev: {"state", "record"} <= {n for n, _ in ev}, timeout=30)
+        names = {n for n, _ in events}
+        assert {"state", "record"} <= names  # within 30 s, while the poll would take 60

@@ -178,9 +178,10 @@ class _HistogramChild:
 
 
 class _StateChild:
-    __slots__ = ("current", "entered_at", "times", "transitions", "history", "_allowed")
+    __slots__ = ("current", "entered_at", "times", "transitions", "history", "_allowed", "_changed")
 
-    def __init__(self, allowed: tuple[str, ...], history: int) -> None:
+    def __init__(self, allowed: tuple[str, ...], history: int, changed=None) -> None:
+        self._changed = changed  # the registry's change notifier: live streams push transitions at once
         self._allowed = frozenset(allowed)
         self.current: str | None = allowed[0] if allowed else None
         self.entered_at = _now()
@@ -203,6 +204,8 @@ class _StateChild:
                 self.history.append((now, previous, state, reason))
             self.current = state
             self.entered_at = now
+        if previous != state and self._changed is not None:
+            self._changed()
 
     def _zero(self) -> None:
         self.entered_at = _now()
@@ -215,9 +218,10 @@ class _StateChild:
 
 
 class _EventsChild:
-    __slots__ = ("recent", "total", "by_type")
+    __slots__ = ("recent", "total", "by_type", "_changed")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, changed=None) -> None:
+        self._changed = changed
         self.recent: collections.deque = collections.deque(maxlen=capacity)
         self.total = 0
         self.by_type: dict[str, int] = {}
@@ -232,6 +236,8 @@ class _EventsChild:
             self.recent.append(rec)
             self.total += 1
             self.by_type[rec["type"]] = self.by_type.get(rec["type"], 0) + 1
+        if self._changed is not None:
+            self._changed()
 
     def _zero(self) -> None:
         self.recent.clear()
@@ -474,7 +480,7 @@ class State(Metric):
         return self._solo.current if not self._n else None
 
     def _new_child(self) -> _StateChild:
-        return _StateChild(self.states, self.history_size)
+        return _StateChild(self.states, self.history_size, self._registry._notify_change)
 
 
 class Events(Metric):
@@ -494,7 +500,7 @@ class Events(Metric):
         raise LabelError(f"metric {self.name!r} has labels: use .labels(...).record()")
 
     def _new_child(self) -> _EventsChild:
-        return _EventsChild(self.capacity)
+        return _EventsChild(self.capacity, self._registry._notify_change)
 
     def remove_records(self, **match: Any) -> int:
         """Drop the records whose fields include `match`; returns how many were dropped."""

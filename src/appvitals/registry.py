@@ -52,6 +52,7 @@ class Registry:
         self._store: Store | None = None
         self._persister = None
         self._backup_unknown: dict[str, str] = {}
+        self._listeners: tuple = ()
 
     # ------------------------------------------------------------ factories
 
@@ -93,6 +94,25 @@ class Registry:
             metric = cls(self, name, help, unit, labels, group, max_series or self.max_series, **options)
             self._metrics[name] = metric
             return metric
+
+    def subscribe(self, listener) -> callable:
+        """Call `listener()` (from the mutating thread; keep it cheap) after every state transition
+        and every event record; returns a function that unsubscribes."""
+        with self._define_lock:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._define_lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
+
+    def _notify_change(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a broken listener must not break the application
+                pass
 
     def get(self, name: str) -> Metric | None:
         """The metric registered under `name`, or None."""

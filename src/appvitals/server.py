@@ -37,7 +37,7 @@ from . import snapshot as _snap
 from .exposition import exposition
 from .registry import Registry
 
-POLL_INTERVAL = 0.2  # how often the live stream looks for transitions and new records
+POLL_INTERVAL = 1.0  # the longest the live stream waits between looks (changes wake it at once)
 DELTA_INTERVAL = 1.0  # how often it reports counter deltas
 _json = msgspec.json.Encoder()
 
@@ -177,22 +177,47 @@ async def _live(registry: Registry, q: _query.Query, first: _snap.Snapshot, stop
     yield _sse("hello", {"taken_at": first.taken_at, "session_started_at": first.session_started_at,
                          "tracking_since": first.tracking_since, "poll_interval": poll_interval,
                          "delta_interval": delta_interval})
+    # transitions and records are pushed: the registry wakes this loop from the mutating thread
+    # (debounced, at most one wake-up pending); `poll_interval` only bounds how long a wait lasts
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    pending = threading.Event()
+
+    def fire() -> None:
+        pending.clear()
+        changed.set()
+
+    def wake() -> None:
+        if not pending.is_set():
+            pending.set()
+            loop.call_soon_threadsafe(fire)
+
+    unsubscribe = registry.subscribe(wake)
     last = last_tick = first
     next_tick = time.monotonic() + delta_interval
-    while not stopping.is_set():
-        await asyncio.sleep(poll_interval)
-        current = _query.apply(await run_in_threadpool(registry.snapshot, "session"), msgspec.structs.replace(q, where={}))
-        if q.where:
-            current = _snap.filter_snapshot(current, where=q.where)
-        for event, data in changes(last, current):
-            yield _sse(event, data)
-        last = current
-        if time.monotonic() >= next_tick:
-            yield _sse("deltas", deltas(last_tick, current, delta_interval))
-            last_tick = current
-            next_tick += delta_interval
-            if next_tick < time.monotonic():  # fell behind (a slow client): keep the pace, skip the backlog
-                next_tick = time.monotonic() + delta_interval
+    try:
+        while not stopping.is_set():
+            timeout = max(0.0, min(poll_interval, next_tick - time.monotonic()))
+            try:
+                await asyncio.wait_for(changed.wait(), timeout)
+            except TimeoutError:
+                pass
+            changed.clear()
+            current = _query.apply(await run_in_threadpool(registry.snapshot, "session"),
+                                   msgspec.structs.replace(q, where={}))
+            if q.where:
+                current = _snap.filter_snapshot(current, where=q.where)
+            for event, data in changes(last, current):
+                yield _sse(event, data)
+            last = current
+            if time.monotonic() >= next_tick:
+                yield _sse("deltas", deltas(last_tick, current, delta_interval))
+                last_tick = current
+                next_tick += delta_interval
+                if next_tick < time.monotonic():  # fell behind (a slow client): keep the pace, skip the backlog
+                    next_tick = time.monotonic() + delta_interval
+    finally:
+        unsubscribe()
 
 
 # ---------------------------------------------------------------- the background server
