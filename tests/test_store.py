@@ -370,3 +370,26 @@ def test_sigterm_while_main_thread_holds_the_instrument_lock(tmp_path):
     assert snap.value("received", server="a") > 0
     # each run's last flush is one instant: at most one observe() ahead of its inc(2)
     assert 0 <= 2 * snap.metric("lat").series[0].count - snap.value("received", server="a") <= 2 * 5
+
+
+def test_a_full_disk_fails_the_flush_loudly_and_loses_nothing(tmp_path):
+    """SQLITE_FULL (the disk-full error, forced with max_page_count) fails that flush as a whole;
+    memory keeps everything and the next flush, with room again, writes it all."""
+    db = tmp_path / "full.db"
+    reg, c = _app(db)
+    c.labels(user="1", server="s").inc()
+    reg.flush()
+    conn = reg._store._conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    for i in range(5000):
+        c.labels(user=f"u{i}", server="s").inc()
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        reg.flush()
+    with Store.open_readonly(db) as ro:
+        assert ro.snapshot().value("msgs") == 1  # the last completed flush, intact
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    reg.flush()
+    reg.detach()
+    with Store.open_readonly(db) as ro:
+        assert ro.snapshot().value("msgs") == 5001

@@ -299,9 +299,15 @@ class Registry:
             raise ValueError("interval must be between 1 and 300 seconds")
         if self._store is not None:
             raise RuntimeError("this registry is already attached to a store")
-        self._persister = Persister(self, store, interval, history)
+        persister = Persister(self, store, interval, history)
         self._store = store
-        self._persister.start()
+        self._persister = persister
+        try:
+            persister.start()
+        except BaseException:  # e.g. a full disk while restoring: stay detached, nothing half-done
+            self._store = None
+            self._persister = None
+            raise
 
     def flush(self) -> None:
         """Write this session's changes to the attached store now (one transaction)."""

@@ -201,7 +201,11 @@ class Store:
             yield self._conn
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # some errors (SQLITE_FULL, IOERR) already rolled the transaction back: never let a
+            # failing ROLLBACK hide the error that matters
+            with contextlib.suppress(Exception):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
             raise
 
     @staticmethod
