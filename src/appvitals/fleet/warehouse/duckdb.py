@@ -106,8 +106,11 @@ def _arrow_table(table: str, lines: list[AnyLine]) -> pa.Table:
         columns["client_id"] = pa.array(list(map(_FIELD["client_id"], lines)), _STR)
     elif table == "samples":
         columns["cpu"] = pa.array(list(map(_FIELD["cpu"], lines)), _F64)
-        columns["value_keys"], columns["value_values"] = _key_lists(
-            pa.array(list(map(_FIELD["values"], lines)), _F64_MAP))
+        values = list(map(_FIELD["values"], lines))
+        if any(values):
+            columns["value_keys"], columns["value_values"] = _key_lists(pa.array(values, _F64_MAP))
+        else:  # the usual case: no extra values
+            columns["value_keys"], columns["value_values"] = _empty_lists(len(lines), _STR), _empty_lists(len(lines), _F64)
     elif table == "events":
         columns["name"] = pa.array(list(map(_FIELD["name"], lines)), _STR)
     else:
@@ -117,17 +120,25 @@ def _arrow_table(table: str, lines: list[AnyLine]) -> pa.Table:
     return pa.table({name: columns[name] for name in SCHEMA[table]})
 
 
-def _batch_duplicates(sids: list[str], seqs: list[int | None]) -> tuple[dict[tuple[str, int], int], list[int]]:
-    """(key -> index of its first line, indexes of lines repeating an earlier key of the batch)."""
-    if None in seqs:
-        keyed = [(i, (sid, seq)) for i, (sid, seq) in enumerate(zip(sids, seqs)) if seq is not None]
-    else:
-        keyed = list(enumerate(zip(sids, seqs)))
-    # built backwards, so each key keeps the index of its first line
-    first = {key: i for i, key in reversed(keyed)}
-    if len(first) == len(keyed):
-        return first, []
-    return first, [i for i, key in keyed if first[key] != i]
+def _batch_duplicates(sids: list[str], seqs: list[int | None]) -> list[int]:
+    """Indexes of the lines that repeat the (session_id, seq) of an earlier line of the batch."""
+    if None not in seqs and len(set(zip(sids, seqs))) == len(seqs):
+        return []  # the usual case, checked in C
+    seen: set[tuple[str, int]] = set()
+    duplicates = []
+    for i, key in enumerate(zip(sids, seqs)):
+        if key[1] is None:
+            continue
+        if key in seen:
+            duplicates.append(i)
+        else:
+            seen.add(key)
+    return duplicates
+
+
+def _empty_lists(rows: int, values: pa.DataType) -> pa.Array:
+    """A list column of `rows` empty lists."""
+    return pa.ListArray.from_arrays(pa.array([0] * (rows + 1), pa.int32()), pa.array([], values))
 
 
 class DuckDBWarehouse(Warehouse):
@@ -167,7 +178,8 @@ class DuckDBWarehouse(Warehouse):
             return [InsertResult() for _ in batches]
         sids = list(map(_SID, lines))
         seqs = list(map(_SEQ, lines))
-        first, duplicates = _batch_duplicates(sids, seqs)
+        duplicates = _batch_duplicates(sids, seqs)
+        keyed = seqs.count(None) < len(seqs)
         if duplicates:
             skip = set(duplicates)
             fresh = [line for i, line in enumerate(lines) if i not in skip]
@@ -181,14 +193,16 @@ class DuckDBWarehouse(Warehouse):
                 group = groups[kind] = []
             group.append(line)
         tables = [(table, _arrow_table(table, groups[kind])) for kind, table in _KIND_TABLE if groups.get(kind)]
+        spans = {table: pc.min_max(arrow.column("ts")).as_py() for table, arrow in tables}
         with self._write_lock:
             con = self._con
             script = ["BEGIN TRANSACTION"]
-            if first:
+            if keyed:
                 # A duplicate is the same line sent again, so it carries the same ts: only rows in the
-                # batch's ts range can match, and DuckDB's zone maps skip every other row group.
-                tss = [lines[i].ts for i in first.values()]
-                lo, hi = min(tss), max(tss)
+                # batch's ts range can match, and DuckDB's zone maps skip every other row group; a
+                # table whose rows all lie outside that range is not looked at.
+                lo = min(span["min"] for span in spans.values())
+                hi = max(span["max"] for span in spans.values())
                 lookup = [t for t, r in self._ts_range.items() if r is not None and r[0] <= hi and lo <= r[1]]
                 script.append(_stored_sql([table for table, _ in tables], lookup, lo, hi))
                 insert = _INSERT_NEW_SQL
@@ -196,7 +210,7 @@ class DuckDBWarehouse(Warehouse):
                 insert = _INSERT_SQL
             script.extend(insert[table] for table, _ in tables)
             script.append("COMMIT")
-            if first:
+            if keyed:
                 script.append("SELECT session_id, seq FROM _stored")
             registered = []
             # one execute(): each call gives up the GIL and waits to get it back
@@ -205,7 +219,7 @@ class DuckDBWarehouse(Warehouse):
                     con.register(f"_incoming_{table}", arrow)
                     registered.append(table)
                 cursor = con.execute(";\n".join(script))
-                stored = cursor.fetchall() if first else []
+                stored = cursor.fetchall() if keyed else []
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
@@ -213,14 +227,15 @@ class DuckDBWarehouse(Warehouse):
             finally:
                 for table in registered:
                     con.unregister(f"_incoming_{table}")
-            for table, arrow in tables:
-                span = pc.min_max(arrow.column("ts")).as_py()
+            for table, span in spans.items():
                 known = self._ts_range[table]
-                if known is not None:
-                    span = {"min": min(known[0], span["min"]), "max": max(known[1], span["max"])}
-                self._ts_range[table] = (span["min"], span["max"])
+                self._ts_range[table] = (span["min"], span["max"]) if known is None else (
+                    min(known[0], span["min"]), max(known[1], span["max"]))
         if stored:
-            duplicates += [first[key] for key in set(stored) if key in first]
+            # each stored key names one line of the batch: in-batch repeats were left out above
+            found = set(stored)
+            skip = set(duplicates)
+            duplicates += [i for i, key in enumerate(zip(sids, seqs)) if key in found and i not in skip]
         counts = [0] * len(sizes)
         if duplicates:
             bounds = []
