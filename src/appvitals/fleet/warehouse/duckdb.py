@@ -58,8 +58,9 @@ def _stored_sql(incoming: list[str], lookup: list[str], lo: int, hi: int) -> str
         f"SELECT session_id, seq FROM {table} WHERE ts BETWEEN {int(lo)} AND {int(hi)} "
         f"AND (session_id, seq) IN (SELECT * FROM _keys)"
         for table in lookup
-    ) or "SELECT NULL::VARCHAR AS session_id, NULL::BIGINT AS seq WHERE false"
-    return f"CREATE OR REPLACE TEMP TABLE _stored AS WITH _keys AS ({keys}) {found}"
+    )
+    # a temp table is never logged; emptying it is cheaper than creating it again
+    return f"DELETE FROM _stored; INSERT INTO _stored WITH _keys AS ({keys}) {found}"
 
 
 _SQL_TYPES = {
@@ -159,6 +160,7 @@ class DuckDBWarehouse(Warehouse):
         self._write_lock = threading.Lock()
         for statement in _ddl():
             self._con.execute(statement)
+        self._con.execute("CREATE TEMP TABLE IF NOT EXISTS _stored (session_id VARCHAR, seq BIGINT)")
         # per table, (min ts, max ts) of its rows or None when empty: a superset of the truth,
         # kept by the one writer, so the duplicate lookup can skip tables outside a batch's range
         self._ts_range: dict[str, tuple[int, int] | None] = {}
@@ -197,6 +199,7 @@ class DuckDBWarehouse(Warehouse):
         with self._write_lock:
             con = self._con
             script = ["BEGIN TRANSACTION"]
+            lookup: list[str] = []
             if keyed:
                 # A duplicate is the same line sent again, so it carries the same ts: only rows in the
                 # batch's ts range can match, and DuckDB's zone maps skip every other row group; a
@@ -204,13 +207,14 @@ class DuckDBWarehouse(Warehouse):
                 lo = min(span["min"] for span in spans.values())
                 hi = max(span["max"] for span in spans.values())
                 lookup = [t for t, r in self._ts_range.items() if r is not None and r[0] <= hi and lo <= r[1]]
+            if lookup:
                 script.append(_stored_sql([table for table, _ in tables], lookup, lo, hi))
                 insert = _INSERT_NEW_SQL
             else:
                 insert = _INSERT_SQL
             script.extend(insert[table] for table, _ in tables)
             script.append("COMMIT")
-            if keyed:
+            if lookup:
                 script.append("SELECT session_id, seq FROM _stored")
             registered = []
             # one execute(): each call gives up the GIL and waits to get it back
@@ -219,7 +223,7 @@ class DuckDBWarehouse(Warehouse):
                     con.register(f"_incoming_{table}", arrow)
                     registered.append(table)
                 cursor = con.execute(";\n".join(script))
-                stored = cursor.fetchall() if keyed else []
+                stored = cursor.fetchall() if lookup else []
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
