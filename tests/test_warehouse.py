@@ -143,3 +143,27 @@ def test_duckdb_memory_file(tmp_path):
     w = DuckDBWarehouse(":memory:")
     assert w.insert(fleet_lines()).accepted == 5
     w.close()
+
+
+def test_duckdb_dedup_skips_only_tables_outside_the_ts_range(tmp_path):
+    # the DuckDB writer keeps each table's ts range in memory and looks a batch's keys up only
+    # in tables whose range meets the batch's: a repeat must still be found, also after a restart
+    path = tmp_path / "r.duckdb"
+    old = NOW - 40 * 86_400_000
+    sample = '{"kind":"sample","session_id":"s1","ts":%d,"seq":1,"cpu":1}'
+    event = '{"kind":"event","session_id":"s1","ts":%d,"seq":2,"name":"x","attrs":{"n":3}}'
+    w = DuckDBWarehouse(path)
+    assert w.insert([L(sample, NOW)]).accepted == 1
+    assert w.insert([L(event, old)]).accepted == 1  # widens nothing in samples
+    fresh = '{"kind":"sample","session_id":"s2","ts":%d,"seq":1,"cpu":1}'
+    again = w.insert([L(sample, NOW), L(event, old), L(fresh, NOW + 10)])
+    assert (again.accepted, again.duplicates) == (1, 2)
+    w.close()
+    w = DuckDBWarehouse(path)  # ranges come back from the file
+    try:
+        again = w.insert([L(event, old), L(fresh, NOW + 10)])
+        assert (again.accepted, again.duplicates) == (0, 2)
+        assert w.query("SELECT count(*) FROM samples")[0][0] == 2
+        assert w.query("SELECT attr_values FROM events") == [(["3"],)]
+    finally:
+        w.close()

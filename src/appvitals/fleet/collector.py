@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import hmac
 import ipaddress
 import logging
@@ -523,6 +524,7 @@ def serve(
         timeout_graceful_shutdown=10,  # a client streaming forever must not block a restart
     )
     server = uvicorn.Server(config)
+    _tune_gc()
     if on_ready is not None:
         shown = f"[{host}]" if ":" in host else host
         original_startup = server.startup
@@ -539,6 +541,16 @@ def serve(
         server.started = False
     if not server.started:
         raise RuntimeError(f"could not start the collector on {host}:{port}")
+
+
+def _tune_gc() -> None:
+    # Ingest allocates millions of short-lived container objects (decoded lines, their attrs
+    # dicts, key tuples) that refcounting frees; with the default gen0 threshold (700) the
+    # cyclic GC ran hundreds of times a second and re-scanned the queued lines each time
+    # (~1 us per line measured). Freeze what startup built and collect young objects less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _check_port_free(host: str, port: int) -> None:
