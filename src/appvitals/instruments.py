@@ -147,12 +147,16 @@ class _HistogramChild:
                 self.max = value
             if value > _eps:
                 i = _ceil(_log(value) * _k)
-                pos = self.pos
-                pos[i] = pos.get(i, 0) + 1
+                try:
+                    self.pos[i] += 1  # no method call on the common path (bucket already seen)
+                except KeyError:
+                    self.pos[i] = 1
             elif value < -_eps:
                 i = _ceil(_log(-value) * _k)
-                neg = self.neg
-                neg[i] = neg.get(i, 0) + 1
+                try:
+                    self.neg[i] += 1
+                except KeyError:
+                    self.neg[i] = 1
             else:
                 self.zero += 1
 

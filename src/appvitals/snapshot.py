@@ -33,7 +33,7 @@ def to_epoch(value: dt.datetime) -> float:
     return (value - _EPOCH).total_seconds()
 
 
-class Transition(msgspec.Struct, omit_defaults=True):
+class Transition(msgspec.Struct, omit_defaults=True, gc=False):
     """One state change, as kept in a state series' history."""
 
     at: dt.datetime
@@ -42,7 +42,7 @@ class Transition(msgspec.Struct, omit_defaults=True):
     reason: str | None = None
 
 
-class Series(msgspec.Struct, omit_defaults=True):
+class Series(msgspec.Struct, omit_defaults=True, gc=False):
     """One labelled series; which fields are set depends on the metric kind."""
 
     labels: dict[str, str]

@@ -255,19 +255,37 @@ class Store:
             with self._transaction():
                 # fold earlier runs into run 0 so the file does not grow with restarts; a file written by a
                 # newer format is never rewritten (its rows may hold fields this version cannot carry over)
+                folded = None
                 if int(self._meta(conn, "format", "1")) <= FORMAT:
-                    self._fold_locked()
+                    folded = self._fold_locked()
                 conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
                 run = conn.execute("INSERT INTO runs(started_at) VALUES (?) RETURNING id", (started_at,)).fetchone()[0]
-            past = self._runs_snapshot(exclude_latest=True, scope="past")
+            if folded is None:
+                past = self._runs_snapshot(exclude_latest=True, scope="past")
+            else:
+                past = folded
+                past.scope = "past"
+                past.tracking_since = _snap.to_datetime(self.tracking_since)
+                past.session_started_at = _snap.to_datetime(started_at)
             return run, past, self.tracking_since
 
-    def _fold_locked(self) -> None:
+    def _fold_locked(self) -> _snap.Snapshot | None:
+        """Fold every run into run 0; returns the folded past (None when there was nothing to fold)."""
         conn = self._conn
         if conn.execute("SELECT count(*) FROM runs WHERE id > 0").fetchone()[0] == 0:
-            return
-        # histograms, states and events merge in Python (sketches, times, ring buffers); read them
-        # before the counters and gauges below are folded in place
+            return None
+        # counters add and gauges keep the latest run's value: plain SQL, no round trip through Python
+        conn.execute("DROP TABLE IF EXISTS temp.fold")
+        conn.execute(
+            "CREATE TEMP TABLE fold AS "
+            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value FROM series s "
+            "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
+        conn.execute(
+            "INSERT INTO temp.fold SELECT metric, labels, value FROM ("
+            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
+            "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
+            "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
+        # histograms, states and events merge in Python (sketches, times, ring buffers)
         defs = self._metric_defs()
         complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events")]
         merged: _snap.Snapshot | None = None
@@ -276,24 +294,20 @@ class Store:
             for (run_id,) in conn.execute("SELECT id FROM runs ORDER BY id").fetchall():
                 snap = self._read_run(run_id, defs, tracking, tracking, tracking, only=complex_names)
                 merged = snap if merged is None else _snap.merge(merged, snap)
-        # counters add and gauges keep the latest run's value: plain SQL, written over run 0 in place
-        conn.execute(
-            "INSERT OR REPLACE INTO series(run, metric, labels, value, data) "
-            "SELECT 0, s.metric, s.labels, sum(s.value), NULL FROM series s "
-            "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
-        conn.execute(
-            "INSERT OR REPLACE INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM ("
-            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
-            "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
-            "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
-        conn.execute("DELETE FROM series WHERE run > 0 AND metric IN "
+        # the folded counters and gauges are also the past this run starts from: read them from the
+        # in-memory temp table rather than the (possibly encrypted) file a second time
+        simple = conn.execute("SELECT metric, labels, value, NULL FROM temp.fold ORDER BY metric, labels").fetchall()
+        conn.execute("DELETE FROM series WHERE metric IN "
                      "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events'))")
+        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
         if merged is not None:
-            marks = ",".join("?" * len(complex_names))
-            conn.execute(f"DELETE FROM series WHERE run = 0 AND metric IN ({marks})", complex_names)
             conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
                              list(self._rows_for(merged, run=0)))
+        conn.execute("DROP TABLE temp.fold")
         conn.execute("DELETE FROM runs WHERE id > 0 AND id NOT IN (SELECT DISTINCT run FROM series)")
+        tracking = self.tracking_since
+        past = self._build_run(simple, defs, tracking, tracking, tracking)
+        return past if merged is None else _snap.merge(past, merged)
 
     def _rows_for(self, snap: _snap.Snapshot, run: int):
         for m in snap.metrics:
@@ -451,6 +465,10 @@ class Store:
         else:
             rows = self._conn.execute("SELECT metric, labels, value, data FROM series WHERE run = ? "
                                       "ORDER BY metric, labels", (run,)).fetchall()
+        return self._build_run(rows, defs, started, flushed, tracking)
+
+    def _build_run(self, rows: list, defs: dict, started: float, flushed: float, tracking: float) -> _snap.Snapshot:
+        """A Snapshot from (metric, labels, value, data) rows."""
         rows = [r for r in rows if r[0] in defs]  # kinds this version does not know stay untouched on disk
         try:  # one decode call for every label set: much faster than one call a row
             all_labels = _labels_list_decoder.decode("[" + ",".join(r[1] for r in rows) + "]")
