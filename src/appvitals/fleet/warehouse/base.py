@@ -41,13 +41,13 @@ class Warehouse(abc.ABC):
 
     dialect: Literal["duckdb", "clickhouse"]
 
-    @abc.abstractmethod
     def insert(self, lines: Sequence[AnyLine]) -> InsertResult:
         """Store lines durably (committed/fsynced before return), skipping duplicates by (session_id, seq)."""
+        return self.insert_many([lines])[0]
 
+    @abc.abstractmethod
     def insert_many(self, batches: Sequence[Sequence[AnyLine]]) -> list[InsertResult]:
-        """Store several batches in one durable write where the backend can; one result per batch, in order."""
-        return [self.insert(batch) for batch in batches]
+        """Store several batches in one durable write; one result per batch, in order."""
 
     @abc.abstractmethod
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:

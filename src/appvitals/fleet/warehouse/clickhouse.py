@@ -106,10 +106,6 @@ class ClickHouseWarehouse(Warehouse):
                 self._readers.append(client)
         return client
 
-    def insert(self, lines: Sequence[AnyLine]) -> InsertResult:
-        """Store lines, skipping (session_id, seq) keys already stored; returns after ClickHouse acknowledged."""
-        return self.insert_many([lines])[0]
-
     def insert_many(self, batches: Sequence[Sequence[AnyLine]]) -> list[InsertResult]:
         """Store several batches with one duplicate check and one insert per table; one result per batch."""
         sizes = [len(b) for b in batches]

@@ -176,10 +176,6 @@ class DuckDBWarehouse(Warehouse):
             ((lo, hi),) = self._con.execute(f"SELECT min(ts), max(ts) FROM {table}").fetchall()
             self._ts_range[table] = None if lo is None else (int(lo), int(hi))
 
-    def insert(self, lines: Sequence[AnyLine]) -> InsertResult:
-        """Store lines durably (one committed transaction), skipping duplicates by (session_id, seq)."""
-        return self.insert_many([lines])[0]
-
     def insert_many(self, batches: Sequence[Sequence[AnyLine]]) -> list[InsertResult]:
         """Store several batches in one transaction (one fsync); one result per batch."""
         sizes = [len(b) for b in batches]
