@@ -71,3 +71,27 @@ def test_cli_report_on_clickhouse(both):
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)
     assert body["sessions"] > 50 and body["explanations"]
+
+
+def test_racing_copies_count_once_before_any_merge(clickhouse_url):  # noqa: F811
+    """Two collectors that store the same line at the same instant both insert it; until
+    ClickHouse merges the parts, the report must still count it once (it reads with FINAL)."""
+    from appvitals.fleet.warehouse.clickhouse import ClickHouseWarehouse
+
+    lines = list(generate_lines(None, clients=20, minutes=30, seed=5, start_ms=START_MS))
+    duck = DuckDBWarehouse(":memory:")
+    duck.insert(lines)
+    ch = ClickHouseWarehouse(fresh_database(clickhouse_url, "race"))
+    ch.insert(lines)
+    ch._stored_keys = lambda client, keyed: set()  # the second collector's check saw nothing yet
+    ch.insert(lines)  # the racing copies: a second part with the same keys
+    raw = ch.query("SELECT count() FROM samples")[0][0]
+    assert raw == 2 * sum(1 for x in lines if type(x).__name__ == "SampleLine")  # really stored twice
+    a = msgspec.to_builtins(build_report(duck, since="45m", threshold=30.0, now=_now(30)))
+    b = msgspec.to_builtins(build_report(ch, since="45m", threshold=30.0, now=_now(30)))
+    a.pop("took_ms")
+    b.pop("took_ms")
+    for key in a:  # sample counts and means of the worst sessions included
+        assert a[key] == b[key], key
+    duck.close()
+    ch.close()

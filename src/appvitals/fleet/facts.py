@@ -71,6 +71,11 @@ class Dialect:
             return f"toFloat64OrNull({values}[indexOf({keys}, {self.lit(key)})])"
         return f"TRY_CAST({values}[list_indexof({keys}, {self.lit(key)})] AS DOUBLE)"
 
+    def table(self, name: str) -> str:
+        """A table to count from: on ClickHouse with FINAL, so copies that two racing collectors
+        both stored (collapsed only at the next merge) count once."""
+        return f"{name} FINAL" if self.ch else name
+
     def has(self, key: str, keys: str) -> str:
         """True when the array holds the key."""
         return f"has({keys}, {self.lit(key)})" if self.ch else f"list_contains({keys}, {self.lit(key)})"
@@ -123,8 +128,16 @@ class Dialect:
 
     def quantiles(self, expr: str, qs: Sequence[float]) -> str:
         """An array of quantiles of expr."""
-        if self.ch:  # exact, and a value that occurs, as DuckDB's quantile_disc
-            return f"quantilesExact({', '.join(str(q) for q in qs)})({expr})"
+        if self.ch:
+            # DuckDB's quantile_disc takes the element at 1-based position ceil(q * n) of the sorted
+            # values; ClickHouse's quantilesExact takes floor(q * n) + 1, one further on exact
+            # multiples. Spelled out, so both backends cut numbers at the same edges.
+            picks = ", ".join(
+                f"{'(arraySort(groupArray(' + expr + ')) AS _qsorted)' if i == 0 else '_qsorted'}"
+                f"[toUInt64(greatest(1, ceil({q} * length(_qsorted))))]"
+                for i, q in enumerate(qs)
+            )
+            return f"[{picks}]"
         return f"quantile_disc({expr}, [{', '.join(str(q) for q in qs)}])"
 
     def count_distinct(self, expr: str) -> str:
@@ -305,7 +318,7 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
     d = Dialect(wh.dialect)
     session_where = f"ts >= {int(window.since_ms) - SESSION_LOOKBACK_MS} AND ts < {int(window.until_ms)}"
     rows = wh.query(
-        f"SELECT k, v, count(*) AS n FROM ({d.array_join('sessions', session_where)}) "
+        f"SELECT k, v, count(*) AS n FROM ({d.array_join(d.table('sessions'), session_where)}) "
         "GROUP BY k, v HAVING count(*) >= 2 ORDER BY n DESC, k, v LIMIT 20000"
     )
     session: dict[str, list[str]] = {}
@@ -326,10 +339,10 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         f"SELECT k, count(*) AS n, count({num}) AS nn, {d.count_distinct('v')} AS nv, "
         f"{d.quantiles(num, NUMERIC_QUANTILES)} AS qs FROM "
     )
-    n_samples = int(wh.query(f"SELECT count(*) FROM samples WHERE {_ts(window)}")[0][0] or 0)
+    n_samples = int(wh.query(f"SELECT count(*) FROM {d.table('samples')} WHERE {_ts(window)}")[0][0] or 0)
     sampled = f"{_ts(window)} AND {metric_cond} AND {_time_slices(window, n_samples)}"
     rows = wh.query(
-        stats + f"({d.array_join('samples', sampled)}) "
+        stats + f"({d.array_join(d.table('samples'), sampled)}) "
         "GROUP BY k ORDER BY n DESC, k"
     )
     sample: list[str] = []
@@ -343,9 +356,9 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         elif int(nv) <= MAX_VALUES_PER_KEY:
             sample.append(k)
 
-    n_events = int(wh.query(f"SELECT count(*) FROM events WHERE {_ts(window)}")[0][0] or 0)
+    n_events = int(wh.query(f"SELECT count(*) FROM {d.table('events')} WHERE {_ts(window)}")[0][0] or 0)
     sampled = f"{_ts(window)} AND {_time_slices(window, n_events)}"
-    rows = wh.query(stats + f"({d.array_join('events', sampled)}) GROUP BY k ORDER BY n DESC, k")
+    rows = wh.query(stats + f"({d.array_join(d.table('events'), sampled)}) GROUP BY k ORDER BY n DESC, k")
     event_numeric: list[NumericKey] = []
     event_text: list[str] = []
     taken = set(session) | set(sample) | {nk.key for nk in sample_numeric}
@@ -409,7 +422,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     inner_cols += [f"{d.attr_number(nk.key)} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
     inner = (
         f"SELECT session_id, ts, {value} AS mv{''.join(', ' + c for c in inner_cols)} "
-        f"FROM samples WHERE {_ts(window)} AND {cond}"
+        f"FROM {d.table('samples')} WHERE {_ts(window)} AND {cond}"
     )
     if keys.sample_numeric:  # each number is parsed once, then bucketed
         buckets = [f"{_interval_sql(d, f'nv_{i}', nk.edges)} AS sn_{i}" for i, nk in enumerate(keys.sample_numeric)]
@@ -434,7 +447,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
             f"min(CASE WHEN {d.in_list(d.attr(k), keys.session[k])} THEN {d.attr(k)} ELSE '' END) AS {a}"
             for a, k in sa
         )
-        attrs_sql = f"SELECT session_id, {attr_cols} FROM sessions GROUP BY session_id"
+        attrs_sql = f"SELECT session_id, {attr_cols} FROM {d.table('sessions')} GROUP BY session_id"
         sql = (
             f"SELECT {', '.join(have + [f'coalesce({a}, {chr(39)}{chr(39)}) AS {a}' for a, _ in sa])} "
             f"FROM ({sql}) AS ps {d.left_join} ({attrs_sql}) AS sa USING (session_id)"
@@ -450,7 +463,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
             inner.append(f"max({d.attr(k)}) AS et_{i}_raw")
             outer.append(f"et_{i}_raw AS et_{i}")
         ev_sql = (
-            f"SELECT session_id, {', '.join(outer)} FROM (SELECT session_id, {', '.join(inner)} FROM events "
+            f"SELECT session_id, {', '.join(outer)} FROM (SELECT session_id, {', '.join(inner)} FROM {d.table('events')} "
             f"WHERE {_ts(window)} GROUP BY session_id)"
         )
         sql = (
