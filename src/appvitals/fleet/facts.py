@@ -339,41 +339,35 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         f"SELECT k, count(*) AS n, count({num}) AS nn, {d.count_distinct('v')} AS nv, "
         f"{d.quantiles(num, NUMERIC_QUANTILES)} AS qs FROM "
     )
-    n_samples = int(wh.query(f"SELECT count(*) FROM {d.table('samples')} WHERE {_ts(window)}")[0][0] or 0)
-    sampled = f"{_ts(window)} AND {metric_cond} AND {_time_slices(window, n_samples)}"
-    rows = wh.query(
-        stats + f"({d.array_join(d.table('samples'), sampled)}) "
-        "GROUP BY k ORDER BY n DESC, k"
-    )
-    sample: list[str] = []
-    sample_numeric: list[NumericKey] = []
-    for k, n, nn, nv, qs in rows:
-        if k in session or len(sample) + len(sample_numeric) >= MAX_SAMPLE_KEYS:
-            continue
-        nk = _numeric_key(k, n, nn, nv, qs)
-        if nk:
-            sample_numeric.append(nk)
-        elif int(nv) <= MAX_VALUES_PER_KEY:
-            sample.append(k)
+    def attr_stats(table: str, condition: str) -> list[tuple]:
+        # stats of every attr in thin time slices of the window (about KEY_SCAN_ROWS rows)
+        n_rows = int(wh.query(f"SELECT count(*) FROM {d.table(table)} WHERE {_ts(window)}")[0][0] or 0)
+        sampled = f"{_ts(window)}{condition} AND {_time_slices(window, n_rows)}"
+        return wh.query(stats + f"({d.array_join(d.table(table), sampled)}) GROUP BY k ORDER BY n DESC, k")
 
-    n_events = int(wh.query(f"SELECT count(*) FROM {d.table('events')} WHERE {_ts(window)}")[0][0] or 0)
-    sampled = f"{_ts(window)} AND {_time_slices(window, n_events)}"
-    rows = wh.query(stats + f"({d.array_join(d.table('events'), sampled)}) GROUP BY k ORDER BY n DESC, k")
-    event_numeric: list[NumericKey] = []
-    event_text: list[str] = []
+    sample, sample_numeric = _split_keys(attr_stats("samples", f" AND {metric_cond}"), set(session), MAX_SAMPLE_KEYS)
     taken = set(session) | set(sample) | {nk.key for nk in sample_numeric}
-    for k, n, nn, nv, qs in rows:
-        if k in taken or len(event_numeric) + len(event_text) >= MAX_EVENT_KEYS:
-            continue
-        nk = _numeric_key(k, n, nn, nv, qs)
-        if nk:
-            event_numeric.append(nk)
-        elif int(nv) <= MAX_VALUES_PER_KEY:
-            event_text.append(k)
+    event_text, event_numeric = _split_keys(attr_stats("events", ""), taken, MAX_EVENT_KEYS)
     return Keys(
         session=session, sample=sorted(sample), sample_numeric=sample_numeric,
         event_numeric=event_numeric, event_text=event_text,
     )
+
+
+def _split_keys(rows: list[tuple], taken: set[str], limit: int) -> tuple[list[str], list[NumericKey]]:
+    """Attr stats rows (k, n, nn, nv, qs), most frequent first -> (text keys, numeric keys), at most
+    `limit` in all, skipping keys already `taken` and text keys with too many values."""
+    text: list[str] = []
+    numeric: list[NumericKey] = []
+    for k, n, nn, nv, qs in rows:
+        if k in taken or len(text) + len(numeric) >= limit:
+            continue
+        nk = _numeric_key(k, n, nn, nv, qs)
+        if nk:
+            numeric.append(nk)
+        elif int(nv) <= MAX_VALUES_PER_KEY:
+            text.append(k)
+    return text, numeric
 
 
 def _interval_sql(d: Dialect, value: str, edges: Sequence[float]) -> str:
