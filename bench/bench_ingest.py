@@ -133,6 +133,19 @@ def send_all(host: str, port: int, path: str, bodies: list[bytes], headers: dict
     return elapsed, retries[0]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children so far."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 class PeakRSS:
     """Sample a process's RSS in the background; `.peak` in bytes."""
 
@@ -186,7 +199,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 DRILL_DOWN_DUCKDB = """
 SELECT x.app_version, s.stage, avg(CASE WHEN s.cpu > 30 THEN 1.0 ELSE 0.0 END) AS high_share, count(*) AS n
-FROM (SELECT session_id, cpu, attr_values[list_position(attr_keys, 'stage')] AS stage FROM samples) AS s
+FROM (SELECT session_id, cpu, json_extract_string(attrs, '$.stage') AS stage FROM samples) AS s
 JOIN (SELECT session_id, any_value(attr_values[list_position(attr_keys, 'app_version')]) AS app_version
       FROM sessions GROUP BY session_id) AS x USING (session_id)
 GROUP BY 1, 2 ORDER BY 1, 2
@@ -203,8 +216,10 @@ def bench_collector(bodies: list[bytes], tmp: Path, samples: int) -> dict:
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         rss = PeakRSS(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
         elapsed, retries = send_all("127.0.0.1", port, "/v1/ingest", bodies,
                                     {"Content-Type": "application/x-ndjson"})
+        cpu = cpu_seconds(proc.pid) - cpu0
         peak = rss.stop()
     finally:
         stop(proc)
@@ -229,6 +244,9 @@ def bench_collector(bodies: list[bytes], tmp: Path, samples: int) -> dict:
         "samples_per_second": round(samples / elapsed),
         "megabytes_per_second": round(sum(map(len, bodies)) / elapsed / 1e6, 2),
         "retries_503": retries,
+        "server_cpu_seconds": round(cpu, 2),
+        "cores_busy": round(cpu / elapsed, 2),
+        "cpu_us_per_line": round(cpu / lines * 1e6, 2),
         "peak_rss_mib": round(peak / 2**20, 1),
         "drill_down_seconds": round(query_seconds, 4),
         "drill_down_groups": len(rows),
@@ -284,8 +302,10 @@ def bench_influx(bodies: list[bytes], tmp: Path, samples: int) -> dict | None:
         wait_http(f"http://127.0.0.1:{http_port}/ping", proc=proc)
         influx_query(http_port, "CREATE DATABASE bench", db="")
         rss = PeakRSS(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
         elapsed, retries = send_all("127.0.0.1", http_port, "/write?db=bench&precision=ms", bodies,
                                     {"Content-Type": "text/plain"})
+        cpu = cpu_seconds(proc.pid) - cpu0
         peak = rss.stop()
         got = influx_query(http_port, "SELECT count(cpu) FROM samples")
         stored = got["results"][0]["series"][0]["values"][0][1]
@@ -307,6 +327,9 @@ def bench_influx(bodies: list[bytes], tmp: Path, samples: int) -> dict | None:
         "samples_per_second": round(samples / elapsed),
         "megabytes_per_second": round(sum(map(len, bodies)) / elapsed / 1e6, 2),
         "retries_503": retries,
+        "server_cpu_seconds": round(cpu, 2),
+        "cores_busy": round(cpu / elapsed, 2),
+        "cpu_us_per_line": round(cpu / samples * 1e6, 2),
         "peak_rss_mib": round(peak / 2**20, 1),
         "drill_down_seconds": round(query_seconds, 4),
         "drill_down_groups": groups,

@@ -62,10 +62,10 @@ def test_rows_as_the_schema_says(wh):
     assert wh.query("SELECT session_id, client_id, ts, seq, attr_keys, attr_values FROM sessions") == [
         ("s1", "c9", NOW, 0, ["app_version", "os"], ["7.0.0", "windows"])
     ]
-    rows = wh.query("SELECT session_id, ts, seq, cpu, attr_keys, attr_values, value_keys, value_values FROM samples ORDER BY ts")
+    rows = wh.query("SELECT session_id, ts, seq, cpu, attrs, vals FROM samples ORDER BY ts")
     assert rows == [
-        ("s1", NOW + 1, 1, 83.5, ["stage"], ["login"], ["rss"], [12.0]),
-        ("s2", NOW + 4, -1, 5.0, [], [], [], []),
+        ("s1", NOW + 1, 1, 83.5, '{"stage":"login"}', '{"rss":12.0}'),
+        ("s2", NOW + 4, -1, 5.0, "{}", "{}"),
     ]
     assert wh.query("SELECT name, attr_keys, attr_values FROM events") == [
         ("file_received", ["file_name_length", "ok", "r"], ["57", "true", "0.5"])
@@ -167,3 +167,25 @@ def test_duckdb_dedup_skips_only_tables_outside_the_ts_range(tmp_path):
         assert w.query("SELECT attr_values FROM events") == [(["3"],)]
     finally:
         w.close()
+
+
+def test_duckdb_file_from_before_json_sample_attrs_is_migrated(tmp_path):
+    # a file written by appvitals 0.1 kept sample attrs as parallel arrays: opening it moves
+    # them to the JSON column, keeps every row, and the file then takes new lines
+    import duckdb
+
+    path = str(tmp_path / "old.duckdb")
+    con = duckdb.connect(path)
+    con.execute("CREATE TABLE samples (session_id VARCHAR, ts BIGINT, seq BIGINT, cpu DOUBLE, attr_keys VARCHAR[], "
+                "attr_values VARCHAR[], value_keys VARCHAR[], value_values DOUBLE[])")
+    con.execute("INSERT INTO samples VALUES ('s1', 1, 1, 50.0, ['stage', 'n'], ['login', '57'], ['rss'], [12.0]), "
+                "('s1', 2, 2, 5.0, [], [], [], [])")
+    con.close()
+    w = DuckDBWarehouse(path)
+    rows = w.query("SELECT session_id, seq, cpu, json_extract_string(attrs, '$.stage'), "
+                   "json_extract_string(attrs, '$.n'), json_extract_string(vals, '$.rss'), attrs FROM samples ORDER BY seq")
+    assert rows == [("s1", 1, 50.0, "login", "57", "12.0", rows[0][-1]), ("s1", 2, 5.0, None, None, None, "{}")]
+    assert w.insert([decode_line(b'{"kind":"sample","session_id":"s1","ts":3,"seq":3,"cpu":1,"attrs":{"stage":"idle"}}')]).accepted == 1
+    assert w.insert([decode_line(b'{"kind":"sample","session_id":"s1","ts":1,"seq":1,"cpu":50}')]).duplicates == 1
+    w.close()
+    assert [r[0] for r in DuckDBWarehouse(path).query("DESCRIBE samples")] == list(SCHEMA["samples"])

@@ -25,7 +25,10 @@ from itertools import combinations
 
 import msgspec
 
+from .warehouse._columns import attr_text
 from .warehouse.base import Warehouse
+
+_json_decode = msgspec.json.Decoder().decode
 
 GS = "\x1d"  # between a session id and its phase items
 US = "\x1f"  # between an attr name and its value inside a combination key
@@ -40,6 +43,7 @@ MAX_ITEMS = 3
 NUMERIC_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 5 %, 10 %, ... 95 %
 MAX_EDGES = 12
 KEY_SCAN_ROWS = 200_000
+MAX_ATTR_TEXTS = 20_000
 WORST_LIMIT = 200
 
 
@@ -70,6 +74,24 @@ class Dialect:
         if self.ch:
             return f"toFloat64OrNull({values}[indexOf({keys}, {self.lit(key)})])"
         return f"TRY_CAST({values}[list_indexof({keys}, {self.lit(key)})] AS DOUBLE)"
+
+    def json_path(self, key: str) -> str:
+        """A JSONPath naming one key, as a DuckDB string literal."""
+        return self.lit('$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"')
+
+    def sattr(self, key: str, column: str = "attrs") -> str:
+        """Value of one sample attr from the JSON object text, as text ('' when absent): a JSON
+        string's content, or a number's or boolean's JSON text ('47', 'true')."""
+        if self.ch:
+            raw = f"visitParamExtractRaw({column}, {self.lit(key)})"
+            return f"if(substring({raw}, 1, 1) = '\"', visitParamExtractString({column}, {self.lit(key)}), {raw})"
+        return f"coalesce(json_extract_string({column}, {self.json_path(key)}), '')"
+
+    def sattr_number(self, key: str, column: str = "attrs") -> str:
+        """A sample attr as a float, NULL when absent or not a number."""
+        if self.ch:
+            return f"toFloat64OrNull({self.sattr(key, column)})"
+        return f"TRY_CAST(json_extract_string({column}, {self.json_path(key)}) AS DOUBLE)"
 
     def table(self, name: str) -> str:
         """A table to count from: on ClickHouse with FINAL, so copies that two racing collectors
@@ -273,9 +295,8 @@ def metric_expr(d: Dialect, metric: str) -> tuple[str, str]:
     """(value expression, extra WHERE condition) for a metric: the cpu column or a `values` entry."""
     if metric == "cpu":
         return "cpu", "1 = 1"
-    if d.ch:
-        return f"value_values[indexOf(value_keys, {d.lit(metric)})]", d.has(metric, "value_keys")
-    return f"list_extract(value_values, list_position(value_keys, {d.lit(metric)}))", d.has(metric, "value_keys")
+    value = d.sattr_number(metric, "vals")
+    return value, f"{value} IS NOT NULL"
 
 
 def _ts(window: Window) -> str:
@@ -345,13 +366,79 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         sampled = f"{_ts(window)}{condition} AND {_time_slices(window, n_rows)}"
         return wh.query(stats + f"({d.array_join(d.table(table), sampled)}) GROUP BY k ORDER BY n DESC, k")
 
-    sample, sample_numeric = _split_keys(attr_stats("samples", f" AND {metric_cond}"), set(session), MAX_SAMPLE_KEYS)
+    sample_rows = _sample_attr_stats(wh, d, window, f" AND {metric_cond}")
+    sample, sample_numeric = _split_keys(sample_rows, set(session), MAX_SAMPLE_KEYS)
     taken = set(session) | set(sample) | {nk.key for nk in sample_numeric}
     event_text, event_numeric = _split_keys(attr_stats("events", ""), taken, MAX_EVENT_KEYS)
     return Keys(
         session=session, sample=sorted(sample), sample_numeric=sample_numeric,
         event_numeric=event_numeric, event_text=event_text,
     )
+
+
+def _as_number(value) -> float | None:
+    """A JSON attr value as a float, as SQL's TRY_CAST would read its text; None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _quantiles_disc(weighted: dict[float, int], qs: Sequence[float]) -> list[float]:
+    """quantile_disc over values given with their counts: the value at 1-based position
+    max(1, ceil(q * n)) of the sorted values (DuckDB's definition)."""
+    values = sorted(weighted)
+    n = sum(weighted.values())
+    out: list[float] = []
+    i, seen = 0, weighted[values[0]] if values else 0
+    for q in qs:
+        target = max(1, math.ceil(q * n))
+        while seen < target and i + 1 < len(values):
+            i += 1
+            seen += weighted[values[i]]
+        out.append(values[i])
+    return out
+
+
+def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str) -> list[tuple]:
+    """Stats rows (k, n, nn, nv, qs) of the sample attrs in the window, most frequent first.
+
+    Samples keep attrs as one JSON text, and a fleet has few distinct ones (stage x a few
+    values), so the database only counts samples per distinct text and Python reads the keys:
+    every sample in the window counts, and the SQL needs no JSON key listing (which ClickHouse
+    18.16 lacks)."""
+    rows = wh.query(
+        f"SELECT attrs, count(*) AS n FROM {d.table('samples')} WHERE {_ts(window)}{condition} "
+        f"GROUP BY attrs ORDER BY n DESC, attrs LIMIT {MAX_ATTR_TEXTS}"
+    )
+    n_of: dict[str, int] = {}
+    texts_of: dict[str, set[str]] = {}
+    numbers_of: dict[str, dict[float, int]] = {}
+    for text, n in rows:
+        try:
+            attrs = _json_decode(text) if text else {}
+        except msgspec.DecodeError:
+            continue
+        if not isinstance(attrs, dict):
+            continue
+        n = int(n)
+        for k, v in attrs.items():
+            n_of[k] = n_of.get(k, 0) + n
+            texts_of.setdefault(k, set()).add(attr_text(v) if isinstance(v, (str, int, float, bool)) else str(v))
+            x = _as_number(v)
+            if x is not None:
+                numbers = numbers_of.setdefault(k, {})
+                numbers[x] = numbers.get(x, 0) + n
+    out = []
+    for k in sorted(n_of, key=lambda k: (-n_of[k], k)):
+        numbers = numbers_of.get(k, {})
+        qs = _quantiles_disc(numbers, NUMERIC_QUANTILES) if numbers else None
+        out.append((k, n_of[k], sum(numbers.values()), len(texts_of[k]), qs))
+    return out
 
 
 def _split_keys(rows: list[tuple], taken: set[str], limit: int) -> tuple[list[str], list[NumericKey]]:
@@ -412,20 +499,26 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     cols = _columns(keys)
     value, cond = metric_expr(d, metric)
     cat = [a for a, _ in cols.phase if a.startswith("sp_")]
-    inner_cols = [f"{d.attr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
-    inner_cols += [f"{d.attr_number(nk.key)} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
-    inner = (
-        f"SELECT session_id, ts, {value} AS mv{''.join(', ' + c for c in inner_cols)} "
-        f"FROM {d.table('samples')} WHERE {_ts(window)} AND {cond}"
+    # Samples are first counted per (session, attrs text): the same attrs are the same string, so
+    # this cheap grouping leaves a few rows per session, and the attr values (JSON) are read
+    # from those rows rather than from every sample.
+    raw = (
+        f"SELECT session_id, attrs, count(*) AS r_n, sum(mv) AS r_sum, max(mv) AS r_max, min(ts) AS r_t0, "
+        f"max(ts) AS r_t1 FROM (SELECT session_id, ts, attrs, {value} AS mv FROM {d.table('samples')} "
+        f"WHERE {_ts(window)} AND {cond}) GROUP BY session_id, attrs"
     )
+    inner_cols = [f"{d.sattr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
+    inner_cols += [f"{d.sattr_number(nk.key)} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
+    stats = "r_n, r_sum, r_max, r_t0, r_t1"
+    inner = f"SELECT session_id, {stats}{''.join(', ' + c for c in inner_cols)} FROM ({raw})"
     if keys.sample_numeric:  # each number is parsed once, then bucketed
         buckets = [f"{_interval_sql(d, f'nv_{i}', nk.edges)} AS sn_{i}" for i, nk in enumerate(keys.sample_numeric)]
-        inner = f"SELECT session_id, ts, mv{''.join(', ' + c for c in cat + buckets)} FROM ({inner})"
+        inner = f"SELECT session_id, {stats}{''.join(', ' + c for c in cat + buckets)} FROM ({inner})"
     group = ", ".join(["session_id"] + [a for a, _ in cols.phase])
     thr = float(threshold)
     phases = (
-        f"SELECT {group}, count(*) AS ph_n, sum(mv) AS ph_sum, max(mv) AS ph_max, min(ts) AS ph_t0, "
-        f"max(ts) AS ph_t1, CASE WHEN sum(mv) > {thr} * count(*) THEN 1 ELSE 0 END AS ph_hi "
+        f"SELECT {group}, sum(r_n) AS ph_n, sum(r_sum) AS ph_sum, max(r_max) AS ph_max, min(r_t0) AS ph_t0, "
+        f"max(r_t1) AS ph_t1, CASE WHEN sum(r_sum) > {thr} * sum(r_n) THEN 1 ELSE 0 END AS ph_hi "
         f"FROM ({inner}) GROUP BY {group}"
     )
     per_session = (
@@ -680,7 +773,7 @@ def fetch_session(wh: Warehouse, session_id: str, limit: int = 50_000) -> dict:
         f"SELECT client_id, ts, attr_keys, attr_values FROM sessions WHERE session_id = {sid} ORDER BY ts"
     )
     samples = wh.query(
-        f"SELECT ts, cpu, attr_keys, attr_values, value_keys, value_values FROM samples "
+        f"SELECT ts, cpu, attrs, vals FROM samples "
         f"WHERE session_id = {sid} ORDER BY ts, seq LIMIT {int(limit)}"
     )
     events = wh.query(

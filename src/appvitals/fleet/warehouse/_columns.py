@@ -9,19 +9,28 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
+import msgspec
+
 from ..protocol import AnyLine, EndLine, EventLine, SampleLine, SessionLine
 
 # table -> column names, in schema order (see base.py)
 SCHEMA: dict[str, tuple[str, ...]] = {
     "sessions": ("session_id", "client_id", "ts", "seq", "attr_keys", "attr_values"),
-    "samples": (
-        "session_id", "ts", "seq", "cpu", "attr_keys", "attr_values", "value_keys", "value_values",
-    ),
+    "samples": ("session_id", "ts", "seq", "cpu", "attrs", "vals"),
     "events": ("session_id", "ts", "seq", "name", "attr_keys", "attr_values"),
     "ends": ("session_id", "ts", "seq", "reason"),
 }
 TABLES = tuple(SCHEMA)
 NO_SEQ = -1
+EMPTY_JSON = "{}"
+# samples keep attrs (and extra values) as one JSON object text, keys sorted: the same attrs
+# are the same string, which DuckDB dictionary-compresses and groups by cheaply (see base.py)
+json_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+def json_text(mapping: dict) -> str:
+    """A dict as the JSON object text samples store, keys sorted; '{}' when empty."""
+    return json_encode(mapping).decode() if mapping else EMPTY_JSON
 
 
 def attr_text(value: str | int | float | bool) -> str:
@@ -56,29 +65,17 @@ class Columns:
         """Append lines (already validated, ts already an int) to their tables' columns."""
         sa = self.tables["samples"]
         s_sid, s_ts, s_seq, s_cpu = sa["session_id"], sa["ts"], sa["seq"], sa["cpu"]
-        s_ak, s_av, s_vk, s_vv = sa["attr_keys"], sa["attr_values"], sa["value_keys"], sa["value_values"]
+        s_attrs, s_vals = sa["attrs"], sa["vals"]
         for line in lines:
             kind = type(line)
             seq = NO_SEQ if line.seq is None else line.seq
             if kind is SampleLine:
-                attrs = line.attrs
-                values = line.values
                 s_sid.append(line.session_id)
                 s_ts.append(line.ts)
                 s_seq.append(seq)
                 s_cpu.append(float(line.cpu))
-                if attrs:
-                    s_ak.append(list(attrs))
-                    s_av.append(_texts(attrs.values()))
-                else:
-                    s_ak.append([])
-                    s_av.append([])
-                if values:
-                    s_vk.append(list(values))
-                    s_vv.append([float(v) for v in values.values()])
-                else:
-                    s_vk.append([])
-                    s_vv.append([])
+                s_attrs.append(json_text(line.attrs))
+                s_vals.append(json_text(line.values))
             elif kind is EventLine:
                 t = self.tables["events"]
                 t["session_id"].append(line.session_id)

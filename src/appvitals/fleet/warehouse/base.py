@@ -3,14 +3,17 @@
 Schema, identical in every backend (column types are the backend's nearest match):
 
     sessions(session_id, client_id, ts, seq, attr_keys, attr_values)
-    samples (session_id, ts, seq, cpu, attr_keys, attr_values, value_keys, value_values)
+    samples (session_id, ts, seq, cpu, attrs, vals)
     events  (session_id, ts, seq, name, attr_keys, attr_values)
     ends    (session_id, ts, seq, reason)
 
 - `ts` is integer Unix epoch milliseconds; `seq` is the line's seq or -1 when it had none.
-- attrs are two parallel arrays of strings (keys, values); numbers and booleans are kept as
-  their JSON text ("57", "true"), so numeric attrs can be cast back at query time. Arrays work
-  on every ClickHouse release (Map does not exist before 21.1) and in DuckDB alike.
+- session and event attrs are two parallel arrays of strings (keys, values); numbers and
+  booleans are kept as their JSON text ("57", "true"), so numeric attrs can be cast back at
+  query time. Arrays work on every ClickHouse release (Map does not exist before 21.1).
+- sample attrs and extra values are one JSON object text each (keys sorted, '{}' when
+  empty): samples are most of the data, and one short string is cheaper to write and to
+  group by than two arrays (docs/warehouse.md, "Why samples differ").
 - Session attrs are never copied onto samples: they are joined at query time, so samples
   that arrive before their session line still count.
 - `(session_id, seq)` is unique across all four tables: a line seen again is a duplicate.

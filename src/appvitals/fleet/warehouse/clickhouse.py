@@ -1,7 +1,8 @@
 """ClickHouse warehouse (scale-out) through clickhouse-driver's native protocol.
 
 The SQL works on ClickHouse 18.16 (Debian's) and on current releases: arrays instead of
-Map, no TTL (retention drops daily partitions), no JSON functions.
+Map, no TTL (retention drops daily partitions), and for the samples' JSON attrs only the
+`visitParam*` functions, which every release has.
 
 Tables are `ReplacingMergeTree` ordered by `(session_id, seq, ts)` and partitioned by UTC
 day. Exactly-once has two layers:
@@ -32,7 +33,7 @@ _CH_TYPES = {
     "session_id": "String", "client_id": "String", "name": "String", "reason": "String",
     "ts": "Int64", "seq": "Int64", "cpu": "Float64",
     "attr_keys": "Array(String)", "attr_values": "Array(String)",
-    "value_keys": "Array(String)", "value_values": "Array(Float64)",
+    "attrs": "String", "vals": "String",
 }
 PARTITION = "toYYYYMMDD(toDateTime(intDiv(ts, 1000), 'UTC'))"
 # Current ClickHouse refuses an insert block spanning more than 100 partitions (days).
@@ -87,6 +88,13 @@ class ClickHouseWarehouse(Warehouse):
                 admin.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
                 for table in SCHEMA:
                     admin.execute(table_ddl(table, self.database))
+                old = admin.execute(
+                    "SELECT count() FROM system.columns WHERE database = %(db)s AND table = 'samples' "
+                    "AND name = 'attr_keys'", {"db": self.database})
+                if old and old[0][0]:
+                    raise RuntimeError(
+                        f"{self.database}.samples has the schema of appvitals < 0.2 (attr_keys/attr_values); "
+                        "see docs/warehouse.md, 'Upgrading', to move it to the JSON attrs column")
             finally:
                 admin.disconnect()
         self._writer = self._new_client()

@@ -37,14 +37,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..protocol import AnyLine, EndLine, EventLine, SampleLine, SessionLine
-from ._columns import NO_SEQ, SCHEMA, attr_text
+from ._columns import EMPTY_JSON, NO_SEQ, SCHEMA, attr_text, json_encode
 from .base import InsertResult, Warehouse
 
 _STR = pa.string()
 _I64 = pa.int64()
 _F64 = pa.float64()
 _STR_MAP = pa.map_(_STR, _STR)
-_F64_MAP = pa.map_(_STR, _F64)
+_EMPTY_JSON = pa.scalar(EMPTY_JSON, _STR)
 _KIND_TABLE = ((SessionLine, "sessions"), (SampleLine, "samples"), (EventLine, "events"), (EndLine, "ends"))
 _SID, _TS, _SEQ = attrgetter("session_id"), attrgetter("ts"), attrgetter("seq")
 _FIELD = {name: attrgetter(name) for name in ("client_id", "cpu", "name", "reason", "attrs", "values")}
@@ -74,7 +74,7 @@ def _stored_sql(incoming: list[str], lookup: list[str], lo: int, hi: int) -> str
 _SQL_TYPES = {
     "session_id": "VARCHAR", "client_id": "VARCHAR", "name": "VARCHAR", "reason": "VARCHAR",
     "ts": "BIGINT", "seq": "BIGINT", "cpu": "DOUBLE",
-    "attr_keys": "VARCHAR[]", "attr_values": "VARCHAR[]", "value_keys": "VARCHAR[]", "value_values": "DOUBLE[]",
+    "attr_keys": "VARCHAR[]", "attr_values": "VARCHAR[]", "attrs": "VARCHAR", "vals": "VARCHAR",
 }
 
 
@@ -114,17 +114,19 @@ def _arrow_table(table: str, lines: list[AnyLine]) -> pa.Table:
     if table == "sessions":
         columns["client_id"] = pa.array(list(map(_FIELD["client_id"], lines)), _STR)
     elif table == "samples":
+        # attrs and values as sorted-key JSON texts, encoded in C (msgspec) and handed over as bytes
         columns["cpu"] = pa.array(list(map(_FIELD["cpu"], lines)), _F64)
+        columns["attrs"] = pa.array(list(map(json_encode, map(_FIELD["attrs"], lines))), _STR)
         values = list(map(_FIELD["values"], lines))
         if any(values):
-            columns["value_keys"], columns["value_values"] = _key_lists(pa.array(values, _F64_MAP))
+            columns["vals"] = pa.array(list(map(json_encode, values)), _STR)
         else:  # the usual case: no extra values
-            columns["value_keys"], columns["value_values"] = _empty_lists(len(lines), _STR), _empty_lists(len(lines), _F64)
+            columns["vals"] = pa.repeat(_EMPTY_JSON, len(lines))
     elif table == "events":
         columns["name"] = pa.array(list(map(_FIELD["name"], lines)), _STR)
     else:
         columns["reason"] = pa.array([r or "" for r in map(_FIELD["reason"], lines)], _STR)
-    if table != "ends":
+    if table in ("sessions", "events"):
         columns["attr_keys"], columns["attr_values"] = _attr_lists(list(map(_FIELD["attrs"], lines)))
     return pa.table({name: columns[name] for name in SCHEMA[table]})
 
@@ -145,11 +147,6 @@ def _batch_duplicates(sids: list[str], seqs: list[int | None]) -> list[int]:
     return duplicates
 
 
-def _empty_lists(rows: int, values: pa.DataType) -> pa.Array:
-    """A list column of `rows` empty lists."""
-    return pa.ListArray.from_arrays(pa.array([0] * (rows + 1), pa.int32()), pa.array([], values))
-
-
 class DuckDBWarehouse(Warehouse):
     """The warehouse in one DuckDB file (or ":memory:")."""
 
@@ -168,6 +165,7 @@ class DuckDBWarehouse(Warehouse):
         self._write_lock = threading.Lock()
         for statement in _ddl():
             self._con.execute(statement)
+        self._migrate()
         self._con.execute("CREATE TEMP TABLE IF NOT EXISTS _stored (session_id VARCHAR, seq BIGINT)")
         # per table, (min ts, max ts) of its rows or None when empty: a superset of the truth,
         # kept by the one writer, so the duplicate lookup can skip tables outside a batch's range
@@ -175,6 +173,31 @@ class DuckDBWarehouse(Warehouse):
         for table in SCHEMA:
             ((lo, hi),) = self._con.execute(f"SELECT min(ts), max(ts) FROM {table}").fetchall()
             self._ts_range[table] = None if lo is None else (int(lo), int(hi))
+
+    def _migrate(self) -> None:
+        """Bring a file written by an older appvitals up to the current schema, in one transaction."""
+        columns = {r[0] for r in self._con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'samples'").fetchall()}
+        if "attr_keys" not in columns:
+            return
+        # before 0.2, samples kept attrs as parallel arrays like the other tables
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("ALTER TABLE samples ADD COLUMN attrs VARCHAR")
+            con.execute("ALTER TABLE samples ADD COLUMN vals VARCHAR")
+            con.execute(
+                "UPDATE samples SET "
+                "attrs = CASE WHEN len(attr_keys) = 0 THEN '{}' ELSE to_json(map(attr_keys, attr_values))::VARCHAR END, "
+                "vals = CASE WHEN len(value_keys) = 0 THEN '{}' ELSE to_json(map(value_keys, value_values))::VARCHAR END"
+            )
+            for old in ("attr_keys", "attr_values", "value_keys", "value_values"):
+                con.execute(f"ALTER TABLE samples DROP COLUMN {old}")
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
 
     def insert_many(self, batches: Sequence[Sequence[AnyLine]]) -> list[InsertResult]:
         """Store several batches in one transaction (one fsync); one result per batch."""
