@@ -36,6 +36,7 @@ from pathlib import Path
 
 import msgspec
 import psutil
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -363,6 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_lines": BATCH,
         "connections": CONNECTIONS,
         "cpus": os.cpu_count(),
+        "machine": machine(),
         "collector": collector,
         "influxdb": influx,
         "samples_per_second_ratio": (

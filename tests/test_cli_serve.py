@@ -92,7 +92,17 @@ def test_memory_stays_bounded_under_a_flood(tmp_path):
 
     with spawn_serve("--db", str(db), "--max-queue", "8", tmp_path=tmp_path) as proc:
         server = psutil.Process(proc.pid)
-        peak = server.memory_info().rss
+
+        def tree_rss() -> int:  # the collector and its decode worker processes together
+            total = 0
+            for p in [server, *server.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            return total
+
+        peak = tree_rss()
 
         def flood():
             with httpx.Client(timeout=60) as client:
@@ -118,18 +128,19 @@ def test_memory_stays_bounded_under_a_flood(tmp_path):
             t.start()
         end = time.monotonic() + 12
         while time.monotonic() < end:
-            peak = max(peak, server.memory_info().rss)
+            peak = max(peak, tree_rss())
             time.sleep(0.05)
         stop.set()
         for t in threads:
             t.join(timeout=120)
-        peak = max(peak, server.memory_info().rss)
+        peak = max(peak, tree_rss())
         health = httpx.get(proc.url + "/healthz", timeout=10)
 
     print(f"flood: peak RSS {peak / 2**20:.0f} MiB, answers {statuses}")
     assert sum(statuses.values()) > 10
     assert set(statuses) <= {200, 503}, statuses
-    assert peak < 512 * 2**20, f"collector peaked at {peak / 2**20:.0f} MiB"
+    assert statuses.get(200, 0) > 0, f"the collector made no progress under the flood: {statuses}"
+    assert peak < 512 * 2**20, f"collector (with its decode workers) peaked at {peak / 2**20:.0f} MiB"
     assert health.status_code in (200, 503)
 
 

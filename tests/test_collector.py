@@ -46,9 +46,11 @@ def warehouse(tmp_path):
     wh.close()
 
 
-@pytest.fixture
-def url(warehouse):
-    with running_app(create_app(warehouse)) as base:
+@pytest.fixture(params=[0, 2], ids=["inline", "workers"])
+def url(warehouse, request):
+    # every test against `url` runs twice: lines parsed in the server process, and in two
+    # decode worker processes (what `vitals serve` does on a multi-core machine)
+    with running_app(create_app(warehouse, decode_workers=request.param)) as base:
         yield base
 
 

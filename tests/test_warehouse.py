@@ -106,6 +106,21 @@ def test_duplicates_within_across_batches_and_restarts(backend):
         w.close()
 
 
+def test_a_line_repeated_in_one_write_and_already_stored_counts_once(backend):
+    # two requests carrying the same stored lines land in one write: each line is one duplicate
+    opener, _ = backend
+    w = opener()
+    lines = [line for line in fleet_lines() if line.seq is not None]  # lines without seq are never duplicates
+    assert w.insert(lines).accepted == len(lines)
+    first, second = w.insert_many([lines, lines])
+    assert (first.accepted, first.duplicates) == (0, len(lines))
+    assert (second.accepted, second.duplicates) == (0, len(lines))
+    fresh = [decode_line(b'{"kind":"sample","session_id":"s9","ts":%d,"seq":1,"cpu":1}' % (NOW + 9))]
+    first, second = w.insert_many([fresh + lines, fresh])
+    assert (first.accepted, first.duplicates) == (1, len(lines))
+    assert (second.accepted, second.duplicates) == (0, 1)
+
+
 def test_query_parameters(wh):
     wh.insert(fleet_lines())
     if wh.dialect == "duckdb":

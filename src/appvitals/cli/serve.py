@@ -23,7 +23,11 @@ DEFAULT_DB = "vitals-fleet.duckdb"
 @click.option("--retention-days", type=click.IntRange(1, None), metavar="N", help="Drop data older than N days (checked hourly).")
 @click.option("--max-queue", type=click.IntRange(1, None), default=64, show_default=True,
               help="Line chunks (1000 lines each) that may wait for the writer before requests slow down.")
-def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention_days, max_queue) -> None:
+@click.option("--decode-workers", type=click.IntRange(0, 64), default=None, metavar="N",
+              help="Processes that parse and validate ingested lines beside the server (DuckDB; "
+                   "default: one per core up to 4, 0 parses in the server process).")
+def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention_days, max_queue,
+            decode_workers) -> None:
     """Run the fleet collector: POST /v1/ingest, GET /v1/report, /metrics, /healthz."""
     from ..fleet.collector import check_bind, serve
 
@@ -53,7 +57,7 @@ def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention
 
     try:
         serve(store, host=host, port=port, tokens=tokens, read_tokens=read_tokens, insecure=insecure,
-              retention_days=retention_days, max_queue=max_queue, on_ready=ready)
+              retention_days=retention_days, max_queue=max_queue, on_ready=ready, decode_workers=decode_workers)
     except RuntimeError as exc:
         raise VitalsError(str(exc))
     finally:

@@ -22,6 +22,7 @@ import gc
 import hmac
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -36,12 +37,12 @@ from .. import exposition
 from ..registry import Registry
 from ._body import BadCompression, Decompressor, LineSplitter, LineTooLong, UnsupportedEncoding
 from ._collector_metrics import CollectorMetrics
-from .protocol import MAX_LINE_BYTES, AnyLine, LineError, decode_line
+from ._decode import MAX_ERRORS, decode_chunk, decode_lines, start_pool
+from .protocol import MAX_LINE_BYTES, AnyLine
 from .warehouse.base import InsertResult, Warehouse, open_warehouse
 
 log = logging.getLogger("appvitals.collector")
 
-MAX_ERRORS = 100
 DEFAULT_PORT = 8420
 
 
@@ -79,8 +80,13 @@ class Collector:
         retry_after: int = 2,
         retention_days: int | None = None,
         retention_interval: float = 3600.0,
+        decode_pool: concurrent.futures.Executor | None = None,
+        decode_slots: int = 4,
     ):
         self.warehouse = warehouse
+        # raw chunks -> Arrow batches in worker processes (DuckDB only); None decodes in-process
+        self.decode_pool = decode_pool
+        self.decode_slots = asyncio.Semaphore(decode_slots)
         self.metrics = metrics
         self.max_queue = max_queue
         self.group_lines = group_lines
@@ -124,7 +130,7 @@ class Collector:
         """True when no chunk fits in the queue right now."""
         return self.queue is None or self.queue.full()
 
-    async def submit(self, lines: list[AnyLine]) -> asyncio.Future:
+    async def submit(self, lines: Sequence[AnyLine]) -> asyncio.Future:
         """Queue a chunk; its future resolves to an InsertResult once committed. Raises Overloaded."""
         assert self.queue is not None, "collector not started"
         future = asyncio.get_running_loop().create_future()
@@ -139,6 +145,9 @@ class Collector:
             except TimeoutError:
                 self.queued_lines -= len(lines)
                 raise Overloaded(f"writer behind by {self.depth()} chunks")
+            except asyncio.CancelledError:  # the request was answered meanwhile
+                self.queued_lines -= len(lines)
+                raise
         return future
 
     async def _write_loop(self) -> None:
@@ -173,12 +182,16 @@ class Collector:
                     if not j.future.done():
                         j.future.set_exception(exc)
             else:
-                self.metrics.write_seconds.observe(time.perf_counter() - started)
-                self.metrics.batch_lines.observe(total)
                 for j, result in zip(jobs, results):
-                    self.metrics.lines(result.accepted, result.duplicates)
                     if not j.future.done():
                         j.future.set_result(result)
+                try:  # counting must never stop the writer
+                    self.metrics.write_seconds.observe(time.perf_counter() - started)
+                    self.metrics.batch_lines.observe(total)
+                    for result in results:
+                        self.metrics.lines(result.accepted, result.duplicates)
+                except Exception as exc:  # pragma: no cover - a bug, logged rather than fatal
+                    log.error("collector metrics failed: %s", exc)
             finally:
                 self.queued_lines -= total
 
@@ -256,46 +269,128 @@ class _Ingest:
 
         splitter = LineSplitter(self.max_line_bytes)
         state = _RequestState(collector.metrics)
-        chunk: list[AnyLine] = []
-        line_no = 0
-        chunk_lines = self.chunk_lines
+        chunk = _Chunker(collector, state, self.chunk_lines)
         try:
             async with contextlib.aclosing(_body_chunks(request, self.flush_interval)) as chunks:
                 async for data in chunks:
                     if data is None:  # the client is quiet: commit what we have so far
-                        if chunk:
-                            state.track(await collector.submit(chunk))
-                            chunk = []
+                        await chunk.flush()
                         continue
                     for plain in decompressor.feed(data):
-                        line_no = state.decode(splitter.feed(plain), chunk, line_no)
+                        await chunk.add(splitter.feed(plain))
                         if splitter.too_long:
                             break
-                        while len(chunk) >= chunk_lines:
-                            state.track(await collector.submit(chunk[:chunk_lines]))
-                            chunk = chunk[chunk_lines:]
                     if splitter.too_long:
                         break
-            line_no = state.decode(splitter.finish(), chunk, line_no)
-            if chunk:
-                state.track(await collector.submit(chunk))
-                chunk = []
+            await chunk.add(splitter.finish())
+            await chunk.flush()
+            await chunk.decoded()
             await state.wait()
             splitter.check()
         except LineTooLong as exc:
-            await state.settle(self.collector.max_wait)
-            return JSONResponse({"error": f"line {line_no + 1}: {exc}", **state.partial()}, 413)
+            await chunk.settle(self.collector.max_wait)
+            return JSONResponse({"error": f"line {chunk.line_no + 1}: {exc}", **state.partial()}, 413)
         except BadCompression as exc:
-            await state.settle(self.collector.max_wait)
+            await chunk.settle(self.collector.max_wait)
             return JSONResponse({"error": str(exc), **state.partial()}, 400)
         except Overloaded as exc:  # answer now: queued chunks still commit, a retry sees them as duplicates
+            chunk.cancel()
             return self._busy(str(exc))
         except ClientDisconnect:
+            chunk.cancel()
             return Response(status_code=400)
         if state.failure is not None:
             return self._busy(f"warehouse write failed: {state.failure}")
         body = IngestResult(state.accepted, state.duplicates, state.rejected, state.errors)
         return Response(msgspec.json.encode(body), 200, media_type="application/json")
+
+
+class _Chunker:
+    """Raw lines of one request -> decoded chunks of `chunk_lines` lines -> the write queue.
+
+    In-process, lines are decoded as they arrive. With a decode pool, raw lines are gathered
+    into blocks that worker processes turn into Arrow batches while the server keeps reading;
+    at most `decode_slots` blocks are out at once per collector (bounded memory), and a
+    request waits for a slot before reading more of its body."""
+
+    def __init__(self, collector: Collector, state: _RequestState, chunk_lines: int):
+        self.collector = collector
+        self.state = state
+        self.chunk_lines = chunk_lines
+        self.line_no = 0  # raw lines seen so far
+        self.lines: list[AnyLine] = []
+        self.raws: list[bytes] = []
+        self.first = 1
+        self.tasks: list[asyncio.Task] = []
+
+    async def add(self, raws: list[bytes]) -> None:
+        """Take the next raw lines of the body."""
+        if not raws:
+            return
+        if self.collector.decode_pool is None:
+            self.line_no = self.state.decode(raws, self.lines, self.line_no)
+            while len(self.lines) >= self.chunk_lines:
+                part, self.lines = self.lines[:self.chunk_lines], self.lines[self.chunk_lines:]
+                self.state.track(await self.collector.submit(part))
+            return
+        if not self.raws:
+            self.first = self.line_no + 1
+        self.raws.extend(raws)
+        self.line_no += len(raws)
+        if len(self.raws) >= self.chunk_lines:
+            await self._dispatch()
+
+    async def flush(self) -> None:
+        """Send what is gathered so far on its way to the writer."""
+        if self.lines:
+            part, self.lines = self.lines, []
+            self.state.track(await self.collector.submit(part))
+        if self.raws:
+            await self._dispatch()
+
+    async def _dispatch(self) -> None:
+        data, first, self.raws = b"\n".join(self.raws), self.first, []
+        await self.collector.decode_slots.acquire()
+        task = asyncio.ensure_future(self._decode(data, first))
+        task.add_done_callback(_retrieve)
+        self.tasks.append(task)
+
+    async def _decode(self, data: bytes, first: int) -> None:
+        from .warehouse._arrow import ArrowBatch
+
+        try:
+            loop = asyncio.get_running_loop()
+            packed, rejected, errors = await loop.run_in_executor(self.collector.decode_pool, decode_chunk, data, first)
+        finally:
+            self.collector.decode_slots.release()
+        self.state.add_rejected(rejected, errors)
+        batch = ArrowBatch.from_ipc(packed)
+        if len(batch):
+            self.state.track(await self.collector.submit(batch))
+
+    async def decoded(self) -> None:
+        """Wait for every block sent to the workers to be queued for writing (raises Overloaded)."""
+        if self.tasks:
+            await asyncio.gather(*self.tasks)
+
+    def cancel(self) -> None:
+        """After a 503 or a lost client: blocks not yet queued for writing are dropped, so an
+        answered request does not keep taking decode slots and queue room from the others."""
+        for task in self.tasks:
+            task.cancel()
+
+    async def settle(self, timeout: float) -> None:
+        """After an early answer: let blocks already sent reach the writer, then wait a little
+        for their commits, so the counts reported are true."""
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=timeout)
+        await self.state.settle(timeout)
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    # a request that answered early (503, 413) no longer waits for its blocks: mark their errors seen
+    if not task.cancelled():
+        task.exception()
 
 
 class _RequestState:
@@ -314,19 +409,17 @@ class _RequestState:
 
     def decode(self, raws: list[bytes], into: list[AnyLine], line_no: int) -> int:
         """Decode raw lines into `into`, noting bad ones by line number; returns the last line number."""
-        append = into.append
-        for raw in raws:
-            line_no += 1
-            try:
-                append(decode_line(raw))
-            except LineError as exc:
-                if not raw.strip():  # blank lines are allowed and ignored
-                    continue
-                self.rejected += 1
-                self.metrics.rejected.inc()
-                if len(self.errors) < MAX_ERRORS:
-                    self.errors.append({"line": line_no, "error": str(exc)})
-        return line_no
+        errors: list[dict[str, Any]] = []
+        self.add_rejected(decode_lines(raws, line_no + 1, into, errors), errors)
+        return line_no + len(raws)
+
+    def add_rejected(self, rejected: int, errors: list[dict[str, Any]]) -> None:
+        """Count bad lines and keep their errors (MAX_ERRORS at most)."""
+        if rejected:
+            self.rejected += rejected
+            self.metrics.rejected.inc(rejected)
+        if errors:  # blocks decoded by workers finish in any order: keep the first lines' errors
+            self.errors = sorted(self.errors + errors, key=lambda e: e["line"])[:MAX_ERRORS]
 
     def track(self, future: asyncio.Future) -> None:
         """Count a queued chunk's result when its commit finishes."""
@@ -409,6 +502,7 @@ def create_app(
     flush_interval: float = 1.0,
     retention_days: int | None = None,
     registry: Registry | None = None,
+    decode_workers: int = 0,
 ) -> Starlette:
     """The collector as an ASGI app: ingest, /metrics, /healthz and the read side (report, sessions, dashboard)."""
     tokens = tuple(t for t in tokens if t)
@@ -431,9 +525,16 @@ def create_app(
         """Open the warehouse and start the writer; drain and close at shutdown."""
         if holder["warehouse"] is None:
             holder["warehouse"] = await asyncio.to_thread(open_warehouse, warehouse)  # type: ignore[arg-type]
+        pool = None
+        if decode_workers > 0 and getattr(holder["warehouse"], "takes_arrow", False):
+            pool = start_pool(decode_workers)
+            # start the workers now (spawned processes import the package), not on the first request
+            await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(pool, decode_chunk, b"", 1)
+                                   for _ in range(decode_workers)))
         collector = Collector(
             holder["warehouse"], metrics, max_queue=max_queue, group_lines=group_lines,
             max_wait=max_wait, retry_after=retry_after, retention_days=retention_days,
+            decode_pool=pool, decode_slots=2 * decode_workers + 2,
         )
         await collector.start()
         collector_ref["c"] = collector
@@ -442,6 +543,8 @@ def create_app(
             yield
         finally:
             await collector.stop()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             if owns_warehouse:
                 await asyncio.to_thread(holder["warehouse"].close)
 
@@ -509,6 +612,7 @@ def serve(
     limit_concurrency: int = 256,
     log_level: str = "warning",
     on_ready: Callable[[str], None] | None = None,
+    decode_workers: int | None = None,
     **options: Any,
 ) -> None:
     """Run the collector in the foreground until SIGINT/SIGTERM (uvicorn on host:port)."""
@@ -517,7 +621,10 @@ def serve(
     tokens, read_tokens = tuple(tokens), tuple(read_tokens)
     check_bind(host, tokens, read_tokens, insecure)
     _check_port_free(host, port)
-    app = create_app(warehouse, tokens, read_tokens, retention_days=retention_days, **options)
+    if decode_workers is None:  # one decode process per core, up to 4 (DuckDB only; see _decode.py)
+        decode_workers = min(4, os.cpu_count() or 1) if (os.cpu_count() or 1) > 1 else 0
+    app = create_app(warehouse, tokens, read_tokens, retention_days=retention_days,
+                     decode_workers=decode_workers, **options)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False,
         limit_concurrency=limit_concurrency, timeout_keep_alive=30, lifespan="on",

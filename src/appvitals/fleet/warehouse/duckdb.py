@@ -1,12 +1,10 @@
 """DuckDB warehouse: the embedded default, one file.
 
-Writes hand DuckDB Arrow tables built straight from the decoded line structs: each column
-is pulled out with `operator.attrgetter` (a C loop) and converted by pyarrow in C; attrs
-dicts become a MAP array whose keys/values buffers are reused as the two list columns, so
-there is no per-value Python work and no JSON re-encode/re-parse (which cost ~2.5 us a line
-in DuckDB's JSON reader). One `execute()` per write -- dedup lookup, inserts, COMMIT -- so
-the writer thread gives up and re-takes the GIL as few times as possible. One transaction
-per write, so a commit is one WAL fsync.
+Writes hand DuckDB Arrow tables (`_arrow.ArrowBatch`, built from the decoded lines here or
+in the collector's decode worker processes), so there is no per-value Python work and no
+JSON re-encode/re-parse (which cost ~2.5 us a line in DuckDB's JSON reader). One `execute()`
+per write -- dedup lookup, inserts, COMMIT -- so the writer thread gives up and re-takes the
+GIL as few times as possible. One transaction per write, so a commit is one WAL fsync.
 
 Exactly-once without an index: a line sent again carries the same ts, so inside the write's
 transaction one query looks the batch's (session_id, seq) keys up, restricted to the batch's
@@ -23,12 +21,10 @@ stored twice.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +32,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..protocol import AnyLine, EndLine, EventLine, SampleLine, SessionLine
-from ._columns import EMPTY_JSON, NO_SEQ, SCHEMA, attr_text, json_encode
+from ..protocol import AnyLine
+from ._arrow import ArrowBatch
+from ._columns import NO_SEQ, SCHEMA
 from .base import InsertResult, Warehouse
 
 _STR = pa.string()
-_I64 = pa.int64()
-_F64 = pa.float64()
-_STR_MAP = pa.map_(_STR, _STR)
-_EMPTY_JSON = pa.scalar(EMPTY_JSON, _STR)
-_KIND_TABLE = ((SessionLine, "sessions"), (SampleLine, "samples"), (EventLine, "events"), (EndLine, "ends"))
-_SID, _TS, _SEQ = attrgetter("session_id"), attrgetter("ts"), attrgetter("seq")
-_FIELD = {name: attrgetter(name) for name in ("client_id", "cpu", "name", "reason", "attrs", "values")}
 _INSERT_SQL = {table: f"INSERT INTO {table} SELECT * FROM _incoming_{table}" for table in SCHEMA}
 # the same, without the lines whose key the lookup found already stored
 _INSERT_NEW_SQL = {
@@ -86,71 +76,17 @@ def _ddl() -> list[str]:
     return statements
 
 
-def _key_lists(arrow_map: pa.MapArray) -> tuple[pa.Array, pa.Array]:
-    """A map column as its parallel (keys, values) list columns, sharing the map's buffers."""
-    return (pa.ListArray.from_arrays(arrow_map.offsets, arrow_map.keys),
-            pa.ListArray.from_arrays(arrow_map.offsets, arrow_map.items))
-
-
-def _attr_lists(dicts: list[dict]) -> tuple[pa.Array, pa.Array]:
-    """attrs dicts as (attr_keys, attr_values) list columns, values as stored text (see base.py)."""
-    try:  # the usual case, all values strings: converted in C
-        arrow_map = pa.array(dicts, _STR_MAP)
-    except (pa.ArrowTypeError, pa.ArrowInvalid):  # numbers/booleans become their JSON text
-        arrow_map = pa.array([{k: attr_text(v) for k, v in d.items()} for d in dicts], _STR_MAP)
-    return _key_lists(arrow_map)
-
-
-def _arrow_table(table: str, lines: list[AnyLine]) -> pa.Table:
-    """The lines of one table as an Arrow table with the schema's columns, in order."""
-    seqs = list(map(_SEQ, lines))
-    if None in seqs:
-        seqs = [NO_SEQ if q is None else q for q in seqs]
-    columns: dict[str, Any] = {
-        "session_id": pa.array(list(map(_SID, lines)), _STR),
-        "ts": pa.array(list(map(_TS, lines)), _I64),
-        "seq": pa.array(seqs, _I64),
-    }
-    if table == "sessions":
-        columns["client_id"] = pa.array(list(map(_FIELD["client_id"], lines)), _STR)
-    elif table == "samples":
-        # attrs and values as sorted-key JSON texts, encoded in C (msgspec) and handed over as bytes
-        columns["cpu"] = pa.array(list(map(_FIELD["cpu"], lines)), _F64)
-        columns["attrs"] = pa.array(list(map(json_encode, map(_FIELD["attrs"], lines))), _STR)
-        values = list(map(_FIELD["values"], lines))
-        if any(values):
-            columns["vals"] = pa.array(list(map(json_encode, values)), _STR)
-        else:  # the usual case: no extra values
-            columns["vals"] = pa.repeat(_EMPTY_JSON, len(lines))
-    elif table == "events":
-        columns["name"] = pa.array(list(map(_FIELD["name"], lines)), _STR)
-    else:
-        columns["reason"] = pa.array([r or "" for r in map(_FIELD["reason"], lines)], _STR)
-    if table in ("sessions", "events"):
-        columns["attr_keys"], columns["attr_values"] = _attr_lists(list(map(_FIELD["attrs"], lines)))
-    return pa.table({name: columns[name] for name in SCHEMA[table]})
-
-
-def _batch_duplicates(sids: list[str], seqs: list[int | None]) -> list[int]:
-    """Indexes of the lines that repeat the (session_id, seq) of an earlier line of the batch."""
-    if None not in seqs and len(set(zip(sids, seqs))) == len(seqs):
-        return []  # the usual case, checked in C
-    seen: set[tuple[str, int]] = set()
-    duplicates = []
-    for i, key in enumerate(zip(sids, seqs)):
-        if key[1] is None:
-            continue
-        if key in seen:
-            duplicates.append(i)
-        else:
-            seen.add(key)
-    return duplicates
+def _in_batch_order(pieces: dict[str, list[tuple[int, pa.Table]]]) -> list[tuple[int, str, pa.Table]]:
+    """(batch index, table, Arrow table) in batch order, tables in a fixed order within a batch."""
+    return sorted(((index, table, arrow) for table, parts in pieces.items() for index, arrow in parts),
+                  key=lambda item: (item[0], item[1]))
 
 
 class DuckDBWarehouse(Warehouse):
     """The warehouse in one DuckDB file (or ":memory:")."""
 
     dialect = "duckdb"
+    takes_arrow = True  # insert_many accepts ArrowBatch (the collector's decode workers build them)
 
     def __init__(self, path: str | Path, memory_limit: str = "256MB", threads: int | None = None):
         self.path = str(path)
@@ -199,35 +135,32 @@ class DuckDBWarehouse(Warehouse):
                 con.execute("ROLLBACK")
             raise
 
-    def insert_many(self, batches: Sequence[Sequence[AnyLine]]) -> list[InsertResult]:
-        """Store several batches in one transaction (one fsync); one result per batch."""
-        sizes = [len(b) for b in batches]
-        lines: list[AnyLine] = [line for batch in batches for line in batch]
-        if not lines:
-            return [InsertResult() for _ in batches]
-        sids = list(map(_SID, lines))
-        seqs = list(map(_SEQ, lines))
-        duplicates = _batch_duplicates(sids, seqs)
-        keyed = seqs.count(None) < len(seqs)
-        if duplicates:
-            skip = set(duplicates)
-            fresh = [line for i, line in enumerate(lines) if i not in skip]
-        else:
-            fresh = lines
-        groups: dict[type, list[AnyLine]] = {}
-        for line in fresh:
-            kind = type(line)
-            group = groups.get(kind)
-            if group is None:
-                group = groups[kind] = []
-            group.append(line)
-        tables = [(table, _arrow_table(table, groups[kind])) for kind, table in _KIND_TABLE if groups.get(kind)]
-        spans = {table: pc.min_max(arrow.column("ts")).as_py() for table, arrow in tables}
+    def insert_many(self, batches: Sequence[Sequence[AnyLine] | ArrowBatch]) -> list[InsertResult]:
+        """Store several batches in one transaction (one fsync); one result per batch.
+
+        A batch is a list of lines, or an `ArrowBatch` a decode worker already built from them."""
+        prepared = [b if isinstance(b, ArrowBatch) else ArrowBatch.from_lines(b) for b in batches]
+        if not any(b.tables for b in prepared):
+            return [InsertResult(duplicates=b.duplicates) for b in prepared]
+        # per table: the batches' Arrow tables, and which batch each piece came from
+        pieces: dict[str, list[tuple[int, pa.Table]]] = {}
+        for index, batch in enumerate(prepared):
+            for table, arrow in batch.tables.items():
+                pieces.setdefault(table, []).append((index, arrow))
+        tables = {table: pa.concat_tables([a for _, a in parts]) if len(parts) > 1 else parts[0][1]
+                  for table, parts in pieces.items()}
+        dropped = [0] * len(prepared)
+        if len(prepared) > 1:  # a line repeated across batches of one write: keep the first
+            tables = self._drop_repeats(pieces, tables, dropped)
+        tables = {t: a for t, a in tables.items() if a.num_rows}
+        spans = {table: pc.min_max(arrow.column("ts")).as_py() for table, arrow in tables.items()}
+        keyed = any(pc.any(pc.not_equal(a.column("seq"), NO_SEQ)).as_py() for a in tables.values())
+        stored: list[tuple] = []
         with self._write_lock:
             con = self._con
             script = ["BEGIN TRANSACTION"]
             lookup: list[str] = []
-            if keyed:
+            if keyed and spans:
                 # A duplicate is the same line sent again, so it carries the same ts: only rows in the
                 # batch's ts range can match, and DuckDB's zone maps skip every other row group; a
                 # table whose rows all lie outside that range is not looked at.
@@ -235,18 +168,18 @@ class DuckDBWarehouse(Warehouse):
                 hi = max(span["max"] for span in spans.values())
                 lookup = [t for t, r in self._ts_range.items() if r is not None and r[0] <= hi and lo <= r[1]]
             if lookup:
-                script.append(_stored_sql([table for table, _ in tables], lookup, lo, hi))
+                script.append(_stored_sql(list(tables), lookup, lo, hi))
                 insert = _INSERT_NEW_SQL
             else:
                 insert = _INSERT_SQL
-            script.extend(insert[table] for table, _ in tables)
+            script.extend(insert[table] for table in tables)
             script.append("COMMIT")
             if lookup:
                 script.append("SELECT session_id, seq FROM _stored")
             registered = []
             # one execute(): each call gives up the GIL and waits to get it back
             try:
-                for table, arrow in tables:
+                for table, arrow in tables.items():
                     con.register(f"_incoming_{table}", arrow)
                     registered.append(table)
                 cursor = con.execute(";\n".join(script))
@@ -262,21 +195,44 @@ class DuckDBWarehouse(Warehouse):
                 known = self._ts_range[table]
                 self._ts_range[table] = (span["min"], span["max"]) if known is None else (
                     min(known[0], span["min"]), max(known[1], span["max"]))
-        if stored:
-            # each stored key names one line of the batch: in-batch repeats were left out above
+        if stored:  # rare: lines stored by an earlier write; find their batches
             found = set(stored)
-            skip = set(duplicates)
-            duplicates += [i for i, key in enumerate(zip(sids, seqs)) if key in found and i not in skip]
-        counts = [0] * len(sizes)
-        if duplicates:
-            bounds = []
-            total = 0
-            for size in sizes:
-                total += size
-                bounds.append(total)
-            for index in duplicates:
-                counts[bisect.bisect_right(bounds, index)] += 1
-        return [InsertResult(accepted=size - d, duplicates=d) for size, d in zip(sizes, counts)]
+            counted: set[tuple] = set()  # a key repeated in this write was dropped (and counted) above
+            for index, _, arrow in _in_batch_order(pieces):
+                for key in zip(arrow.column("session_id").to_pylist(), arrow.column("seq").to_pylist()):
+                    if key in found and key not in counted:
+                        counted.add(key)
+                        dropped[index] += 1
+        return [InsertResult(accepted=b.size - b.duplicates - d, duplicates=b.duplicates + d)
+                for b, d in zip(prepared, dropped)]
+
+    @staticmethod
+    def _drop_repeats(pieces: dict[str, list[tuple[int, pa.Table]]], tables: dict[str, pa.Table],
+                      dropped: list[int]) -> dict[str, pa.Table]:
+        """Leave out lines whose (session_id, seq) an earlier batch of the same write holds;
+        counted into `dropped` per batch. Checked in C; Python only runs when there are repeats."""
+        keys = []
+        for arrow in tables.values():
+            if pc.min(arrow.column("seq")).as_py() == NO_SEQ:  # lines without seq have no key
+                arrow = arrow.filter(pc.not_equal(arrow.column("seq"), NO_SEQ))
+            keys.extend(pc.binary_join_element_wise(
+                arrow.column("session_id"), pc.cast(arrow.column("seq"), _STR), "\x1f").chunks)
+        joined = pa.chunked_array(keys, _STR)
+        if pc.count_distinct(joined).as_py() == len(joined):
+            return tables  # the usual case
+        seen: set[tuple[str, int]] = set()
+        masks: dict[str, list[bool]] = {t: [] for t in pieces}
+        for index, table, arrow in _in_batch_order(pieces):
+            mask = masks[table]
+            for key in zip(arrow.column("session_id").to_pylist(), arrow.column("seq").to_pylist()):
+                if key[1] != NO_SEQ and key in seen:
+                    mask.append(False)
+                    dropped[index] += 1
+                else:
+                    seen.add(key)
+                    mask.append(True)
+        # the masks follow (batch, table) order, which is the concatenation order of each table
+        return {t: tables[t].filter(pa.array(masks[t], pa.bool_())) for t in tables}
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
         """Run one read-only SQL statement (DuckDB dialect, `$name` parameters) and return its rows."""
