@@ -162,6 +162,14 @@ class Dialect:
             return f"[{picks}]"
         return f"quantile_disc({expr}, [{', '.join(str(q) for q in qs)}])"
 
+    def hash_of(self, columns: Sequence[str]) -> str:
+        """A 64-bit hash of several columns (the phase key)."""
+        return f"cityHash64({', '.join(columns)})" if self.ch else f"hash({', '.join(columns)})"
+
+    def any_value(self, expr: str) -> str:
+        """Any one value of expr in the group (all equal where it is used)."""
+        return f"any({expr})" if self.ch else f"any_value({expr})"
+
     def count_distinct(self, expr: str) -> str:
         return f"uniqExact({expr})" if self.ch else f"count(DISTINCT {expr})"
 
@@ -499,28 +507,36 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     cols = _columns(keys)
     value, cond = metric_expr(d, metric)
     cat = [a for a, _ in cols.phase if a.startswith("sp_")]
-    # Samples are first counted per (session, attrs text): the same attrs are the same string, so
-    # this cheap grouping leaves a few rows per session, and the attr values (JSON) are read
-    # from those rows rather than from every sample.
-    raw = (
-        f"SELECT session_id, attrs, count(*) AS r_n, sum(mv) AS r_sum, max(mv) AS r_max, min(ts) AS r_t0, "
-        f"max(ts) AS r_t1 FROM (SELECT session_id, ts, attrs, {value} AS mv FROM {d.table('samples')} "
-        f"WHERE {_ts(window)} AND {cond}) GROUP BY session_id, attrs"
+    # A fleet has few distinct attrs texts (stage x a few values): each is read (JSON) and
+    # bucketed once, into its phase items and a 64-bit phase key, and the samples are then
+    # grouped by (session_id, phase key) -- one string and one integer, far cheaper to hash
+    # than the item strings, and no JSON is parsed per sample.
+    where = f"WHERE {_ts(window)} AND {cond}"
+    samples = (
+        f"SELECT session_id, coalesce(attrs, '{{}}') AS attrs, ts, {value} AS mv "
+        f"FROM {d.table('samples')} {where}"
     )
-    inner_cols = [f"{d.sattr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
-    inner_cols += [f"{d.sattr_number(nk.key)} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
-    stats = "r_n, r_sum, r_max, r_t0, r_t1"
-    inner = f"SELECT session_id, {stats}{''.join(', ' + c for c in inner_cols)} FROM ({raw})"
-    if keys.sample_numeric:  # each number is parsed once, then bucketed
-        buckets = [f"{_interval_sql(d, f'nv_{i}', nk.edges)} AS sn_{i}" for i, nk in enumerate(keys.sample_numeric)]
-        inner = f"SELECT session_id, {stats}{''.join(', ' + c for c in cat + buckets)} FROM ({inner})"
-    group = ", ".join(["session_id"] + [a for a, _ in cols.phase])
     thr = float(threshold)
-    phases = (
-        f"SELECT {group}, sum(r_n) AS ph_n, sum(r_sum) AS ph_sum, max(r_max) AS ph_max, min(r_t0) AS ph_t0, "
-        f"max(r_t1) AS ph_t1, CASE WHEN sum(r_sum) > {thr} * sum(r_n) THEN 1 ELSE 0 END AS ph_hi "
-        f"FROM ({inner}) GROUP BY {group}"
+    stats = (
+        f"count(*) AS ph_n, sum(mv) AS ph_sum, max(mv) AS ph_max, min(ts) AS ph_t0, max(ts) AS ph_t1, "
+        f"CASE WHEN sum(mv) > {thr} * count(*) THEN 1 ELSE 0 END AS ph_hi"
     )
+    if cols.phase:
+        item_cols = [f"{d.sattr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
+        item_cols += [f"{d.sattr_number(nk.key)} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
+        texts = f"SELECT DISTINCT coalesce(attrs, '{{}}') AS attrs FROM {d.table('samples')} {where}"
+        items = f"SELECT attrs{''.join(', ' + c for c in item_cols)} FROM ({texts})"
+        if keys.sample_numeric:  # each number is parsed once, then bucketed
+            buckets = [f"{_interval_sql(d, f'nv_{i}', nk.edges)} AS sn_{i}" for i, nk in enumerate(keys.sample_numeric)]
+            items = f"SELECT attrs{''.join(', ' + c for c in cat + buckets)} FROM ({items})"
+        aliases = [a for a, _ in cols.phase]
+        phase_map = f"SELECT attrs, {d.hash_of(aliases)} AS pid, {', '.join(aliases)} FROM ({items})"
+        phases = (
+            f"SELECT session_id, {', '.join(f'{d.any_value(a)} AS {a}' for a in aliases)}, {stats} "
+            f"FROM ({samples}) AS r {d.inner_join} ({phase_map}) AS pm USING (attrs) GROUP BY session_id, pid"
+        )
+    else:
+        phases = f"SELECT session_id, {stats} FROM ({samples}) GROUP BY session_id"
     per_session = (
         "SELECT session_id, count(*) AS n_ph, sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
         "sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1 "
