@@ -106,6 +106,8 @@ class Collector:
         self._tasks.append(asyncio.create_task(self._write_loop(), name="vitals-writer"))
         if self.retention_days:
             self._tasks.append(asyncio.create_task(self._retention_loop(), name="vitals-retention"))
+        if hasattr(self.warehouse, "roll_up"):
+            self._tasks.append(asyncio.create_task(self._rollup_loop(), name="vitals-rollup"))
         self.healthy = True
 
     async def stop(self) -> None:
@@ -194,6 +196,17 @@ class Collector:
                     log.error("collector metrics failed: %s", exc)
             finally:
                 self.queued_lines -= total
+
+    async def _rollup_loop(self, every: float = 60.0) -> None:
+        # closed 10-minute buckets of samples are rolled up for the report (DuckDB), in the
+        # writer's thread so it never races a write
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(self._executor, self.warehouse.roll_up)  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.error("rollup failed: %s", exc)
+            await asyncio.sleep(every)
 
     async def _retention_loop(self) -> None:
         loop = asyncio.get_running_loop()

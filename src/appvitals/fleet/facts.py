@@ -502,7 +502,40 @@ class _Sql(msgspec.Struct):
     sessions: str  # per session: counts + session item columns
 
 
-def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float, phases_src: str) -> _Sql:
+def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, list[int]] | None) -> str:
+    """The window's samples as rows (session_id, attrs, n, s, mx, t0, t1): one row a sample, or,
+    for the metric cpu in closed buckets the warehouse rolled up, one row per (session, attrs,
+    bucket) from `sample_rollup` -- and samples for the rest (window edges, newer and dirty
+    buckets). The sums are the same either way."""
+    value, cond = metric_expr(d, metric)
+
+    def raw(lo: int, hi: int) -> str:
+        return (
+            f"SELECT session_id, coalesce(attrs, '{{}}') AS attrs, 1 AS n, {value} AS s, {value} AS mx, ts AS t0, "
+            f"ts AS t1 FROM {d.table('samples')} WHERE ts >= {int(lo)} AND ts < {int(hi)} AND {cond}"
+        )
+
+    since, until = int(window.since_ms), int(window.until_ms)
+    if rollup is None or metric != "cpu":
+        return raw(since, until)
+    width, watermark, dirty = rollup
+    first = -(-since // width)  # the first bucket wholly inside the window
+    end = min(until // width, watermark)  # buckets [first, end) are rolled up
+    if end <= first:
+        return raw(since, until)
+    dirty = [b for b in dirty if first <= b < end]
+    skip = f" AND bucket NOT IN ({', '.join(map(str, dirty))})" if dirty else ""
+    rolled = (
+        f"SELECT session_id, attrs, n, cpu_sum AS s, cpu_max AS mx, ts_min AS t0, ts_max AS t1 FROM sample_rollup "
+        f"WHERE bucket >= {first} AND bucket < {end}{skip}"
+    )
+    # the rest as plain ts ranges, so each scan skips every row group outside it (zone maps)
+    ranges = [(since, first * width), (end * width, until)] + [(b * width, (b + 1) * width) for b in dirty]
+    return " UNION ALL ".join([rolled] + [raw(lo, hi) for lo, hi in ranges if hi > lo])
+
+
+def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float, phases_src: str,
+                     rollup: tuple[int, int, list[int]] | None = None) -> _Sql:
     """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows)."""
     cols = _columns(keys)
     value, cond = metric_expr(d, metric)
@@ -512,14 +545,11 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     # grouped by (session_id, phase key) -- one string and one integer, far cheaper to hash
     # than the item strings, and no JSON is parsed per sample.
     where = f"WHERE {_ts(window)} AND {cond}"
-    samples = (
-        f"SELECT session_id, coalesce(attrs, '{{}}') AS attrs, ts, {value} AS mv "
-        f"FROM {d.table('samples')} {where}"
-    )
+    samples = _rows_sql(d, window, metric, rollup)
     thr = float(threshold)
     stats = (
-        f"count(*) AS ph_n, sum(mv) AS ph_sum, max(mv) AS ph_max, min(ts) AS ph_t0, max(ts) AS ph_t1, "
-        f"CASE WHEN sum(mv) > {thr} * count(*) THEN 1 ELSE 0 END AS ph_hi"
+        f"sum(n) AS ph_n, sum(s) AS ph_sum, max(mx) AS ph_max, min(t0) AS ph_t0, max(t1) AS ph_t1, "
+        f"CASE WHEN sum(s) > {thr} * sum(n) THEN 1 ELSE 0 END AS ph_hi"
     )
     if cols.phase:
         item_cols = [f"{d.sattr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
@@ -699,7 +729,8 @@ def fetch_facts(
         for sql in parts.values():
             rows.extend(wh.query(sql))
     else:
-        blocks = _building_blocks(d, keys, window, metric, threshold, "ph")
+        rollup = wh.rollup_state() if hasattr(wh, "rollup_state") else None
+        blocks = _building_blocks(d, keys, window, metric, threshold, "ph", rollup)
         parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss")
         union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
         rows = wh.query(f"WITH ph AS MATERIALIZED ({blocks.phases}), ss AS MATERIALIZED ({blocks.sessions}) {union}")

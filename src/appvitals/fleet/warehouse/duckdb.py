@@ -68,6 +68,28 @@ _SQL_TYPES = {
 }
 
 
+# Samples rolled up per (session, attrs text, 10-minute bucket): the report reads these for the
+# closed buckets of its window instead of every sample (see docs/warehouse.md, "Rollup").
+ROLLUP_BUCKET_MS = 600_000
+ROLLUP_GRACE_MS = 600_000  # a bucket is rolled up once it ended this long ago
+_ROLLUP_DDL = [
+    "CREATE TABLE IF NOT EXISTS sample_rollup (session_id VARCHAR, attrs VARCHAR, bucket BIGINT, n BIGINT, "
+    "cpu_sum DOUBLE, cpu_max DOUBLE, ts_min BIGINT, ts_max BIGINT)",
+    # buckets below the watermark that received samples after they were rolled up
+    "CREATE TABLE IF NOT EXISTS rollup_dirty (bucket BIGINT)",
+    "CREATE TABLE IF NOT EXISTS rollup_mark (watermark BIGINT)",
+]
+
+
+def _rollup_sql(lo_ms: int, hi_ms: int) -> str:
+    """INSERT the rollup rows of the samples with ts in [lo_ms, hi_ms)."""
+    b = ROLLUP_BUCKET_MS
+    return (
+        f"INSERT INTO sample_rollup SELECT session_id, coalesce(attrs, '{{}}'), ts // {b}, count(*), sum(cpu), "
+        f"max(cpu), min(ts), max(ts) FROM samples WHERE ts >= {int(lo_ms)} AND ts < {int(hi_ms)} GROUP BY ALL"
+    )
+
+
 def _ddl() -> list[str]:
     statements = [
         f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {_SQL_TYPES[c]}' for c in cols)})"
@@ -99,9 +121,11 @@ class DuckDBWarehouse(Warehouse):
             config["threads"] = threads
         self._con = duckdb.connect(self.path, config=config)
         self._write_lock = threading.Lock()
-        for statement in _ddl():
+        for statement in _ddl() + _ROLLUP_DDL:
             self._con.execute(statement)
         self._migrate()
+        marks = self._con.execute("SELECT max(watermark) FROM rollup_mark").fetchall()
+        self._watermark = int(marks[0][0] or 0)  # buckets below it are in sample_rollup
         self._con.execute("CREATE TEMP TABLE IF NOT EXISTS _stored (session_id VARCHAR, seq BIGINT)")
         # per table, (min ts, max ts) of its rows or None when empty: a superset of the truth,
         # kept by the one writer, so the duplicate lookup can skip tables outside a batch's range
@@ -173,6 +197,13 @@ class DuckDBWarehouse(Warehouse):
             else:
                 insert = _INSERT_SQL
             script.extend(insert[table] for table in tables)
+            if "samples" in spans and spans["samples"]["min"] // ROLLUP_BUCKET_MS < self._watermark:
+                # late samples for buckets already rolled up: mark them, in the same transaction,
+                # so the report reads them from samples until the next roll_up() redoes them
+                script.append(
+                    f"INSERT INTO rollup_dirty SELECT DISTINCT ts // {ROLLUP_BUCKET_MS} FROM _incoming_samples "
+                    f"WHERE ts // {ROLLUP_BUCKET_MS} < {self._watermark}"
+                )
             script.append("COMMIT")
             if lookup:
                 script.append("SELECT session_id, seq FROM _stored")
@@ -242,6 +273,47 @@ class DuckDBWarehouse(Warehouse):
         finally:
             cursor.close()
 
+    def rollup_state(self) -> tuple[int, int, list[int]]:
+        """(bucket width in ms, watermark, dirty buckets): the buckets below the watermark are in
+        `sample_rollup`, except the dirty ones (late samples since; redone at the next roll_up)."""
+        dirty = [int(r[0]) for r in self.query("SELECT DISTINCT bucket FROM rollup_dirty ORDER BY 1")]
+        return ROLLUP_BUCKET_MS, self._watermark, dirty
+
+    def roll_up(self, now_ms: int | None = None) -> int:
+        """Roll up the samples of every bucket that closed (ended ROLLUP_GRACE_MS before
+        `now_ms`) since the last call, and redo the dirty ones; one transaction. Returns how many
+        buckets it wrote. The collector calls it every minute from its writer thread."""
+        b = ROLLUP_BUCKET_MS
+        now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        target = (now - ROLLUP_GRACE_MS) // b
+        with self._write_lock:
+            con = self._con
+            dirty = [int(r[0]) for r in con.execute("SELECT DISTINCT bucket FROM rollup_dirty ORDER BY 1").fetchall()]
+            if target <= self._watermark and not dirty:
+                return 0
+            start = self._watermark
+            if target > start and start == 0:  # the first roll-up: start at the oldest sample
+                oldest = con.execute("SELECT min(ts) FROM samples").fetchall()[0][0]
+                start = target if oldest is None else min(target, int(oldest) // b)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for bucket in dirty:
+                    con.execute(f"DELETE FROM sample_rollup WHERE bucket = {bucket}")
+                    con.execute(_rollup_sql(bucket * b, (bucket + 1) * b))
+                con.execute("DELETE FROM rollup_dirty")
+                if target > self._watermark:
+                    con.execute(_rollup_sql(start * b, target * b))
+                    con.execute("DELETE FROM rollup_mark")
+                    con.execute(f"INSERT INTO rollup_mark VALUES ({target})")
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+            written = len(dirty) + max(0, target - start)
+            self._watermark = max(self._watermark, target)
+            return written
+
     def apply_retention(self, days: int) -> None:
         """Delete rows (and their dedup keys) with ts older than `days` days."""
         cutoff = int((time.time() - days * 86400) * 1000)
@@ -251,6 +323,10 @@ class DuckDBWarehouse(Warehouse):
             try:
                 for table in SCHEMA:
                     con.execute(f"DELETE FROM {table} WHERE ts < ?", [cutoff])
+                edge = cutoff // ROLLUP_BUCKET_MS
+                con.execute(f"DELETE FROM sample_rollup WHERE bucket < {edge}")
+                if edge < self._watermark:  # the bucket the cutoff cuts lost samples: redo it
+                    con.execute(f"INSERT INTO rollup_dirty VALUES ({edge})")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
