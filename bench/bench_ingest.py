@@ -148,7 +148,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 class PeakRSS:
-    """Sample a process's RSS in the background; `.peak` in bytes."""
+    """Sample the RSS of a process and its children (the collector's decode workers) in the
+    background; `.peak` in bytes."""
 
     def __init__(self, pid: int):
         self.proc = psutil.Process(pid)
@@ -160,9 +161,15 @@ class PeakRSS:
     def _run(self):
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
+                total = self.proc.memory_info().rss
             except psutil.Error:
                 return
+            for child in self.proc.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
             time.sleep(0.05)
 
     def stop(self) -> int:

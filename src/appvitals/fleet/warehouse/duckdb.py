@@ -294,6 +294,8 @@ class DuckDBWarehouse(Warehouse):
             start = self._watermark
             if target > start and start == 0:  # the first roll-up: start at the oldest sample
                 oldest = con.execute("SELECT min(ts) FROM samples").fetchall()[0][0]
+                if oldest is None and not dirty:
+                    return 0  # nothing yet: keep the watermark at 0, so no sample arrives "late"
                 start = target if oldest is None else min(target, int(oldest) // b)
             con.execute("BEGIN TRANSACTION")
             try:
