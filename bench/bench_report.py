@@ -139,7 +139,7 @@ def main() -> None:
         t = time.perf_counter()
         wh.close()
         collector_wh = DuckDBWarehouse(path)
-        gen["rollup_buckets"] = collector_wh.roll_up()
+        gen["rollup_buckets"] = collector_wh.catch_up()
         collector_wh.close()
         gen["rollup_s"] = round(time.perf_counter() - t, 2)
         wh = DuckDBWarehouse(path, memory_limit="2GB")

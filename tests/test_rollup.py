@@ -65,12 +65,12 @@ def test_report_from_the_rollup_is_the_report_from_the_samples(tmp_path, case):
     lines = fleet_lines(case)
     wh.insert(lines)
     from_samples = report_dict(wh)
-    assert wh.roll_up(now_ms=LATER) > 0
+    assert wh.catch_up(now_ms=LATER) > 0
     rolled, samples = wh.query("SELECT (SELECT count(*) FROM sample_rollup), (SELECT count(*) FROM samples)")[0]
     assert 0 < rolled < samples / 3  # it is worth having
     rollup_matches_samples(wh)
     assert_same(report_dict(wh), from_samples)
-    assert wh.roll_up(now_ms=LATER) == 0  # nothing new
+    assert wh.catch_up(now_ms=LATER) == 0  # nothing new
 
 
 def test_late_samples_and_duplicates_after_the_rollup(tmp_path):
@@ -80,7 +80,7 @@ def test_late_samples_and_duplicates_after_the_rollup(tmp_path):
     late = samples[::7]  # every 7th sample arrives after its bucket was rolled up
     keep = set(map(id, late))
     wh.insert([line for line in lines if id(line) not in keep])
-    wh.roll_up(now_ms=LATER)
+    wh.catch_up(now_ms=LATER)
     again = [line for line in samples[:60] if id(line) not in keep]
     assert wh.insert(again).duplicates == len(again)  # seen again: no change anywhere
     assert wh.insert(late).accepted == len(late)  # late: their buckets go dirty, in the same commit
@@ -93,7 +93,7 @@ def test_late_samples_and_duplicates_after_the_rollup(tmp_path):
     wh.close()
     wh = DuckDBWarehouse(tmp_path / "f.duckdb")  # the marks survive a restart
     assert wh.query("SELECT count(*) FROM rollup_dirty")[0][0] > 0
-    assert wh.roll_up(now_ms=LATER) > 0
+    assert wh.catch_up(now_ms=LATER) > 0
     assert wh.query("SELECT count(*) FROM rollup_dirty")[0][0] == 0
     rollup_matches_samples(wh)
     assert_same(report_dict(wh), expected)
@@ -110,4 +110,20 @@ def test_collector_rolls_up_in_its_writer(tmp_path):
         pass  # the collector rolls up at start
     assert wh.rollup_state()[1] > START_MS // ROLLUP_BUCKET_MS
     assert wh.query("SELECT count(*) FROM sample_rollup")[0][0] > 0
+    rollup_matches_samples(wh)
+
+
+def test_roll_up_takes_bounded_steps_and_skips_empty_stretches(tmp_path):
+    wh = DuckDBWarehouse(tmp_path / "f.duckdb")
+    b = ROLLUP_BUCKET_MS
+    t0 = START_MS
+    lines = [SampleLine("s1", t0 + k * 60_000, k + 1, cpu=1.0) for k in range(180)]  # 3 hours, 18 buckets
+    lines.append(SampleLine("s1", t0 + 5 * 86_400_000, 999, cpu=2.0))  # then nothing for 5 days
+    wh.insert(lines)
+    steps = []
+    while step := wh.roll_up(now_ms=LATER):
+        steps.append(step)
+    assert steps and max(steps) <= 6  # at most an hour of buckets per step
+    assert len(steps) < 10  # the empty days are skipped, not walked bucket by bucket
+    assert wh.rollup_state()[1] == (LATER - 600_000) // b
     rollup_matches_samples(wh)

@@ -279,42 +279,61 @@ class DuckDBWarehouse(Warehouse):
         dirty = [int(r[0]) for r in self.query("SELECT DISTINCT bucket FROM rollup_dirty ORDER BY 1")]
         return ROLLUP_BUCKET_MS, self._watermark, dirty
 
-    def roll_up(self, now_ms: int | None = None) -> int:
-        """Roll up the samples of every bucket that closed (ended ROLLUP_GRACE_MS before
-        `now_ms`) since the last call, and redo the dirty ones; one transaction. Returns how many
-        buckets it wrote. The collector calls it every minute from its writer thread."""
+    def roll_up(self, now_ms: int | None = None, max_buckets: int = 6) -> int:
+        """One bounded step of rolling up: redo up to `max_buckets` dirty buckets, and roll up
+        the next closed buckets (ended ROLLUP_GRACE_MS before `now_ms`), at most `max_buckets`
+        (an hour) of them, in one transaction. Returns how many buckets it rolled up or redid
+        (a jump over buckets without samples counts 1); 0 when there is nothing to do. Bounded, so a writer thread that calls it never holds up
+        writes for long: the collector calls it every minute, and again at once while it
+        returns more than 0 (catching up on an old file)."""
         b = ROLLUP_BUCKET_MS
         now = int(time.time() * 1000) if now_ms is None else int(now_ms)
         target = (now - ROLLUP_GRACE_MS) // b
         with self._write_lock:
             con = self._con
-            dirty = [int(r[0]) for r in con.execute("SELECT DISTINCT bucket FROM rollup_dirty ORDER BY 1").fetchall()]
-            if target <= self._watermark and not dirty:
-                return 0
-            start = self._watermark
-            if target > start and start == 0:  # the first roll-up: start at the oldest sample
-                oldest = con.execute("SELECT min(ts) FROM samples").fetchall()[0][0]
-                if oldest is None and not dirty:
+            dirty = [int(r[0]) for r in con.execute(
+                f"SELECT DISTINCT bucket FROM rollup_dirty ORDER BY 1 LIMIT {int(max_buckets)}").fetchall()]
+            start, end = self._watermark, self._watermark
+            if target > self._watermark:
+                # skip buckets without samples (an old file, a quiet night) in one step
+                after = con.execute(f"SELECT min(ts) FROM samples WHERE ts >= {start * b}").fetchall()[0][0]
+                if after is None and start == 0 and not dirty:
                     return 0  # nothing yet: keep the watermark at 0, so no sample arrives "late"
-                start = target if oldest is None else min(target, int(oldest) // b)
+                start = target if after is None else min(target, max(start, int(after) // b))
+                end = min(target, start + max_buckets)
+                if start == end:  # no samples up to target: just move the watermark
+                    end = target
+            if not dirty and end == self._watermark:
+                return 0
             con.execute("BEGIN TRANSACTION")
             try:
                 for bucket in dirty:
                     con.execute(f"DELETE FROM sample_rollup WHERE bucket = {bucket}")
                     con.execute(_rollup_sql(bucket * b, (bucket + 1) * b))
-                con.execute("DELETE FROM rollup_dirty")
-                if target > self._watermark:
-                    con.execute(_rollup_sql(start * b, target * b))
+                    con.execute(f"DELETE FROM rollup_dirty WHERE bucket = {bucket}")
+                if end > self._watermark:
+                    if end > start:
+                        con.execute(_rollup_sql(start * b, end * b))
                     con.execute("DELETE FROM rollup_mark")
-                    con.execute(f"INSERT INTO rollup_mark VALUES ({target})")
+                    con.execute(f"INSERT INTO rollup_mark VALUES ({end})")
                 con.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 raise
-            written = len(dirty) + max(0, target - start)
-            self._watermark = max(self._watermark, target)
+            # buckets rolled up (a jump over buckets without samples counts as one step)
+            written = len(dirty) + (max(end - start, 1) if end > self._watermark else 0)
+            self._watermark = max(self._watermark, end)
             return written
+
+    def catch_up(self, now_ms: int | None = None) -> int:
+        """roll_up() until there is nothing left to do; the buckets dealt with."""
+        total = 0
+        while True:
+            step = self.roll_up(now_ms)
+            if not step:
+                return total
+            total += step
 
     def apply_retention(self, days: int) -> None:
         """Delete rows (and their dedup keys) with ts older than `days` days."""
