@@ -25,10 +25,8 @@ from itertools import combinations
 
 import msgspec
 
-from .warehouse._columns import attr_text
+from .warehouse._columns import attr_text, json_object
 from .warehouse.base import Warehouse
-
-_json_decode = msgspec.json.Decoder().decode
 
 GS = "\x1d"  # between a session id and its phase items
 US = "\x1f"  # between an attr name and its value inside a combination key
@@ -97,10 +95,6 @@ class Dialect:
         """A table to count from: on ClickHouse with FINAL, so copies that two racing collectors
         both stored (collapsed only at the next merge) count once."""
         return f"{name} FINAL" if self.ch else name
-
-    def has(self, key: str, keys: str) -> str:
-        """True when the array holds the key."""
-        return f"has({keys}, {self.lit(key)})" if self.ch else f"list_contains({keys}, {self.lit(key)})"
 
     def number(self, expr: str) -> str:
         """A string cast to a float, NULL when it is not a number."""
@@ -388,8 +382,6 @@ def _as_number(value) -> float | None:
     """A JSON attr value as a float, as SQL's TRY_CAST would read its text; None when it is not one."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -427,14 +419,8 @@ def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str
     texts_of: dict[str, set[str]] = {}
     numbers_of: dict[str, dict[float, int]] = {}
     for text, n in rows:
-        try:
-            attrs = _json_decode(text) if text else {}
-        except msgspec.DecodeError:
-            continue
-        if not isinstance(attrs, dict):
-            continue
         n = int(n)
-        for k, v in attrs.items():
+        for k, v in json_object(text).items():
             n_of[k] = n_of.get(k, 0) + n
             texts_of.setdefault(k, set()).add(attr_text(v) if isinstance(v, (str, int, float, bool)) else str(v))
             x = _as_number(v)
@@ -538,7 +524,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
                      rollup: tuple[int, int, list[int]] | None = None) -> _Sql:
     """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows)."""
     cols = _columns(keys)
-    value, cond = metric_expr(d, metric)
+    _, cond = metric_expr(d, metric)
     cat = [a for a, _ in cols.phase if a.startswith("sp_")]
     # A fleet has few distinct attrs texts (stage x a few values): each is read (JSON) and
     # bucketed once, into its phase items and a 64-bit phase key, and the samples are then

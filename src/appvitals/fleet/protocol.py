@@ -25,8 +25,7 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SESSION_ID)]
 Key = Annotated[str, msgspec.Meta(max_length=MAX_KEY)]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_STRING)]
 AttrValue = str | int | float | bool
-Attrs = Annotated[dict[Key, Annotated[str, msgspec.Meta(max_length=MAX_STRING)] | int | float | bool],
-                  msgspec.Meta(max_length=MAX_ATTRS)]
+Attrs = Annotated[dict[Key, Text | int | float | bool], msgspec.Meta(max_length=MAX_ATTRS)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 

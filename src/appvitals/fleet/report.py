@@ -21,7 +21,7 @@ from . import explain as _explain
 from . import facts as _facts
 from .explain import Explanation, Settings
 from .facts import Combo, Counts, Window
-from .warehouse._columns import attr_text
+from .warehouse._columns import attr_text, json_object
 from .warehouse.base import Warehouse
 
 VERSION_KEYS = ("app_version", "version", "appVersion", "app.version")
@@ -425,15 +425,6 @@ class SessionDetail(msgspec.Struct):
     end_reason: str | None = None
 
 
-def _json_object(text: str | None) -> dict:
-    """A stored JSON object text as a dict ({} when empty or unreadable)."""
-    try:
-        value = msgspec.json.decode(text) if text else {}
-    except msgspec.DecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def session_detail(wh: Warehouse, session_id: str) -> SessionDetail | None:
     """One session's attrs, samples and events in time order; None when the warehouse has nothing for it."""
     raw = _facts.fetch_session(wh, session_id)
@@ -446,8 +437,8 @@ def session_detail(wh: Warehouse, session_id: str) -> SessionDetail | None:
         started = ts if started is None else min(started, ts)
         attrs.update({k: str(v) for k, v in zip(keys, values, strict=False)})
     samples = [
-        SamplePoint(int(ts), float(cpu), {k: attr_text(v) for k, v in _json_object(attrs).items()},
-                    {k: float(v) for k, v in _json_object(vals).items() if _facts._as_number(v) is not None})
+        SamplePoint(int(ts), float(cpu), {k: attr_text(v) for k, v in json_object(attrs).items()},
+                    {k: float(v) for k, v in json_object(vals).items() if _facts._as_number(v) is not None})
         for ts, cpu, attrs, vals in raw["samples"]
     ]
     events = [

@@ -26,11 +26,21 @@ EMPTY_JSON = "{}"
 # samples keep attrs (and extra values) as one JSON object text, keys sorted: the same attrs
 # are the same string, which DuckDB dictionary-compresses and groups by cheaply (see base.py)
 json_encode = msgspec.json.Encoder(order="sorted").encode
+_json_decode = msgspec.json.Decoder().decode
 
 
 def json_text(mapping: dict) -> str:
     """A dict as the JSON object text samples store, keys sorted; '{}' when empty."""
     return json_encode(mapping).decode() if mapping else EMPTY_JSON
+
+
+def json_object(text: str | None) -> dict:
+    """A stored JSON object text back as a dict ({} when empty, unreadable or not an object)."""
+    try:
+        value = _json_decode(text) if text else {}
+    except msgspec.DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def attr_text(value: str | int | float | bool) -> str:

@@ -90,6 +90,19 @@ def _rollup_sql(lo_ms: int, hi_ms: int) -> str:
     )
 
 
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection):
+    """BEGIN ... COMMIT around the block; ROLLBACK (best effort) and re-raise when it fails."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
 def _ddl() -> list[str]:
     statements = [
         f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {_SQL_TYPES[c]}' for c in cols)})"
@@ -141,9 +154,7 @@ class DuckDBWarehouse(Warehouse):
         if "attr_keys" not in columns:
             return
         # before 0.2, samples kept attrs as parallel arrays like the other tables
-        con = self._con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(self._con) as con:
             con.execute("ALTER TABLE samples ADD COLUMN attrs VARCHAR")
             con.execute("ALTER TABLE samples ADD COLUMN vals VARCHAR")
             con.execute(
@@ -153,11 +164,6 @@ class DuckDBWarehouse(Warehouse):
             )
             for old in ("attr_keys", "attr_values", "value_keys", "value_values"):
                 con.execute(f"ALTER TABLE samples DROP COLUMN {old}")
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
-            raise
 
     def insert_many(self, batches: Sequence[Sequence[AnyLine] | ArrowBatch]) -> list[InsertResult]:
         """Store several batches in one transaction (one fsync); one result per batch.
@@ -305,8 +311,7 @@ class DuckDBWarehouse(Warehouse):
                     end = target
             if not dirty and end == self._watermark:
                 return 0
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with _transaction(con):
                 for bucket in dirty:
                     con.execute(f"DELETE FROM sample_rollup WHERE bucket = {bucket}")
                     con.execute(_rollup_sql(bucket * b, (bucket + 1) * b))
@@ -316,11 +321,6 @@ class DuckDBWarehouse(Warehouse):
                         con.execute(_rollup_sql(start * b, end * b))
                     con.execute("DELETE FROM rollup_mark")
                     con.execute(f"INSERT INTO rollup_mark VALUES ({end})")
-                con.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    con.execute("ROLLBACK")
-                raise
             # buckets rolled up (a jump over buckets without samples counts as one step)
             written = len(dirty) + (max(end - start, 1) if end > self._watermark else 0)
             self._watermark = max(self._watermark, end)
@@ -339,19 +339,13 @@ class DuckDBWarehouse(Warehouse):
         """Delete rows (and their dedup keys) with ts older than `days` days."""
         cutoff = int((time.time() - days * 86400) * 1000)
         with self._write_lock:
-            con = self._con
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with _transaction(self._con) as con:
                 for table in SCHEMA:
                     con.execute(f"DELETE FROM {table} WHERE ts < ?", [cutoff])
                 edge = cutoff // ROLLUP_BUCKET_MS
                 con.execute(f"DELETE FROM sample_rollup WHERE bucket < {edge}")
                 if edge < self._watermark:  # the bucket the cutoff cuts lost samples: redo it
                     con.execute(f"INSERT INTO rollup_dirty VALUES ({edge})")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
 
     def close(self) -> None:
         """Checkpoint and close the file."""
