@@ -121,6 +121,20 @@ def test_a_line_repeated_in_one_write_and_already_stored_counts_once(backend):
     assert (second.accepted, second.duplicates) == (0, 1)
 
 
+def test_other_sessions_sharing_ts_and_seq_are_not_duplicates(backend):
+    # many sessions sample at the same ms with the same seq: only the same session's line is a repeat
+    opener, _ = backend
+    w = opener()
+    try:
+        line = '{"kind":"sample","session_id":"s%d","ts":%d,"seq":7,"cpu":1}'
+        assert w.insert([L(line, (i, NOW)) for i in range(50)]).accepted == 50
+        got = w.insert([L(line, (i, NOW)) for i in range(40, 60)])
+        assert (got.accepted, got.duplicates) == (10, 10)
+        assert w.query("SELECT count(*) FROM samples")[0][0] == 60
+    finally:
+        w.close()
+
+
 def test_query_parameters(wh):
     wh.insert(fleet_lines())
     if wh.dialect == "duckdb":
