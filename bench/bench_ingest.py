@@ -159,12 +159,22 @@ class PeakRSS:
         self._thread.start()
 
     def _run(self):
+        # the process tree is listed once a second, not at every sample: listing walks /proc,
+        # and this thread shares the machine's two cores with the server it measures
+        children: list[psutil.Process] = []
+        listed = 0.0
         while not self._stop.is_set():
+            if time.monotonic() - listed > 1.0:
+                try:
+                    children = self.proc.children(recursive=True)
+                except psutil.Error:
+                    return
+                listed = time.monotonic()
             try:
                 total = self.proc.memory_info().rss
             except psutil.Error:
                 return
-            for child in self.proc.children(recursive=True):
+            for child in children:
                 try:
                     total += child.memory_info().rss
                 except psutil.Error:

@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 import psutil
 from conftest import free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from appvitals.fleet._decode import decode_chunk
+from appvitals.fleet._decode import decode_chunk, decode_lines
+from appvitals.fleet.protocol import MAX_ATTRS, MAX_KEY, MAX_STRING, decode_block
 from appvitals.fleet.warehouse._arrow import ArrowBatch
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -33,6 +37,69 @@ def test_decode_chunk_numbers_errors_and_drops_repeats():
     assert (len(batch), batch.duplicates) == (3, 1)
     assert batch.tables["samples"].column("attrs").to_pylist() == ['{"stage":"login"}']
     assert batch.tables["sessions"].num_rows == 1
+
+
+def _slow(data: bytes, first: int):
+    """What the line-by-line path makes of a block: the reference for the one-call path."""
+    lines, errors = [], []
+    rejected = decode_lines(data.split(b"\n"), first, lines, errors)
+    return ArrowBatch.from_lines(lines), rejected, errors
+
+
+def _same(data: bytes) -> None:
+    packed, rejected, errors = decode_chunk(data, 1)
+    fast = ArrowBatch.from_ipc(packed)
+    slow, slow_rejected, slow_errors = _slow(data, 1)
+    assert (rejected, errors) == (slow_rejected, slow_errors)
+    assert (fast.size, fast.duplicates) == (slow.size, slow.duplicates)
+    assert {t: a.to_pylist() for t, a in fast.tables.items()} == {t: a.to_pylist() for t, a in slow.tables.items()}
+
+
+_text = st.text(max_size=6) | st.sampled_from(["x" * MAX_KEY, "x" * (MAX_KEY + 1), "y" * (MAX_STRING + 1), 'q"\\u00e9'])
+_value = _text | st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.booleans() \
+    | st.none() | st.lists(st.integers(), max_size=2)
+_attrs = st.dictionaries(_text, _value, max_size=4) | st.just({f"k{i}": i for i in range(MAX_ATTRS + 1)}) | _value
+_sample = st.fixed_dictionaries(
+    {"kind": st.just("sample"), "session_id": st.sampled_from(["s1", "s2", ""]), "ts": st.integers(-1, 3) | st.just("2026-11-30T08:00:00Z"),
+     "cpu": st.floats(-1, 100, allow_nan=False) | st.just("high")},
+    optional={"seq": st.integers(-1, 3) | st.none(), "attrs": _attrs, "values": st.dictionaries(_text, st.floats(0, 9) | _text, max_size=2),
+              "extra": _value},
+)
+_other = st.fixed_dictionaries({"kind": st.sampled_from(["session", "event", "end", "nope"]), "session_id": st.just("s1"),
+                                "ts": st.integers(0, 3), "seq": st.integers(0, 3), "client_id": st.just("c"),
+                                "name": st.just("n"), "attrs": _attrs})
+_line = (_sample | _other).map(msgspec.json.encode) | st.sampled_from([b"", b"  ", b"{}", b"[1]", b"1,2", b'{"kind":"sample"},{}', b"not json"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_line, min_size=1, max_size=8))
+def test_the_one_call_block_path_says_what_the_line_by_line_path_says(lines):
+    # samples' attrs are checked once per distinct text after the block decode: any line that
+    # breaks a rule must still be named, and good blocks must store exactly the same rows
+    _same(b"\n".join(lines))
+
+
+_good_attrs = st.dictionaries(st.sampled_from(["stage", "b", "a", "é"]), st.sampled_from(["x", 1, 2.5, True, 'q"']), max_size=3)
+_good_sample = st.fixed_dictionaries(
+    {"kind": st.just("sample"), "session_id": st.sampled_from(["s1", "s2"]), "ts": st.integers(0, 3), "cpu": st.floats(0, 100)},
+    optional={"seq": st.integers(0, 3), "attrs": _good_attrs | st.sampled_from([{"k" * (MAX_KEY + 1): 1}, {"v": "y" * (MAX_STRING + 1)}]),
+              "values": st.dictionaries(st.sampled_from(["rss", "io"]), st.floats(0, 9), max_size=2)},
+).map(msgspec.json.encode)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_good_sample, min_size=1, max_size=8))
+def test_mostly_good_blocks_store_the_same_rows_either_way(lines):
+    _same(b"\n".join(lines))
+
+
+def test_the_block_path_is_taken_for_good_blocks_and_keeps_line_counts_honest():
+    good = [b'{"kind":"sample","session_id":"s%d","ts":5,"seq":1,"cpu":1,"attrs":{"b":1,"a":"x"}}' % i for i in range(3)]
+    assert decode_block(b"\n".join(good), 3) is not None
+    assert decode_block(b"\n".join(good[:2]) + b"," + good[2], 2) is None  # two values on one line
+    assert decode_block(b"\n".join(good) + b"\n", 4) is None  # a trailing blank line
+    packed, _, _ = decode_chunk(b"\n".join(good), 1)
+    assert ArrowBatch.from_ipc(packed).tables["samples"].column("attrs").to_pylist() == ['{"a":"x","b":1}'] * 3
 
 
 def test_workers_exit_when_the_collector_is_killed(tmp_path):

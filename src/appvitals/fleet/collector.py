@@ -82,11 +82,14 @@ class Collector:
         retention_interval: float = 3600.0,
         decode_pool: concurrent.futures.Executor | None = None,
         decode_slots: int = 4,
+        linger: float = 0.005,
     ):
         self.warehouse = warehouse
         # raw chunks -> Arrow batches in worker processes (DuckDB only); None decodes in-process
         self.decode_pool = decode_pool
         self.decode_slots = asyncio.Semaphore(decode_slots)
+        self.decoding = 0  # blocks in the decode workers, not yet queued for writing
+        self.linger = linger
         self.metrics = metrics
         self.max_queue = max_queue
         self.group_lines = group_lines
@@ -167,7 +170,15 @@ class Collector:
                 try:
                     more = queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    break
+                    if not self.decoding:
+                        break
+                    # blocks are in the decode workers and will be queued within milliseconds:
+                    # waiting a little for them makes one bigger write instead of two (a write
+                    # costs several ms whatever its size)
+                    try:
+                        more = await asyncio.wait_for(queue.get(), self.linger)
+                    except TimeoutError:
+                        break
                 if more is None:
                     stopping = True
                     break
@@ -372,15 +383,20 @@ class _Chunker:
     async def _decode(self, data: bytes, first: int) -> None:
         from .warehouse._arrow import ArrowBatch
 
+        collector = self.collector
+        collector.decoding += 1
         try:
-            loop = asyncio.get_running_loop()
-            packed, rejected, errors = await loop.run_in_executor(self.collector.decode_pool, decode_chunk, data, first)
+            try:
+                loop = asyncio.get_running_loop()
+                packed, rejected, errors = await loop.run_in_executor(collector.decode_pool, decode_chunk, data, first)
+            finally:
+                collector.decode_slots.release()
+            self.state.add_rejected(rejected, errors)
+            batch = ArrowBatch.from_ipc(packed)
+            if len(batch):
+                self.state.track(await collector.submit(batch))
         finally:
-            self.collector.decode_slots.release()
-        self.state.add_rejected(rejected, errors)
-        batch = ArrowBatch.from_ipc(packed)
-        if len(batch):
-            self.state.track(await self.collector.submit(batch))
+            collector.decoding -= 1
 
     async def decoded(self) -> None:
         """Wait for every block sent to the workers to be queued for writing (raises Overloaded)."""

@@ -13,9 +13,20 @@ from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 
-from ..protocol import AnyLine, EndLine, EventLine, SampleLine, SessionLine
+from ..protocol import (
+    EMPTY_RAW,
+    AnyLine,
+    EndLine,
+    EventLine,
+    RawSample,
+    SampleLine,
+    SessionLine,
+    attrs_decoder,
+    values_decoder,
+)
 from ._columns import EMPTY_JSON, NO_SEQ, SCHEMA, attr_text, json_encode
 
 _STR = pa.string()
@@ -23,7 +34,8 @@ _I64 = pa.int64()
 _F64 = pa.float64()
 _STR_MAP = pa.map_(_STR, _STR)
 _EMPTY_JSON = pa.scalar(EMPTY_JSON, _STR)
-_KIND_TABLE = ((SessionLine, "sessions"), (SampleLine, "samples"), (EventLine, "events"), (EndLine, "ends"))
+_TABLE_OF = {SessionLine: "sessions", SampleLine: "samples", RawSample: "samples", EventLine: "events", EndLine: "ends"}
+_TABLES = ("sessions", "samples", "events", "ends")
 _SID, _TS, _SEQ = attrgetter("session_id"), attrgetter("ts"), attrgetter("seq")
 _FIELD = {name: attrgetter(name) for name in ("client_id", "cpu", "name", "reason", "attrs", "values")}
 
@@ -43,6 +55,47 @@ def _attr_lists(dicts: list[dict]) -> tuple[pa.Array, pa.Array]:
     return _key_lists(arrow_map)
 
 
+class _Canonical:
+    """Raw JSON attrs (or values) text -> the sorted-key text samples store, each distinct text
+    checked once against the protocol's limits; msgspec.ValidationError/DecodeError when one
+    breaks them. A bounded cache: fleets repeat a handful of texts."""
+
+    def __init__(self, decoder: msgspec.json.Decoder, size: int = 8192):
+        self.decoder = decoder
+        self.size = size
+        self.cache: dict[bytes, str] = {b"{}": EMPTY_JSON}
+
+    def texts(self, raws: list) -> list[str]:
+        keys = list(map(bytes, raws))
+        try:  # C loops only, when every text was seen before
+            return list(map(self.cache.__getitem__, keys))
+        except KeyError:
+            pass
+        new = set(keys).difference(self.cache)
+        if len(self.cache) + len(new) > self.size:
+            self.cache = {b"{}": EMPTY_JSON}
+        for key in new:
+            value = self.decoder.decode(key)
+            self.cache[key] = json_encode(value).decode() if value else EMPTY_JSON
+        return list(map(self.cache.__getitem__, keys))
+
+
+_ATTRS = _Canonical(attrs_decoder)
+_VALUES = _Canonical(values_decoder)
+
+
+def _json_column(values: list, canonical: _Canonical) -> pa.Array:
+    """Sample attrs or values (dicts, or raw texts from RawSample) as the stored JSON texts."""
+    if values and type(values[0]) is msgspec.Raw:
+        if values.count(EMPTY_RAW) == len(values):  # the usual case for values: none sent
+            return pa.repeat(_EMPTY_JSON, len(values))
+        return pa.array(canonical.texts(values), _STR)
+    if not any(values):
+        return pa.repeat(_EMPTY_JSON, len(values))
+    # encoded in C (msgspec) and handed over as bytes
+    return pa.array(list(map(json_encode, values)), _STR)
+
+
 def _arrow_table(table: str, lines: list[AnyLine]) -> pa.Table:
     """The lines of one table as an Arrow table with the schema's columns, in order."""
     seqs = list(map(_SEQ, lines))
@@ -56,14 +109,10 @@ def _arrow_table(table: str, lines: list[AnyLine]) -> pa.Table:
     if table == "sessions":
         columns["client_id"] = pa.array(list(map(_FIELD["client_id"], lines)), _STR)
     elif table == "samples":
-        # attrs and values as sorted-key JSON texts, encoded in C (msgspec) and handed over as bytes
+        # attrs and values as sorted-key JSON texts
         columns["cpu"] = pa.array(list(map(_FIELD["cpu"], lines)), _F64)
-        columns["attrs"] = pa.array(list(map(json_encode, map(_FIELD["attrs"], lines))), _STR)
-        values = list(map(_FIELD["values"], lines))
-        if any(values):
-            columns["vals"] = pa.array(list(map(json_encode, values)), _STR)
-        else:  # the usual case: no extra values
-            columns["vals"] = pa.repeat(_EMPTY_JSON, len(lines))
+        columns["attrs"] = _json_column(list(map(_FIELD["attrs"], lines)), _ATTRS)
+        columns["vals"] = _json_column(list(map(_FIELD["values"], lines)), _VALUES)
     elif table == "events":
         columns["name"] = pa.array(list(map(_FIELD["name"], lines)), _STR)
     else:
@@ -107,8 +156,11 @@ class ArrowBatch:
         return self.size
 
     @classmethod
-    def from_lines(cls, lines: Sequence[AnyLine]) -> ArrowBatch:
-        """Lines -> per-table Arrow tables, in-batch repeats of (session_id, seq) left out."""
+    def from_lines(cls, lines: Sequence[AnyLine | RawSample]) -> ArrowBatch:
+        """Lines -> per-table Arrow tables, in-batch repeats of (session_id, seq) left out.
+
+        Raises msgspec.ValidationError when a RawSample's attrs or values break the protocol's
+        limits (the block decoder leaves those to this step)."""
         if not lines:
             return cls({}, 0, 0)
         duplicates = _batch_duplicates(list(map(_SID, lines)), list(map(_SEQ, lines)))
@@ -118,17 +170,18 @@ class ArrowBatch:
         else:
             fresh = lines
         kinds = set(map(type, fresh))
-        groups: dict[type, Sequence[AnyLine]] = {}
+        groups: dict[str, Sequence[AnyLine]] = {}
         if len(kinds) == 1:  # the usual case: a batch of samples
-            groups[kinds.pop()] = fresh
+            groups[_TABLE_OF[kinds.pop()]] = fresh
         else:
+            table_of = _TABLE_OF
             for line in fresh:
-                kind = type(line)
-                group = groups.get(kind)
+                table = table_of[type(line)]
+                group = groups.get(table)
                 if group is None:
-                    group = groups[kind] = []
+                    group = groups[table] = []
                 group.append(line)  # type: ignore[attr-defined]
-        tables = {table: _arrow_table(table, groups[kind]) for kind, table in _KIND_TABLE if groups.get(kind)}
+        tables = {table: _arrow_table(table, groups[table]) for table in _TABLES if groups.get(table)}
         return cls(tables, len(lines), len(duplicates))
 
     def to_ipc(self) -> tuple[dict[str, bytes], int, int]:
