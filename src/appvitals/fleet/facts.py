@@ -486,6 +486,9 @@ class _Sql(msgspec.Struct):
 
     phases: str  # per (session, phase): ph_n, ph_sum, ph_max, ph_t0, ph_t1, ph_hi + phase columns
     sessions: str  # per session: counts + session item columns
+    # narrow form (DuckDB): phases carry the phase key `pid` instead of their item columns, and
+    # `phase_items` maps each pid to them; join the two where the items are needed
+    phase_items: str | None = None
 
 
 def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, list[int]] | None) -> str:
@@ -521,8 +524,12 @@ def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, l
 
 
 def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float, phases_src: str,
-                     rollup: tuple[int, int, list[int]] | None = None) -> _Sql:
-    """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows)."""
+                     rollup: tuple[int, int, list[int]] | None = None, narrow: bool = False) -> _Sql:
+    """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows).
+
+    `narrow`: the phase rows keep their 64-bit key instead of their items (see _Sql): grouping
+    ~700k phases no longer copies two strings into each group's state, and what is kept
+    between the report's statements is a third smaller."""
     cols = _columns(keys)
     _, cond = metric_expr(d, metric)
     cat = [a for a, _ in cols.phase if a.startswith("sp_")]
@@ -547,12 +554,17 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
             items = f"SELECT attrs{''.join(', ' + c for c in cat + buckets)} FROM ({items})"
         aliases = [a for a, _ in cols.phase]
         phase_map = f"SELECT attrs, {d.hash_of(aliases)} AS pid, {', '.join(aliases)} FROM ({items})"
+        carried = "pid" if narrow else ", ".join(f"{d.any_value(a)} AS {a}" for a in aliases)
         phases = (
-            f"SELECT session_id, {', '.join(f'{d.any_value(a)} AS {a}' for a in aliases)}, {stats} "
+            f"SELECT session_id, {carried}, {stats} "
             f"FROM ({samples}) AS r {d.inner_join} ({phase_map}) AS pm USING (attrs) GROUP BY session_id, pid"
         )
+        if narrow:
+            phase_items = f"SELECT DISTINCT pid, {', '.join(aliases)} FROM ({phase_map})"
     else:
         phases = f"SELECT session_id, {stats} FROM ({samples}) GROUP BY session_id"
+    if not (narrow and cols.phase):
+        phase_items = None
     per_session = (
         "SELECT session_id, count(*) AS n_ph, sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
         "sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1 "
@@ -589,7 +601,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
             f"SELECT {', '.join(have + [f'coalesce({a}, {chr(39)}{chr(39)}) AS {a}' for a, _ in ev])} "
             f"FROM ({sql}) AS pe {d.left_join} ({ev_sql}) AS ev USING (session_id)"
         )
-    return _Sql(phases=phases, sessions=sql)
+    return _Sql(phases=phases, sessions=sql, phase_items=phase_items)
 
 
 def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[str]:
@@ -716,10 +728,15 @@ def fetch_facts(
             rows.extend(wh.query(sql))
     else:
         rollup = wh.rollup_state() if hasattr(wh, "rollup_state") else None
-        blocks = _building_blocks(d, keys, window, metric, threshold, "ph", rollup)
+        blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True)
         parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss")
         union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
-        rows = wh.query(f"WITH ph AS MATERIALIZED ({blocks.phases}), ss AS MATERIALIZED ({blocks.sessions}) {union}")
+        if blocks.phase_items is None:
+            ctes = f"ph0 AS MATERIALIZED ({blocks.phases}), ph AS NOT MATERIALIZED (SELECT * FROM ph0)"
+        else:  # phases with their items, joined (a few hundred keys) in each statement that needs them
+            ctes = (f"ph0 AS MATERIALIZED ({blocks.phases}), pm AS MATERIALIZED ({blocks.phase_items}), "
+                    "ph AS NOT MATERIALIZED (SELECT * FROM ph0 JOIN pm USING (pid))")
+        rows = wh.query(f"WITH {ctes}, ss AS MATERIALIZED ({blocks.sessions}) {union}")
     counts: dict[Combo, Counts] = {}
     total = Counts()
     worst: list[SessionFacts] = []
