@@ -7,6 +7,8 @@ import zlib
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appvitals.fleet._body import (
     BadCompression,
@@ -87,3 +89,28 @@ def test_splitter_refuses_an_endless_partial_line():
     s = LineSplitter(1000)
     assert s.feed(b"y" * 600) == []
     assert s.feed(b"y" * 600) == [] and s.too_long
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(0, 12), max_size=30), st.lists(st.integers(1, 40), min_size=1, max_size=10),
+       st.integers(1, 10), st.booleans())
+def test_feed_block_says_what_feed_says(lengths, cuts, limit, newline_at_end):
+    # the block form (for the decode workers) keeps the same lines, stops at the same too-long line
+    body = b"\n".join(b"x" * n for n in lengths) + (b"\n" if newline_at_end else b"")
+    pieces, i = [], 0
+    for c in cuts * (len(body) // max(1, sum(cuts)) + 1):
+        pieces.append(body[i:i + c])
+        i += c
+    pieces.append(body[i:])
+    by_line, by_block = LineSplitter(limit), LineSplitter(limit)
+    lines, blocks, count = [], [], 0
+    for piece in pieces:
+        lines += by_line.feed(piece)
+        block, n = by_block.feed_block(piece)
+        blocks.append(block)
+        count += n
+    joined = b"".join(blocks)
+    assert by_block.too_long == by_line.too_long
+    assert count == len(lines) == joined.count(b"\n")
+    assert joined == b"".join(line + b"\n" for line in lines)
+    assert by_block.finish() == by_line.finish()

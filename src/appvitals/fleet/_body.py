@@ -119,6 +119,33 @@ class LineSplitter:
             self._rest = b""
         return parts
 
+    def feed_block(self, data: bytes) -> tuple[bytes, int]:
+        """`feed` without splitting, for bodies parsed elsewhere (the decode workers): the
+        complete lines as one bytes object, each line ending in a newline, and their count.
+
+        The length check jumps from newline to newline at most `max_line_bytes` + 1 bytes
+        apart (`rfind`, in C), so it costs a few calls per piece instead of one object a
+        line: a longer line leaves a window that size with no newline in it."""
+        if self.too_long:
+            return b"", 0
+        if self._rest:
+            data = self._rest + data
+        cut = data.rfind(b"\n") + 1
+        block, self._rest = data[:cut], data[cut:]
+        limit = self.max_line_bytes
+        pos, size = 0, len(block)
+        while size - pos > limit:  # the rest is shorter than the limit: no line in it is longer
+            last = block.rfind(b"\n", pos, pos + limit + 1)
+            if last < 0:  # the line starting at pos is longer: keep the lines before it
+                self.too_long = True
+                self._rest = b""
+                return block[:pos], block.count(b"\n", 0, pos)
+            pos = last + 1
+        if len(self._rest) > limit:
+            self.too_long = True
+            self._rest = b""
+        return block, block.count(b"\n")
+
     def finish(self) -> list[bytes]:
         """The last line when the body did not end with a newline."""
         rest, self._rest = self._rest, b""

@@ -302,7 +302,10 @@ class _Ingest:
                         await chunk.flush()
                         continue
                     for plain in decompressor.feed(data):
-                        await chunk.add(splitter.feed(plain))
+                        if chunk.blocks:  # the decode workers split the lines
+                            await chunk.add_block(*splitter.feed_block(plain))
+                        else:
+                            await chunk.add(splitter.feed(plain))
                         if splitter.too_long:
                             break
                     if splitter.too_long:
@@ -344,7 +347,9 @@ class _Chunker:
         self.chunk_lines = chunk_lines
         self.line_no = 0  # raw lines seen so far
         self.lines: list[AnyLine] = []
-        self.raws: list[bytes] = []
+        self.blocks = collector.decode_pool is not None
+        self.parts: list[bytes] = []  # raw lines gathered for the next block, each ending in a newline
+        self.gathered = 0  # lines in parts
         self.first = 1
         self.tasks: list[asyncio.Task] = []
 
@@ -352,17 +357,24 @@ class _Chunker:
         """Take the next raw lines of the body."""
         if not raws:
             return
-        if self.collector.decode_pool is None:
-            self.line_no = self.state.decode(raws, self.lines, self.line_no)
-            while len(self.lines) >= self.chunk_lines:
-                part, self.lines = self.lines[:self.chunk_lines], self.lines[self.chunk_lines:]
-                self.state.track(await self.collector.submit(part))
+        if self.blocks:
+            await self.add_block(b"\n".join(raws) + b"\n", len(raws))
             return
-        if not self.raws:
+        self.line_no = self.state.decode(raws, self.lines, self.line_no)
+        while len(self.lines) >= self.chunk_lines:
+            part, self.lines = self.lines[:self.chunk_lines], self.lines[self.chunk_lines:]
+            self.state.track(await self.collector.submit(part))
+
+    async def add_block(self, block: bytes, count: int) -> None:
+        """Take the next `count` raw lines of the body as one bytes object (decode workers only)."""
+        if not count:
+            return
+        if not self.parts:
             self.first = self.line_no + 1
-        self.raws.extend(raws)
-        self.line_no += len(raws)
-        if len(self.raws) >= self.chunk_lines:
+        self.parts.append(block)
+        self.gathered += count
+        self.line_no += count
+        if self.gathered >= self.chunk_lines:
             await self._dispatch()
 
     async def flush(self) -> None:
@@ -370,11 +382,12 @@ class _Chunker:
         if self.lines:
             part, self.lines = self.lines, []
             self.state.track(await self.collector.submit(part))
-        if self.raws:
+        if self.parts:
             await self._dispatch()
 
     async def _dispatch(self) -> None:
-        data, first, self.raws = b"\n".join(self.raws), self.first, []
+        data, first = b"".join(self.parts)[:-1], self.first  # without the last newline
+        self.parts, self.gathered = [], 0
         await self.collector.decode_slots.acquire()
         task = asyncio.ensure_future(self._decode(data, first))
         task.add_done_callback(_retrieve)

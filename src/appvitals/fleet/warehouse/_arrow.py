@@ -165,6 +165,10 @@ class ArrowBatch:
             return cls({}, 0, 0)
         duplicates = _batch_duplicates(list(map(_SID, lines)), list(map(_SEQ, lines)))
         if duplicates:
+            raw = [line for line in lines if type(line) is RawSample]
+            if raw:  # repeats are left out, but like any line they must pass the limits first
+                _ATTRS.texts(list(map(_FIELD["attrs"], raw)))
+                _VALUES.texts(list(map(_FIELD["values"], raw)))
             skip = set(duplicates)
             fresh = [line for i, line in enumerate(lines) if i not in skip]
         else:
