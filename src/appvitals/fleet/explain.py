@@ -110,41 +110,44 @@ def with_thresholds(counts: Mapping[Combo, Counts], numeric: Mapping[str, Sequen
         if per is None:
             per = groups[(num[0], rest)] = [None] * len(index[num[0]])
         per[at] = c
+    below_labels = {key: ["<" + fmt_number(e) for e in edges] for key, edges in numeric.items()}
+    above_labels = {key: [">=" + fmt_number(e) for e in edges] for key, edges in numeric.items()}
+    made: list[tuple[Combo, Counts]] = []
     for (key, rest), per in groups.items():
-        edges = numeric[key]
         n = len(per)
         # intervals 0..n-1; edge j separates interval j (below) from j+1 (above)
         below = [0.0] * 6
-        for j, e in enumerate(edges):
+        for j, label in enumerate(below_labels[key]):
             c = per[j]
             if c is not None:
                 below = [below[0] + c.sessions, below[1] + c.high_sessions, below[2] + c.units,
                          below[3] + c.high_units, below[4] + c.samples, below[5] + c.metric_sum]
             if below[2]:
-                out[tuple(sorted((*rest, (key, "<" + fmt_number(e)))))] = Counts(
-                    int(below[0]), int(below[1]), int(below[2]), int(below[3]), int(below[4]), below[5])
+                made.append((tuple(sorted((*rest, (key, label)))), Counts(
+                    int(below[0]), int(below[1]), int(below[2]), int(below[3]), int(below[4]), below[5])))
         above = [0.0] * 6
+        labels = above_labels[key]
         for j in range(n - 1, 0, -1):
             c = per[j]
             if c is not None:
                 above = [above[0] + c.sessions, above[1] + c.high_sessions, above[2] + c.units,
                          above[3] + c.high_units, above[4] + c.samples, above[5] + c.metric_sum]
             if above[2]:
-                out[tuple(sorted((*rest, (key, ">=" + fmt_number(edges[j - 1])))))] = Counts(
-                    int(above[0]), int(above[1]), int(above[2]), int(above[3]), int(above[4]), above[5])
-    return _cap_sessions(out, set(numeric))
+                made.append((tuple(sorted((*rest, (key, labels[j - 1])))), Counts(
+                    int(above[0]), int(above[1]), int(above[2]), int(above[3]), int(above[4]), above[5])))
+    out.update(made)
+    _cap_sessions(out, [combo for combo, _ in made], set(numeric))
+    return out
 
 
-def _cap_sessions(counts: dict[Combo, Counts], numeric_keys: set[str]) -> dict[Combo, Counts]:
+def _cap_sessions(counts: dict[Combo, Counts], combos: Sequence[Combo], numeric_keys: set[str]) -> None:
     """Session counts of numeric-threshold combinations add up phases; cap them by the combination without it."""
-    for combo, c in counts.items():
-        if not any(k in numeric_keys for k, _ in combo):
-            continue
+    for combo in combos:
+        c = counts[combo]
         parent = counts.get(tuple(i for i in combo if i[0] not in numeric_keys))
         if parent is not None and parent is not c:
             c.sessions = min(c.sessions, parent.sessions)
             c.high_sessions = min(c.high_sessions, parent.high_sessions)
-    return counts
 
 
 def explain(
