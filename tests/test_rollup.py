@@ -127,3 +127,17 @@ def test_roll_up_takes_bounded_steps_and_skips_empty_stretches(tmp_path):
     assert len(steps) < 10  # the empty days are skipped, not walked bucket by bucket
     assert wh.rollup_state()[1] == (LATER - 600_000) // b
     rollup_matches_samples(wh)
+
+
+def test_listing_the_attrs_texts_or_scanning_for_them_gives_the_same_report(tmp_path, monkeypatch):
+    # discovery reads every distinct sample attrs text; when there are few, the report lists them
+    # in its SQL instead of scanning the samples again -- the answer must not depend on which
+    from appvitals.fleet import facts
+
+    wh = DuckDBWarehouse(tmp_path / "f.duckdb")
+    wh.insert(fleet_lines("numeric"))
+    listed = report_dict(wh)
+    monkeypatch.setattr(facts, "MAX_LISTED_TEXTS", 0)
+    assert_same(report_dict(wh), listed)
+    monkeypatch.setattr(facts, "MAX_ATTR_TEXTS", 3)  # discovery cannot see them all
+    assert facts.discover_keys(wh, facts.Window(0, LATER)).sample_texts is None

@@ -25,7 +25,7 @@ from itertools import combinations
 
 import msgspec
 
-from .warehouse._columns import attr_text, json_object
+from .warehouse._columns import EMPTY_JSON, attr_text, json_object
 from .warehouse.base import Warehouse
 
 GS = "\x1d"  # between a session id and its phase items
@@ -42,6 +42,7 @@ NUMERIC_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 5 %, 10 %
 MAX_EDGES = 12
 KEY_SCAN_ROWS = 200_000
 MAX_ATTR_TEXTS = 20_000
+MAX_LISTED_TEXTS = 2_000  # at most this many attrs texts are written into the report's SQL
 WORST_LIMIT = 200
 
 
@@ -160,6 +161,13 @@ class Dialect:
         """A 64-bit hash of several columns (the phase key)."""
         return f"cityHash64({', '.join(columns)})" if self.ch else f"hash({', '.join(columns)})"
 
+    def rows_of(self, literals: Sequence[str], alias: str) -> str:
+        """SELECT one row per literal, in column `alias` (no row when there is none)."""
+        if not literals:
+            return f"SELECT {self.lit('')} AS {alias} WHERE 1 = 0"
+        fn = "arrayJoin" if self.ch else "unnest"
+        return f"SELECT {fn}([{', '.join(literals)}]) AS {alias}"
+
     def any_value(self, expr: str) -> str:
         """Any one value of expr in the group (all equal where it is used)."""
         return f"any({expr})" if self.ch else f"any_value({expr})"
@@ -190,6 +198,9 @@ class Keys(msgspec.Struct):
     sample_numeric: list[NumericKey] = []
     event_numeric: list[NumericKey] = []
     event_text: list[str] = []
+    # every distinct sample attrs text in the window, when discovery saw them all (few enough):
+    # the report then lists them instead of scanning the samples for them again
+    sample_texts: list[str] | None = None
 
     def numeric_edges(self) -> dict[str, list[float]]:
         """Edges of every numeric attr by name."""
@@ -368,13 +379,16 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu") -> Keys:
         sampled = f"{_ts(window)}{condition} AND {_time_slices(window, n_rows)}"
         return wh.query(stats + f"({d.array_join(d.table(table), sampled)}) GROUP BY k ORDER BY n DESC, k")
 
-    sample_rows = _sample_attr_stats(wh, d, window, f" AND {metric_cond}")
+    sample_rows, sample_rows_texts = _sample_attr_stats(wh, d, window, f" AND {metric_cond}")
     sample, sample_numeric = _split_keys(sample_rows, set(session), MAX_SAMPLE_KEYS)
     taken = set(session) | set(sample) | {nk.key for nk in sample_numeric}
     event_text, event_numeric = _split_keys(attr_stats("events", ""), taken, MAX_EVENT_KEYS)
+    texts = None
+    if sample_rows_texts is not None and len(sample_rows_texts) <= MAX_LISTED_TEXTS:
+        texts = sorted({EMPTY_JSON if t is None else t for t in sample_rows_texts})
     return Keys(
         session=session, sample=sorted(sample), sample_numeric=sample_numeric,
-        event_numeric=event_numeric, event_text=event_text,
+        event_numeric=event_numeric, event_text=event_text, sample_texts=texts,
     )
 
 
@@ -404,8 +418,9 @@ def _quantiles_disc(weighted: dict[float, int], qs: Sequence[float]) -> list[flo
     return out
 
 
-def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str) -> list[tuple]:
-    """Stats rows (k, n, nn, nv, qs) of the sample attrs in the window, most frequent first.
+def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str) -> tuple[list[tuple], list | None]:
+    """Stats rows (k, n, nn, nv, qs) of the sample attrs in the window, most frequent first, and
+    the distinct attrs texts (None when there were MAX_ATTR_TEXTS or more, so not all were read).
 
     Samples keep attrs as one JSON text, and a fleet has few distinct ones (stage x a few
     values), so the database only counts samples per distinct text and Python reads the keys:
@@ -432,7 +447,7 @@ def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str
         numbers = numbers_of.get(k, {})
         qs = _quantiles_disc(numbers, NUMERIC_QUANTILES) if numbers else None
         out.append((k, n_of[k], sum(numbers.values()), len(texts_of[k]), qs))
-    return out
+    return out, ([text for text, _ in rows] if len(rows) < MAX_ATTR_TEXTS else None)
 
 
 def _split_keys(rows: list[tuple], taken: set[str], limit: int) -> tuple[list[str], list[NumericKey]]:
@@ -547,7 +562,10 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     if cols.phase:
         item_cols = [f"{d.sattr(k)} AS {a}" for a, k in cols.phase if a.startswith("sp_")]
         item_cols += [f"{d.sattr_number(nk.key)} AS nv_{i}" for i, nk in enumerate(keys.sample_numeric)]
-        texts = f"SELECT DISTINCT coalesce(attrs, '{{}}') AS attrs FROM {d.table('samples')} {where}"
+        if keys.sample_texts is not None:  # discovery read them all: list them, no second scan
+            texts = d.rows_of([d.lit(t) for t in keys.sample_texts], "attrs")
+        else:
+            texts = f"SELECT DISTINCT coalesce(attrs, '{{}}') AS attrs FROM {d.table('samples')} {where}"
         items = f"SELECT attrs{''.join(', ' + c for c in item_cols)} FROM ({texts})"
         if keys.sample_numeric:  # each number is parsed once, then bucketed
             buckets = [f"{_interval_sql(d, f'nv_{i}', nk.edges)} AS sn_{i}" for i, nk in enumerate(keys.sample_numeric)]
@@ -626,8 +644,13 @@ def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tup
 
 
 def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
-           phases_src: str, sessions_src: str) -> dict[str, str]:
-    """The statements (S, P, T, W) over the phase rows and per-session rows."""
+           phases_src: str, sessions_src: str, classes_src: str | None = None) -> dict[str, str]:
+    """The statements (S, P, T, W) over the phase rows and per-session rows.
+
+    `classes_src`: a relation (sc, session item columns) with one row per distinct set of
+    session items, whose key `sc` the per-session rows carry. The per-phase statements then
+    join and group on that one integer instead of every session item string, and name the
+    items only for the few thousand groups left."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
     s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
@@ -650,11 +673,22 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         # combinations naming a numeric sample attr: counted on the phases themselves
         sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
         has_num = " OR ".join(f"{a} != ''" for a, _ in num)
-        joined = (
-            f"SELECT {sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
-            f"{d.inner_join} {ss_items} USING (session_id)"
-        )
-        p_compact = f"SELECT {sel}, ph_hi, count(*) AS c_n FROM ({joined}) GROUP BY {sel}, ph_hi"
+        if classes_src and s_aliases:
+            p_sel = ", ".join(a for a, _ in cols.phase)
+            joined = (
+                f"SELECT sc, {p_sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
+                f"{d.inner_join} (SELECT session_id, sc FROM {sessions_src}) AS ss USING (session_id)"
+            )
+            p_compact = (
+                f"SELECT {sel}, ph_hi, c_n FROM (SELECT sc, {p_sel}, ph_hi, count(*) AS c_n FROM ({joined}) "
+                f"GROUP BY sc, {p_sel}, ph_hi) AS pc {d.inner_join} {classes_src} USING (sc)"
+            )
+        else:
+            joined = (
+                f"SELECT {sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
+                f"{d.inner_join} {ss_items} USING (session_id)"
+            )
+            p_compact = f"SELECT {sel}, ph_hi, count(*) AS c_n FROM ({joined}) GROUP BY {sel}, ph_hi"
         parts["P"] = (
             "SELECT 'P' AS part, combo AS k, sum(c_n) AS a, sum(c_n * ph_hi) AS b, sum(c_n) AS c, "
             "sum(c_n * ph_hi) AS e, 0 AS x, 0 AS y FROM ("
@@ -670,11 +704,21 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
             f"SELECT session_id, {', '.join(c_aliases)}, count(*) AS co_n, sum(ph_hi) AS co_h, "
             f"max(ph_hi) AS co_any FROM {phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
         )
-        joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {ss_items} USING (session_id)"
-        q_compact = (
-            f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
-            f"FROM ({joined}) GROUP BY {sel}"
-        )
+        if classes_src and s_aliases:
+            q_sel = ", ".join(c_aliases)
+            joined = (f"SELECT sc, {q_sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} "
+                      f"(SELECT session_id, sc FROM {sessions_src}) AS ss USING (session_id)")
+            q_compact = (
+                f"SELECT {sel}, c_s, c_sh, c_u, c_uh FROM (SELECT sc, {q_sel}, count(*) AS c_s, sum(co_any) AS c_sh, "
+                f"sum(co_n) AS c_u, sum(co_h) AS c_uh FROM ({joined}) GROUP BY sc, {q_sel}) AS qc "
+                f"{d.inner_join} {classes_src} USING (sc)"
+            )
+        else:
+            joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {ss_items} USING (session_id)"
+            q_compact = (
+                f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
+                f"FROM ({joined}) GROUP BY {sel}"
+            )
         parts["Q"] = (
             "SELECT 'Q' AS part, combo AS k, sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, "
             "0 AS x, 0 AS y FROM ("
@@ -729,14 +773,20 @@ def fetch_facts(
     else:
         rollup = wh.rollup_state() if hasattr(wh, "rollup_state") else None
         blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True)
-        parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss")
+        s_aliases = [a for a, _ in cols.session]
+        parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None)
         union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
         if blocks.phase_items is None:
             ctes = f"ph0 AS MATERIALIZED ({blocks.phases}), ph AS NOT MATERIALIZED (SELECT * FROM ph0)"
         else:  # phases with their items, joined (a few hundred keys) in each statement that needs them
             ctes = (f"ph0 AS MATERIALIZED ({blocks.phases}), pm AS MATERIALIZED ({blocks.phase_items}), "
                     "ph AS NOT MATERIALIZED (SELECT * FROM ph0 JOIN pm USING (pid))")
-        rows = wh.query(f"WITH {ctes}, ss AS MATERIALIZED ({blocks.sessions}) {union}")
+        if s_aliases:
+            ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
+                     f"sc_map AS MATERIALIZED (SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss)")
+        else:
+            ctes += f", ss AS MATERIALIZED ({blocks.sessions})"
+        rows = wh.query(f"WITH {ctes} {union}")
     counts: dict[Combo, Counts] = {}
     total = Counts()
     worst: list[SessionFacts] = []
