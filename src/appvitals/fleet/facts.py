@@ -572,23 +572,27 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
             items = f"SELECT attrs{''.join(', ' + c for c in cat + buckets)} FROM ({items})"
         aliases = [a for a, _ in cols.phase]
         phase_map = f"SELECT attrs, {d.hash_of(aliases)} AS pid, {', '.join(aliases)} FROM ({items})"
-        carried = "pid" if narrow else ", ".join(f"{d.any_value(a)} AS {a}" for a in aliases)
+        # narrow: also a 64-bit session key, so later groupings and joins hash integers
+        carried = "hash(session_id) AS sk, pid" if narrow else ", ".join(f"{d.any_value(a)} AS {a}" for a in aliases)
         phases = (
             f"SELECT session_id, {carried}, {stats} "
             f"FROM ({samples}) AS r {d.inner_join} ({phase_map}) AS pm USING (attrs) GROUP BY session_id, pid"
         )
-        if narrow:
-            phase_items = f"SELECT DISTINCT pid, {', '.join(aliases)} FROM ({phase_map})"
+        if narrow:  # qid: the key of the categorical items alone (stage), for the per-(session, stage) rows
+            qid = f"{d.hash_of(cat)} AS qid, " if cat else ""
+            phase_items = f"SELECT DISTINCT pid, {qid}{', '.join(aliases)} FROM ({phase_map})"
     else:
         phases = f"SELECT session_id, {stats} FROM ({samples}) GROUP BY session_id"
     if not (narrow and cols.phase):
         phase_items = None
+    keyed = narrow and bool(cols.phase)  # the phase rows carry sk
     per_session = (
-        "SELECT session_id, count(*) AS n_ph, sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
+        f"SELECT {'any_value(session_id) AS session_id, sk' if keyed else 'session_id'}, count(*) AS n_ph, "
+        "sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
         "sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1 "
-        f"FROM {phases_src} GROUP BY session_id"
+        f"FROM {phases_src} GROUP BY {'sk' if keyed else 'session_id'}"
     )
-    base = ["session_id", "n_ph", "n_hi", "s_hi", "n_samples", "m_sum", "peak", "t0", "t1"]
+    base = ["session_id"] + (["sk"] if keyed else []) + ["n_ph", "n_hi", "s_hi", "n_samples", "m_sum", "peak", "t0", "t1"]
     sql, have = per_session, list(base)
     sa = [(a, k) for a, k in cols.session if a.startswith("sa_")]
     if sa:
@@ -650,7 +654,9 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     `classes_src`: a relation (sc, session item columns) with one row per distinct set of
     session items, whose key `sc` the per-session rows carry. The per-phase statements then
     join and group on that one integer instead of every session item string, and name the
-    items only for the few thousand groups left."""
+    items only for the few thousand groups left. In that form the phase rows carry the 64-bit
+    session key `sk` and stage key `qid`, and `pm` maps qid to the stage items (narrow
+    building blocks, DuckDB)."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
     s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
@@ -677,7 +683,7 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
             p_sel = ", ".join(a for a, _ in cols.phase)
             joined = (
                 f"SELECT sc, {p_sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
-                f"{d.inner_join} (SELECT session_id, sc FROM {sessions_src}) AS ss USING (session_id)"
+                f"{d.inner_join} (SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)"
             )
             p_compact = (
                 f"SELECT {sel}, ph_hi, c_n FROM (SELECT sc, {p_sel}, ph_hi, count(*) AS c_n FROM ({joined}) "
@@ -705,13 +711,16 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
             f"max(ph_hi) AS co_any FROM {phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
         )
         if classes_src and s_aliases:
-            q_sel = ", ".join(c_aliases)
-            joined = (f"SELECT sc, {q_sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} "
-                      f"(SELECT session_id, sc FROM {sessions_src}) AS ss USING (session_id)")
+            # integers only until the few thousand (session items, stage) groups are named
+            coarse = (f"SELECT sk, qid, count(*) AS co_n, sum(ph_hi) AS co_h, max(ph_hi) AS co_any "
+                      f"FROM {phases_src} GROUP BY sk, qid")
+            joined = (f"SELECT sc, qid, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} "
+                      f"(SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)")
             q_compact = (
-                f"SELECT {sel}, c_s, c_sh, c_u, c_uh FROM (SELECT sc, {q_sel}, count(*) AS c_s, sum(co_any) AS c_sh, "
-                f"sum(co_n) AS c_u, sum(co_h) AS c_uh FROM ({joined}) GROUP BY sc, {q_sel}) AS qc "
-                f"{d.inner_join} {classes_src} USING (sc)"
+                f"SELECT {sel}, c_s, c_sh, c_u, c_uh FROM (SELECT sc, qid, count(*) AS c_s, sum(co_any) AS c_sh, "
+                f"sum(co_n) AS c_u, sum(co_h) AS c_uh FROM ({joined}) GROUP BY sc, qid) AS qc "
+                f"{d.inner_join} {classes_src} USING (sc) {d.inner_join} "
+                f"(SELECT DISTINCT qid, {', '.join(c_aliases)} FROM pm) AS qm USING (qid)"
             )
         else:
             joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {ss_items} USING (session_id)"
