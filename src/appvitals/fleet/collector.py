@@ -82,7 +82,7 @@ class Collector:
         retention_interval: float = 3600.0,
         decode_pool: concurrent.futures.Executor | None = None,
         decode_slots: int = 4,
-        linger: float = 0.005,
+        linger: float = 0.015,
     ):
         self.warehouse = warehouse
         # raw chunks -> Arrow batches in worker processes (DuckDB only); None decodes in-process
@@ -172,9 +172,13 @@ class Collector:
                 except asyncio.QueueEmpty:
                     if not self.decoding:
                         break
-                    # blocks are in the decode workers and will be queued within milliseconds:
-                    # waiting a little for them makes one bigger write instead of two (a write
-                    # costs several ms whatever its size)
+                    # Group commit: blocks are in the decode workers and will be queued within
+                    # milliseconds. Waiting for them (up to `linger` for each, up to group_lines
+                    # in all) makes one write of several requests instead of several writes: a
+                    # write costs DuckDB several ms whatever its size, and the requests are
+                    # answered together. On the ingest bench (2 connections x 5,000 lines),
+                    # 15 ms gathers both requests into one write: +10-15 % samples/s, -15 % CPU
+                    # a line; 5 ms caught only one request per write.
                     try:
                         more = await asyncio.wait_for(queue.get(), self.linger)
                     except TimeoutError:
