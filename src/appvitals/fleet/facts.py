@@ -686,19 +686,20 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
                 f"{d.inner_join} (SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)"
             )
             p_compact = (
-                f"SELECT {sel}, ph_hi, c_n FROM (SELECT sc, {p_sel}, ph_hi, count(*) AS c_n FROM ({joined}) "
-                f"GROUP BY sc, {p_sel}, ph_hi) AS pc {d.inner_join} {classes_src} USING (sc)"
+                f"SELECT {sel}, c_n, c_h FROM (SELECT sc, {p_sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) "
+                f"GROUP BY sc, {p_sel}) AS pc {d.inner_join} {classes_src} USING (sc)"
             )
         else:
             joined = (
                 f"SELECT {sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
                 f"{d.inner_join} {ss_items} USING (session_id)"
             )
-            p_compact = f"SELECT {sel}, ph_hi, count(*) AS c_n FROM ({joined}) GROUP BY {sel}, ph_hi"
+            p_compact = f"SELECT {sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) GROUP BY {sel}"
+        # high phases summed in the group, not a group key: up to half the rows to explode
         parts["P"] = (
-            "SELECT 'P' AS part, combo AS k, sum(c_n) AS a, sum(c_n * ph_hi) AS b, sum(c_n) AS c, "
-            "sum(c_n * ph_hi) AS e, 0 AS x, 0 AS y FROM ("
-            + d.explode("c_n, ph_hi", _combo_exprs(d, cols.session + cols.phase, must=num), p_compact, "combo")
+            "SELECT 'P' AS part, combo AS k, sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, "
+            "sum(c_h) AS e, 0 AS x, 0 AS y FROM ("
+            + d.explode("c_n, c_h", _combo_exprs(d, cols.session + cols.phase, must=num), p_compact, "combo")
             + ") WHERE combo != '' GROUP BY combo"
         )
     if cat:
