@@ -587,10 +587,10 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
         phase_items = None
     keyed = narrow and bool(cols.phase)  # the phase rows carry sk
     per_session = (
-        f"SELECT {'any_value(session_id) AS session_id, sk' if keyed else 'session_id'}, count(*) AS n_ph, "
+        f"SELECT session_id{', hash(session_id) AS sk' if keyed else ''}, count(*) AS n_ph, "
         "sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
         "sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1 "
-        f"FROM {phases_src} GROUP BY {'sk' if keyed else 'session_id'}"
+        f"FROM {phases_src} GROUP BY session_id"
     )
     base = ["session_id"] + (["sk"] if keyed else []) + ["n_ph", "n_hi", "s_hi", "n_samples", "m_sum", "peak", "t0", "t1"]
     sql, have = per_session, list(base)
@@ -712,9 +712,14 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
             f"max(ph_hi) AS co_any FROM {phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
         )
         if classes_src and s_aliases:
-            # integers only until the few thousand (session items, stage) groups are named
-            coarse = (f"SELECT sk, qid, count(*) AS co_n, sum(ph_hi) AS co_h, max(ph_hi) AS co_any "
-                      f"FROM {phases_src} GROUP BY sk, qid")
+            # integers only until the few thousand (session items, stage) groups are named; a
+            # stage with one possible phase (no numeric attr splits it) is that phase in each
+            # session, so only the stages split into several phases need the grouping
+            per_stage = "SELECT qid FROM pm GROUP BY qid HAVING count(*)"
+            coarse = (f"SELECT sk, qid, 1 AS co_n, ph_hi AS co_h, ph_hi AS co_any FROM {phases_src} "
+                      f"WHERE qid IN ({per_stage} = 1) UNION ALL "
+                      f"SELECT sk, qid, count(*) AS co_n, sum(ph_hi) AS co_h, max(ph_hi) AS co_any "
+                      f"FROM {phases_src} WHERE qid IN ({per_stage} > 1) GROUP BY sk, qid")
             joined = (f"SELECT sc, qid, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} "
                       f"(SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)")
             q_compact = (
