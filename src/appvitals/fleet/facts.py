@@ -648,14 +648,16 @@ def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tup
 
 
 def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
-           phases_src: str, sessions_src: str, classes_src: str | None = None) -> dict[str, str]:
+           phases_src: str, sessions_src: str, classes_src: str | None = None,
+           keyed_src: str = "ph0") -> dict[str, str]:
     """The statements (S, P, T, W) over the phase rows and per-session rows.
 
     `classes_src`: a relation (sc, session item columns) with one row per distinct set of
     session items, whose key `sc` the per-session rows carry. The per-phase statements then
     join and group on that one integer instead of every session item string, and name the
     items only for the few thousand groups left. In that form the phase rows carry the 64-bit
-    session key `sk` and stage key `qid`, and `pm` maps qid to the stage items (narrow
+    session key `sk` (`keyed_src` holds them without their items), the joined phase rows
+    `phases_src` also the stage key `qid`, and `pm` maps pid and qid to the items (narrow
     building blocks, DuckDB)."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
@@ -680,14 +682,15 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
         has_num = " OR ".join(f"{a} != ''" for a, _ in num)
         if classes_src and s_aliases:
-            p_sel = ", ".join(a for a, _ in cols.phase)
+            # the phases picked and grouped by integer keys (sc, pid), named from the maps after
             joined = (
-                f"SELECT sc, {p_sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
+                f"SELECT sc, pid, ph_hi FROM (SELECT sk, pid, ph_hi FROM {keyed_src} "
+                f"WHERE pid IN (SELECT pid FROM pm WHERE {has_num})) AS ph "
                 f"{d.inner_join} (SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)"
             )
             p_compact = (
-                f"SELECT {sel}, c_n, c_h FROM (SELECT sc, {p_sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) "
-                f"GROUP BY sc, {p_sel}) AS pc {d.inner_join} {classes_src} USING (sc)"
+                f"SELECT {sel}, c_n, c_h FROM (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) "
+                f"GROUP BY sc, pid) AS pc {d.inner_join} pm USING (pid) {d.inner_join} {classes_src} USING (sc)"
             )
         else:
             joined = (
