@@ -109,6 +109,8 @@ def test_dashboard_renders_drills_down_and_opens_a_session(collector, browser):
     )
     assert int(page.get_attribute("#session-chart", "data-points")) > 10
     assert int(page.get_attribute("#session-chart", "data-events")) >= 1
+    # event labels are placed in rows without overlapping; these events are far apart: all shown
+    assert page.get_attribute("#session-chart .uplot", "data-hidden-labels") == "0"
     assert _painted(page, "#session-chart canvas") > 500
     assert page.locator("#session-events tbody tr").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "session.png"), full_page=True)

@@ -231,12 +231,24 @@ function eventsPlugin(events, threshold) {
         ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
         ctx.setLineDash([4, 4]); ctx.strokeStyle = "#6b7380"; ctx.fillStyle = "#1d2430";
         ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
-        events.forEach((e, i) => {
+        ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";  // uPlot leaves its axes' alignment set
+        // labels go in the first of a few rows where they do not overlap the label before them;
+        // a label with no room is left out (its line stays, and the table below lists every event)
+        const rowEnds = [-Infinity, -Infinity, -Infinity, -Infinity];
+        const gap = 6 * devicePixelRatio;
+        let hidden = 0;
+        events.slice().sort((a, b) => a.ts - b.ts).forEach((e) => {
           const x = u.valToPos(e.ts / 1000, "x", true);
           if (x < left || x > left + width) return;
           ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, top + height); ctx.stroke();
-          ctx.fillText(e.name, x + 3, top + 12 * devicePixelRatio * (1 + (i % 3)));
+          const w = ctx.measureText(e.name).width;
+          const start = Math.min(x + 3, left + width - w);  // right of the line, inside the plot
+          const row = rowEnds.findIndex((end) => start > end + gap);
+          if (row < 0) { hidden += 1; return; }
+          ctx.fillText(e.name, start, top + 12 * devicePixelRatio * (1 + row));
+          rowEnds[row] = start + w;
         });
+        u.root.dataset.hiddenLabels = String(hidden);
         ctx.restore();
       }],
     },
