@@ -114,27 +114,20 @@ def with_thresholds(counts: Mapping[Combo, Counts], numeric: Mapping[str, Sequen
     above_labels = {key: [">=" + fmt_number(e) for e in edges] for key, edges in numeric.items()}
     made: list[tuple[Combo, Counts]] = []
     for (key, rest), per in groups.items():
-        n = len(per)
         # intervals 0..n-1; edge j separates interval j (below) from j+1 (above)
-        below = [0.0] * 6
+        below = Counts()
         for j, label in enumerate(below_labels[key]):
-            c = per[j]
-            if c is not None:
-                below = [below[0] + c.sessions, below[1] + c.high_sessions, below[2] + c.units,
-                         below[3] + c.high_units, below[4] + c.samples, below[5] + c.metric_sum]
-            if below[2]:
-                made.append((tuple(sorted((*rest, (key, label)))), Counts(
-                    int(below[0]), int(below[1]), int(below[2]), int(below[3]), int(below[4]), below[5])))
-        above = [0.0] * 6
+            if per[j] is not None:
+                below.add(per[j])
+            if below.units:
+                made.append((tuple(sorted((*rest, (key, label)))), msgspec.structs.replace(below)))
+        above = Counts()
         labels = above_labels[key]
-        for j in range(n - 1, 0, -1):
-            c = per[j]
-            if c is not None:
-                above = [above[0] + c.sessions, above[1] + c.high_sessions, above[2] + c.units,
-                         above[3] + c.high_units, above[4] + c.samples, above[5] + c.metric_sum]
-            if above[2]:
-                made.append((tuple(sorted((*rest, (key, labels[j - 1])))), Counts(
-                    int(above[0]), int(above[1]), int(above[2]), int(above[3]), int(above[4]), above[5])))
+        for j in range(len(per) - 1, 0, -1):
+            if per[j] is not None:
+                above.add(per[j])
+            if above.units:
+                made.append((tuple(sorted((*rest, (key, labels[j - 1])))), msgspec.structs.replace(above)))
     out.update(made)
     _cap_sessions(out, [combo for combo, _ in made], set(numeric))
     return out
