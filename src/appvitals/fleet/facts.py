@@ -554,6 +554,8 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     cols = _columns(keys)
     _, cond = metric_expr(d, metric)
     cat = [a for a, _ in cols.phase if a.startswith("sp_")]
+    keyed = narrow and bool(cols.phase)  # the phase rows carry sk and pid, their items in phase_items
+    phase_items: str | None = None
     # A fleet has few distinct attrs texts (stage x a few values): each is read (JSON) and
     # bucketed once, into its phase items and a 64-bit phase key, and the samples are then
     # grouped by (session_id, phase key) -- one string and one integer, far cheaper to hash
@@ -579,19 +581,16 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
         aliases = [a for a, _ in cols.phase]
         phase_map = f"SELECT attrs, {d.hash_of(aliases)} AS pid, {', '.join(aliases)} FROM ({items})"
         # narrow: also a 64-bit session key, so later groupings and joins hash integers
-        carried = "hash(session_id) AS sk, pid" if narrow else ", ".join(f"{d.any_value(a)} AS {a}" for a in aliases)
+        carried = "hash(session_id) AS sk, pid" if keyed else ", ".join(f"{d.any_value(a)} AS {a}" for a in aliases)
         phases = (
             f"SELECT session_id, {carried}, {stats} "
             f"FROM ({samples}) AS r {d.inner_join} ({phase_map}) AS pm USING (attrs) GROUP BY session_id, pid"
         )
-        if narrow:  # qid: the key of the categorical items alone (stage), for the per-(session, stage) rows
+        if keyed:  # qid: the key of the categorical items alone (stage), for the per-(session, stage) rows
             qid = f"{d.hash_of(cat)} AS qid, " if cat else ""
             phase_items = f"SELECT DISTINCT pid, {qid}{', '.join(aliases)} FROM ({phase_map})"
     else:
         phases = f"SELECT session_id, {stats} FROM ({samples}) GROUP BY session_id"
-    if not (narrow and cols.phase):
-        phase_items = None
-    keyed = narrow and bool(cols.phase)  # the phase rows carry sk
     per_session = (
         f"SELECT session_id{', hash(session_id) AS sk' if keyed else ''}, count(*) AS n_ph, "
         "sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
@@ -716,10 +715,6 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         # sessions are exact, and the phases inside it are counted too
         c_aliases = [a for a, _ in cat]
         sel = ", ".join(s_aliases + c_aliases)
-        coarse = (
-            f"SELECT session_id, {', '.join(c_aliases)}, count(*) AS co_n, sum(ph_hi) AS co_h, "
-            f"max(ph_hi) AS co_any FROM {phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
-        )
         if classes_src and s_aliases:
             # integers only until the few thousand (session items, stage) groups are named; a
             # stage with one possible phase (no numeric attr splits it) is that phase in each
@@ -738,6 +733,10 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
                 f"(SELECT DISTINCT qid, {', '.join(c_aliases)} FROM pm) AS qm USING (qid)"
             )
         else:
+            coarse = (
+                f"SELECT session_id, {', '.join(c_aliases)}, count(*) AS co_n, sum(ph_hi) AS co_h, "
+                f"max(ph_hi) AS co_any FROM {phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
+            )
             joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {ss_items} USING (session_id)"
             q_compact = (
                 f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
