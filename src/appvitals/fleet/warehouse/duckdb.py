@@ -138,10 +138,13 @@ def _ddl() -> list[str]:
     return statements
 
 
-def _in_batch_order(pieces: dict[str, list[tuple[int, pa.Table]]]) -> list[tuple[int, str, pa.Table]]:
-    """(batch index, table, Arrow table) in batch order, tables in a fixed order within a batch."""
-    return sorted(((index, table, arrow) for table, parts in pieces.items() for index, arrow in parts),
-                  key=lambda item: (item[0], item[1]))
+def _keys_in_batch_order(pieces: dict[str, list[tuple[int, pa.Table]]]):
+    """(batch index, table, (session_id, seq)) of every row, in batch order, tables in a fixed
+    order within a batch, rows in order within a table (Python objects: the rare paths only)."""
+    for index, table, arrow in sorted(((index, table, arrow) for table, parts in pieces.items() for index, arrow in parts),
+                                      key=lambda item: (item[0], item[1])):
+        for key in zip(arrow.column("session_id").to_pylist(), arrow.column("seq").to_pylist()):
+            yield index, table, key
 
 
 class DuckDBWarehouse(Warehouse):
@@ -257,11 +260,10 @@ class DuckDBWarehouse(Warehouse):
         if stored:  # rare: lines stored by an earlier write; find their batches
             found = set(stored)
             counted: set[tuple] = set()  # a key repeated in this write was dropped (and counted) above
-            for index, _, arrow in _in_batch_order(pieces):
-                for key in zip(arrow.column("session_id").to_pylist(), arrow.column("seq").to_pylist()):
-                    if key in found and key not in counted:
-                        counted.add(key)
-                        dropped[index] += 1
+            for index, _, key in _keys_in_batch_order(pieces):
+                if key in found and key not in counted:
+                    counted.add(key)
+                    dropped[index] += 1
         return [InsertResult(accepted=b.size - b.duplicates - d, duplicates=b.duplicates + d)
                 for b, d in zip(prepared, dropped)]
 
@@ -281,15 +283,13 @@ class DuckDBWarehouse(Warehouse):
             return tables  # the usual case
         seen: set[tuple[str, int]] = set()
         masks: dict[str, list[bool]] = {t: [] for t in pieces}
-        for index, table, arrow in _in_batch_order(pieces):
-            mask = masks[table]
-            for key in zip(arrow.column("session_id").to_pylist(), arrow.column("seq").to_pylist()):
-                if key[1] != NO_SEQ and key in seen:
-                    mask.append(False)
-                    dropped[index] += 1
-                else:
-                    seen.add(key)
-                    mask.append(True)
+        for index, table, key in _keys_in_batch_order(pieces):
+            if key[1] != NO_SEQ and key in seen:
+                masks[table].append(False)
+                dropped[index] += 1
+            else:
+                seen.add(key)
+                masks[table].append(True)
         # the masks follow (batch, table) order, which is the concatenation order of each table
         return {t: tables[t].filter(pa.array(masks[t], pa.bool_())) for t in tables}
 
