@@ -20,12 +20,15 @@ def L(template: str, values=()):
     return decode_line(template % values)
 
 
-@pytest.fixture(params=["duckdb", "clickhouse"])
+@pytest.fixture(params=["duckdb", "duckdb+log", "clickhouse"])
 def backend(request, tmp_path):
-    """(opener, kind): opener() opens the same warehouse again, as a restarted collector would."""
-    if request.param == "duckdb":
+    """(opener, kind): opener() opens the same warehouse again, as a restarted collector would.
+
+    duckdb+log: as the collector opens it, writes acknowledged from the ingest log."""
+    if request.param.startswith("duckdb"):
         path = str(tmp_path / "w.duckdb")
-        return (lambda: open_warehouse(path)), "duckdb"
+        with_log = request.param == "duckdb+log"
+        return (lambda: open_warehouse(path, ingest_log=with_log)), "duckdb"
     url = fresh_database(request.getfixturevalue("clickhouse_url"))
     return (lambda: open_warehouse(url)), "clickhouse"
 

@@ -26,8 +26,11 @@ DEFAULT_DB = "vitals-fleet.duckdb"
 @click.option("--decode-workers", type=click.IntRange(0, 64), default=None, metavar="N",
               help="Processes that parse and validate ingested lines beside the server (DuckDB; "
                    "default: one per core up to 4, 0 parses in the server process).")
+@click.option("--ingest-log/--no-ingest-log", default=True, show_default=True,
+              help="DuckDB: answer once new lines are in the collector's own fsynced log, and insert them "
+                   "into the warehouse in the background (--no-ingest-log: answer after the warehouse commit).")
 def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention_days, max_queue,
-            decode_workers) -> None:
+            decode_workers, ingest_log) -> None:
     """Run the fleet collector: POST /v1/ingest, GET /v1/report, /metrics, /healthz."""
     from ..fleet.collector import check_bind, serve
 
@@ -46,7 +49,7 @@ def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention
     try:
         from ..fleet.warehouse import open_warehouse
 
-        store = open_warehouse(warehouse)  # open before listening: a bad --db/--clickhouse fails fast
+        store = open_warehouse(warehouse, ingest_log=ingest_log)  # open before listening: a bad --db/--clickhouse fails fast
     except Exception as exc:
         raise VitalsError(f"cannot open warehouse {warehouse}: {exc}")
 
@@ -57,7 +60,8 @@ def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention
 
     try:
         serve(store, host=host, port=port, tokens=tokens, read_tokens=read_tokens, insecure=insecure,
-              retention_days=retention_days, max_queue=max_queue, on_ready=ready, decode_workers=decode_workers)
+              retention_days=retention_days, max_queue=max_queue, on_ready=ready, decode_workers=decode_workers,
+              close_warehouse=True)
     except RuntimeError as exc:
         raise VitalsError(str(exc))
     finally:

@@ -20,6 +20,10 @@ class CollectorMetrics:
         )
         self.queue_depth = reg.gauge("vitals_collector_queue_depth", "Line batches waiting for the writer")
         self.queue_lines = reg.gauge("vitals_collector_queue_lines", "Lines waiting for or being written")
+        self.log_pending_lines = reg.gauge(
+            "vitals_collector_log_pending_lines",
+            "Lines acknowledged from the ingest log and not yet inserted into the warehouse (DuckDB)",
+        )
         self.batch_lines = reg.histogram("vitals_collector_write_batch", "Lines per warehouse write (one commit)", unit="lines")
         self.write_seconds = reg.histogram("vitals_collector_write_duration", "Time per warehouse write", unit="seconds")
         self.backpressure_waits = reg.counter(

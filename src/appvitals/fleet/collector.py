@@ -550,11 +550,16 @@ def create_app(
     retention_days: int | None = None,
     registry: Registry | None = None,
     decode_workers: int = 0,
+    ingest_log: bool = True,
+    close_warehouse: bool | None = None,
 ) -> Starlette:
     """The collector as an ASGI app: ingest, /metrics, /healthz and the read side (report, sessions, dashboard)."""
     tokens = tuple(t for t in tokens if t)
     read_tokens = tuple(t for t in read_tokens if t)
     owns_warehouse = isinstance(warehouse, str)
+    # closed at shutdown: one opened here, or one handed over (`vitals serve`: uvicorn ends the
+    # process by re-raising SIGTERM once it has shut down, so the caller's own close never runs)
+    closes = owns_warehouse if close_warehouse is None else close_warehouse
     metrics = CollectorMetrics(registry)
     holder: dict[str, Any] = {"warehouse": warehouse if not owns_warehouse else None}
     collector_ref: dict[str, Collector] = {}
@@ -571,7 +576,7 @@ def create_app(
     async def lifespan(app):
         """Open the warehouse and start the writer; drain and close at shutdown."""
         if holder["warehouse"] is None:
-            holder["warehouse"] = await asyncio.to_thread(open_warehouse, warehouse)  # type: ignore[arg-type]
+            holder["warehouse"] = await asyncio.to_thread(open_warehouse, warehouse, ingest_log)  # type: ignore[arg-type]
         pool = None
         if decode_workers > 0 and getattr(holder["warehouse"], "takes_arrow", False):
             pool = start_pool(decode_workers)
@@ -592,7 +597,7 @@ def create_app(
             await collector.stop()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-            if owns_warehouse:
+            if closes:
                 await asyncio.to_thread(holder["warehouse"].close)
 
     ingest = _Ingest(None, tokens, chunk_lines, max_line_bytes, flush_interval)  # type: ignore[arg-type]
@@ -606,6 +611,9 @@ def create_app(
         if collector is not None:
             metrics.queue_depth.set(collector.depth())
             metrics.queue_lines.set(collector.queued_lines)
+            pending = getattr(collector.warehouse, "pending_lines", None)
+            if pending is not None:
+                metrics.log_pending_lines.set(pending())
         body = exposition(metrics.registry, request.headers.get("accept"))
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -65,12 +65,15 @@ class Warehouse(abc.ABC):
         """Release connections and files."""
 
 
-def open_warehouse(url: str) -> Warehouse:
-    """Open a warehouse from a URL: a DuckDB file path, or clickhouse://host:port/database."""
+def open_warehouse(url: str, ingest_log: bool = False) -> Warehouse:
+    """Open a warehouse from a URL: a DuckDB file path, or clickhouse://host:port/database.
+
+    `ingest_log` (DuckDB files): acknowledge writes once in the collector's own fsynced log and
+    insert them into DuckDB in the background (see warehouse/_ingestlog.py)."""
     if url.startswith("clickhouse://"):
         from .clickhouse import ClickHouseWarehouse
 
         return ClickHouseWarehouse(url)
     from .duckdb import DuckDBWarehouse
 
-    return DuckDBWarehouse(url)
+    return DuckDBWarehouse(url, ingest_log=ingest_log)

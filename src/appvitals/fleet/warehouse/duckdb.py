@@ -21,7 +21,10 @@ stored twice.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -35,7 +38,10 @@ import pyarrow.compute as pc
 from ..protocol import AnyLine
 from ._arrow import ArrowBatch
 from ._columns import NO_SEQ, SCHEMA
+from ._ingestlog import DamagedLog, IngestLog
 from .base import InsertResult, Warehouse
+
+log = logging.getLogger("appvitals.collector")
 
 _STR = pa.string()
 # pyarrow converts a Python scalar argument by trying `import dateutil` (absent: tried again on
@@ -54,30 +60,42 @@ def _keys_sql(incoming: list[str], columns: str) -> str:
     return " UNION ALL ".join(f"SELECT {columns} FROM _incoming_{t} WHERE seq <> {NO_SEQ}" for t in incoming)
 
 
-def _probe_sql(incoming: list[str], lookup: list[str], lo: int, hi: int) -> str:
-    """SQL counting the stored rows in [lo, hi] that share (ts, seq) with an incoming keyed line.
+def _probe_sql(incoming: list[str], lookup: list[str], lo: int, hi: int, pending: bool = False) -> str:
+    """SQL counting the stored rows in [lo, hi] that share (ts, seq) with an incoming keyed line
+    (and the rows of `_pending_keys`, lines in the ingest log not yet in DuckDB, when `pending`).
 
     Integers only: DuckDB never decompresses a string column for it (fetching the session_ids of
     a row group's rows was most of a write's cost). 0 in the usual case, and then no lookup."""
-    stored = " UNION ALL ".join(f"SELECT ts, seq FROM {t} WHERE ts BETWEEN {int(lo)} AND {int(hi)}" for t in lookup)
-    return (f"SELECT count(*) FROM ({stored}) AS s SEMI JOIN ({_keys_sql(incoming, 'ts, seq')}) AS k "
+    stored = [f"SELECT ts, seq FROM {t} WHERE ts BETWEEN {int(lo)} AND {int(hi)}" for t in lookup]
+    if pending:
+        stored.append("SELECT ts, seq FROM _pending_keys")
+    return (f"SELECT count(*) FROM ({' UNION ALL '.join(stored)}) AS s SEMI JOIN ({_keys_sql(incoming, 'ts, seq')}) AS k "
             "ON s.ts = k.ts AND s.seq = k.seq")
+
+
+def _found_sql(incoming: list[str], lookup: list[str], lo: int, hi: int, pending: bool = False) -> str:
+    """SQL listing the (session_id, seq) of the incoming keys already stored (or pending)."""
+    sources = [(table, f" WHERE s.ts BETWEEN {int(lo)} AND {int(hi)}") for table in lookup]
+    if pending:
+        sources.append(("_pending_keys", ""))
+    found = " UNION ALL ".join(
+        f"SELECT s.session_id, s.seq FROM {table} AS s SEMI JOIN _keys AS k "
+        f"ON s.ts = k.ts AND s.seq = k.seq AND s.session_id = k.session_id{where}"
+        for table, where in sources
+    )
+    return f"WITH _keys AS ({_keys_sql(incoming, 'session_id, seq, ts')}) {found}"
 
 
 def _stored_sql(incoming: list[str], lookup: list[str], lo: int, hi: int) -> str:
     """SQL that fills the temp table _stored with the incoming keys already in the `lookup` tables."""
-    found = " UNION ALL ".join(
-        f"SELECT s.session_id, s.seq FROM {table} AS s SEMI JOIN _keys AS k "
-        f"ON s.ts = k.ts AND s.seq = k.seq AND s.session_id = k.session_id WHERE s.ts BETWEEN {int(lo)} AND {int(hi)}"
-        for table in lookup
-    )
     # a temp table is never logged; emptying it is cheaper than creating it again
-    return (f"DELETE FROM _stored; INSERT INTO _stored WITH _keys AS ({_keys_sql(incoming, 'session_id, seq, ts')}) "
-            f"{found}")
+    return f"DELETE FROM _stored; INSERT INTO _stored {_found_sql(incoming, lookup, lo, hi)}"
 
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str, tables: dict[str, pa.Table]) -> duckdb.DuckDBPyConnection:
-    """Run `sql`, which reads the write's Arrow tables as `_incoming_<table>`.
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, tables: dict[str, pa.Table],
+             pending_keys: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
+    """Run `sql`, which reads the write's Arrow tables as `_incoming_<table>` (and the ingest
+    log's pending keys as `_pending_keys`).
 
     DuckDB's replacement scan finds them by those names among this frame's locals, so there is
     no register()/unregister() pair per table and write (about 0.9 ms each)."""
@@ -85,6 +103,7 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str, tables: dict[str, pa.Tabl
     _incoming_samples = tables.get("samples")  # noqa: F841
     _incoming_events = tables.get("events")  # noqa: F841
     _incoming_ends = tables.get("ends")  # noqa: F841
+    _pending_keys = pending_keys  # noqa: F841
     return con.execute(sql)
 
 
@@ -147,13 +166,121 @@ def _keys_in_batch_order(pieces: dict[str, list[tuple[int, pa.Table]]]):
             yield index, table, key
 
 
+_DRAIN_LINES = 100_000  # at most this many lines per background insert
+_CHECKPOINT_WAL_BYTES = 32 << 20  # the background insert checkpoints once DuckDB's WAL is this big
+_IDLE_CHECKPOINT_S = 5.0  # ... or after this long without lines to insert
+
+
+def _wal_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path + ".wal")
+    except OSError:
+        return 0
+
+
+class IngestLogFull(Exception):
+    """The background insert is too far behind the ingest log (or the warehouse is closing)."""
+
+
+def _keys_of(tables: dict[str, pa.Table]) -> pa.Table | None:
+    """The (ts, seq, session_id) of the keyed rows of a write (zero-copy in the usual case)."""
+    parts = []
+    for arrow in tables.values():
+        keys = arrow.select(["ts", "seq", "session_id"])
+        if pc.min(keys.column("seq")).as_py() == NO_SEQ:
+            keys = keys.filter(pc.not_equal(keys.column("seq"), _NO_SEQ))
+        if keys.num_rows:
+            parts.append(keys)
+    return None if not parts else parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
+def _without(tables: dict[str, pa.Table], found: set[tuple]) -> dict[str, pa.Table]:
+    """The rows whose (session_id, seq) is not in `found` (Python: the rare path only)."""
+    out = {}
+    for name, arrow in tables.items():
+        keys = zip(arrow.column("session_id").to_pylist(), arrow.column("seq").to_pylist())
+        kept = arrow.filter(pa.array([key not in found for key in keys], pa.bool_()))
+        if kept.num_rows:
+            out[name] = kept
+    return out
+
+
+_WINDOW_LINES = 2_000_000  # (ts, seq) hashes kept in memory by the ingest log (16 MB)
+_HASH_K = pa.scalar(1_000_003, pa.int64())
+
+
+def _hashes(tables: dict[str, pa.Table]) -> pa.Array:
+    """ts * 1000003 + seq (wrapping int64) of the keyed rows: equal keys have equal hashes."""
+    parts = []
+    for arrow in tables.values():
+        ts, seq = arrow.column("ts"), arrow.column("seq")
+        if pc.min(seq).as_py() == NO_SEQ:
+            keyed = pc.not_equal(seq, _NO_SEQ)
+            ts, seq = ts.filter(keyed), seq.filter(keyed)
+        parts.extend(pc.add(pc.multiply(ts, _HASH_K), seq).chunks)
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.int64())
+
+
+class _Seen:
+    __slots__ = ("number", "lo", "hi", "hashes")
+
+    def __init__(self, number: int, lo: int, hi: int, hashes: pa.Array):
+        self.number, self.lo, self.hi, self.hashes = number, lo, hi, hashes
+
+
+class _Pending:
+    """A record in the ingest log, not yet committed to DuckDB."""
+
+    __slots__ = ("tables", "segment", "lo", "hi", "keys", "rows")
+
+    def __init__(self, tables: dict[str, pa.Table], segment: Path, lo: int, hi: int):
+        self.tables = tables
+        self.segment = segment
+        self.lo, self.hi = lo, hi  # its ts range
+        self.keys = _keys_of(tables)
+        self.rows = sum(t.num_rows for t in tables.values())
+
+
+class _Write:
+    """One insert_many() on its way in: its batches, their rows per table (repeats inside the
+    write left out), and how many lines of each batch were dropped as duplicates."""
+
+    __slots__ = ("batches", "pieces", "tables", "dropped", "spans", "keyed", "lo", "hi")
+
+    def __init__(self, batches: list[ArrowBatch]):
+        self.batches = batches
+        self.pieces: dict[str, list[tuple[int, pa.Table]]] = {}  # per table: (batch index, rows)
+        self.tables: dict[str, pa.Table] = {}
+        self.dropped = [0] * len(batches)
+        self.spans: dict[str, dict[str, int]] = {}  # per table: min and max ts
+        self.keyed = False  # some line has a seq
+        self.lo = self.hi = 0  # ts range of the whole write
+
+    def count_found(self, found: set[tuple]) -> None:
+        """Count the keys found already stored against the batches that sent them first."""
+        counted: set[tuple] = set()  # a key repeated in this write was dropped (and counted) already
+        for index, _, key in _keys_in_batch_order(self.pieces):
+            if key in found and key not in counted:
+                counted.add(key)
+                self.dropped[index] += 1
+
+    def results(self) -> list[InsertResult]:
+        return [InsertResult(accepted=b.size - b.duplicates - d, duplicates=b.duplicates + d)
+                for b, d in zip(self.batches, self.dropped)]
+
+
 class DuckDBWarehouse(Warehouse):
     """The warehouse in one DuckDB file (or ":memory:")."""
 
     dialect = "duckdb"
     takes_arrow = True  # insert_many accepts ArrowBatch (the collector's decode workers build them)
 
-    def __init__(self, path: str | Path, memory_limit: str = "256MB", threads: int | None = None):
+    def __init__(self, path: str | Path, memory_limit: str = "256MB", threads: int | None = None,
+                 ingest_log: bool = False, max_pending: int = 200_000, admit_wait: float = 5.0):
+        """`ingest_log`: acknowledge writes from the ingest log (see `_ingestlog`) and insert them
+        into DuckDB from a background thread, at most `max_pending` lines behind (past that a
+        write waits up to `admit_wait` s, then fails with IngestLogFull). The collector uses it;
+        a file only."""
         self.path = str(path)
         if self.path.startswith("duckdb://"):
             self.path = self.path[len("duckdb://"):]
@@ -162,7 +289,7 @@ class DuckDBWarehouse(Warehouse):
         config: dict[str, Any] = {"memory_limit": memory_limit}
         if threads:
             config["threads"] = threads
-        self._con = duckdb.connect(self.path, config=config)
+        self._con = self._connect(config, ingest_log)
         self._write_lock = threading.Lock()
         for statement in _ddl() + _ROLLUP_DDL:
             self._con.execute(statement)
@@ -176,6 +303,238 @@ class DuckDBWarehouse(Warehouse):
         for table in SCHEMA:
             ((lo, hi),) = self._con.execute(f"SELECT min(ts), max(ts) FROM {table}").fetchall()
             self._ts_range[table] = None if lo is None else (int(lo), int(hi))
+        self._log: IngestLog | None = None
+        self._closed = False
+        if ingest_log and self.path != ":memory:":
+            self._open_log(max_pending, admit_wait)
+
+    # -- the ingest log: writes acknowledged once logged, inserted by a background thread --
+
+    def _open_log(self, max_pending: int, admit_wait: float) -> None:
+        self._log = IngestLog(self.path + ".ingest")
+        self._replay()
+        # The log makes lines durable, so DuckDB's own commits need not be: no fsync per commit
+        # (about 10 ms each here), and no automatic checkpoints (they would not be synced
+        # either). The background insert checkpoints with fsync itself (_checkpoint), and a
+        # segment of the log is deleted only once a synced checkpoint holds all its lines.
+        self._con.execute("SET checkpoint_threshold = '1TB'")
+        self._con.execute("SET fsync_mode = 'NONE'")
+        self._unsynced = False  # commits since the last synced checkpoint
+        self._synced_at = time.monotonic()
+        self._admit_con = self._con.cursor()  # the duplicate lookups read beside the inserts
+        self._admit_lock = threading.Lock()  # one write is checked and logged at a time
+        self._cond = threading.Condition()  # guards the fields below
+        self._pending: list[_Pending] = []  # logged, not yet committed to DuckDB, oldest first
+        self._pending_lines = 0
+        self._admitted = 0  # records logged so far
+        self._committed = 0  # of those, committed to DuckDB
+        self._closing = False
+        self._max_pending = max_pending
+        self._window: collections.deque[_Seen] = collections.deque()
+        self._window_lines = 0
+        stored = [r for r in self._ts_range.values() if r is not None]
+        self._dark = (min(r[0] for r in stored), max(r[1] for r in stored)) if stored else None
+        self._admit_wait = admit_wait
+        self.drain_error: BaseException | None = None  # the last failed insert, until one succeeds
+        self._drainer = threading.Thread(target=self._drain_loop, name="vitals-ingest-log", daemon=True)
+        self._drainer.start()
+
+    def _replay(self) -> None:
+        """Insert what a crash left in the log (records already in DuckDB count as duplicates),
+        then delete it; a damaged segment is kept, renamed, with an error logged."""
+        assert self._log is not None
+        segments = self._log.segments()
+        if not segments:
+            return
+        batches: list[ArrowBatch] = []
+        lines = 0
+        damaged: list[Path] = []
+        for segment in segments:
+            try:
+                for tables in IngestLog.read(segment):
+                    rows = sum(t.num_rows for t in tables.values())
+                    batches.append(ArrowBatch(tables, rows, 0))
+                    lines += rows
+                    if lines >= 200_000:  # bounded memory
+                        self._insert(self._prepare(batches))
+                        batches, lines = [], 0
+            except DamagedLog as exc:
+                log.error("%s: the records before it are replayed, the segment is kept as %s.damaged", exc, segment)
+                damaged.append(segment)
+        if batches:
+            self._insert(self._prepare(batches))
+        for segment in segments:
+            if segment in damaged:
+                segment.rename(segment.with_name(segment.name + ".damaged"))
+            else:
+                segment.unlink()
+        log.info("ingest log: replayed %d segment(s) into %s", len(segments), self.path)
+
+    def _admit(self, write: _Write) -> None:
+        """Check the write's keys against DuckDB and the pending records, log the new lines
+        (fsynced), and hand them to the background insert."""
+        assert self._log is not None
+        with self._admit_lock:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._pending_lines < self._max_pending or self._closing,
+                                           self._admit_wait):
+                    raise IngestLogFull(f"DuckDB is {self._pending_lines} lines behind the ingest log"
+                                        + (f" ({self.drain_error})" if self.drain_error else ""))
+                if self._closing:
+                    raise IngestLogFull("the warehouse is closing")
+            if write.keyed and self._maybe_seen(write):
+                with self._cond:  # taken before DuckDB is read: a record committed meanwhile is still here
+                    pending = [p.keys for p in self._pending
+                               if p.keys is not None and p.lo <= write.hi and write.lo <= p.hi]
+                lookup = self._lookup(write)
+                keys = pending[0] if len(pending) == 1 else pa.concat_tables(pending) if pending else None
+                incoming, tables = list(write.tables), write.tables
+                probe = _probe_sql(incoming, lookup, write.lo, write.hi, keys is not None)
+                if (lookup or keys is not None) and _execute(self._admit_con, probe, tables, keys).fetchall()[0][0]:
+
+                    found = set(_execute(self._admit_con, _found_sql(incoming, lookup, write.lo, write.hi,
+                                                                     keys is not None), tables, keys).fetchall())
+                    if found:
+                        write.count_found(found)
+                        write.tables = _without(tables, found)
+            if not write.tables:
+                return
+            self._widen_ts_range(write)
+            segment = self._log.append(write.tables)
+            record = _Pending(write.tables, segment, write.lo, write.hi)
+            with self._cond:
+                self._pending.append(record)
+                self._pending_lines += record.rows
+                self._admitted += 1
+                self._cond.notify_all()
+            self._remember(write, self._admitted)
+
+    # Which lines might be stored already, without asking DuckDB: a probe of DuckDB's tables while
+    # the background insert appends to them waits for it (tried: on the bench, admitting then
+    # took as long as inserting). The window holds a 64-bit hash of (ts, seq) of every line
+    # logged since this object opened, minus the oldest once it is big; `_dark` is the ts range
+    # of the lines only DuckDB knows (those stored before the open, and those forgotten since).
+    # A write whose ts range misses `_dark` and whose hashes miss the window holds no duplicate.
+
+    def _maybe_seen(self, write: _Write) -> bool:
+        """False when no stored or pending line can share a key with the write (see above)."""
+        dark = self._dark
+        if dark is not None and write.lo <= dark[1] and dark[0] <= write.hi:
+            return True  # ask DuckDB
+        near = [w.hashes for w in self._window if w.lo <= write.hi and write.lo <= w.hi]
+        if not near:
+            return False
+        return bool(pc.any(pc.is_in(_hashes(write.tables), value_set=pa.concat_arrays(near))).as_py())
+
+    def _remember(self, write: _Write, number: int) -> None:
+        hashes = _hashes(write.tables)
+        if len(hashes):
+            self._window.append(_Seen(number, write.lo, write.hi, hashes))
+            self._window_lines += len(hashes)
+        # forget the oldest, once committed (DuckDB answers for them then)
+        while self._window_lines > _WINDOW_LINES and self._window[0].number <= self._committed:
+            old = self._window.popleft()
+            self._window_lines -= len(old.hashes)
+            dark = self._dark
+            self._dark = (old.lo, old.hi) if dark is None else (min(dark[0], old.lo), max(dark[1], old.hi))
+
+    def _drain_loop(self) -> None:
+        """The background insert: pending records into DuckDB, oldest first, many per commit."""
+        assert self._log is not None
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._pending or self._closing, _IDLE_CHECKPOINT_S):
+                    if self._unsynced:  # quiet: make what is in DuckDB durable, and drop the log
+                        self._checkpoint_or_retry()
+                    continue
+                if not self._pending:
+                    return  # closing, and everything is in DuckDB (close() checkpoints)
+                take, lines = [], 0
+                for record in self._pending:
+                    if take and lines + record.rows > _DRAIN_LINES:
+                        break
+                    take.append(record)
+                    lines += record.rows
+            try:
+                self._insert(self._prepare([ArrowBatch(r.tables, r.rows, 0) for r in take], check_repeats=False),
+                             known_new=True)
+            except Exception as exc:  # disk full, ...: the lines stay in the log; try again
+                log.error("ingest log: inserting %d lines into DuckDB failed, retrying in 1 s: %s", lines, exc)
+                self.drain_error = exc
+                with self._cond:
+                    if self._closing:
+                        return  # left in the log, replayed at the next open
+                    self._cond.wait(1.0)
+                continue
+            self.drain_error = None
+            self._unsynced = True
+            with self._cond:
+                del self._pending[:len(take)]
+                self._pending_lines -= lines
+                self._committed += len(take)
+                self._cond.notify_all()
+            if _wal_bytes(self.path) >= _CHECKPOINT_WAL_BYTES:
+                self._checkpoint_or_retry()
+
+    def _checkpoint_or_retry(self) -> None:
+        try:
+            self._checkpoint()
+        except Exception as exc:  # the log keeps everything; the next commit or quiet spell tries again
+            log.error("ingest log: checkpoint failed: %s", exc)
+            self.drain_error = exc
+
+    def _checkpoint(self) -> None:
+        """Checkpoint DuckDB with fsync, then delete the log segments it made redundant."""
+        assert self._log is not None
+        with self._write_lock:
+            con = self._con
+            con.execute("SET fsync_mode = 'STANDARD'")
+            try:
+                con.execute("CHECKPOINT")
+            finally:
+                con.execute("SET fsync_mode = 'NONE'")
+            self._unsynced = False
+            self._synced_at = time.monotonic()
+        with self._cond:  # segments still holding a line not in that checkpoint stay
+            live = {r.segment for r in self._pending}
+        with self._admit_lock:  # no append (and no new segment) meanwhile
+            if self._log.current() not in live:
+                self._log.seal()  # all its lines are in the checkpoint: appends go to a new segment
+            current = self._log.current()
+            for segment in self._log.segments():
+                if segment != current and segment not in live:
+                    segment.unlink()
+
+    def pending_lines(self) -> int:
+        """Lines acknowledged (in the ingest log) but not yet in DuckDB."""
+        return self._pending_lines if self._log is not None else 0
+
+    def sync(self, timeout: float = 10.0) -> bool:
+        """Wait until every line acknowledged before this call is in DuckDB (reads then see
+        it); False when that took longer than `timeout` (DuckDB failing: see drain_error)."""
+        if self._log is None:
+            return True
+        with self._cond:
+            target = self._admitted
+            return self._cond.wait_for(lambda: self._committed >= target or not self._drainer.is_alive(),
+                                       timeout) and self._committed >= target
+
+    def _connect(self, config: dict[str, Any], ingest_log: bool) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(self.path, config=config)
+        except duckdb.Error as exc:
+            # With the ingest log, DuckDB does not fsync its own WAL (see _open_log): after an
+            # operating-system crash that WAL may be cut or damaged, and DuckDB refuses to open.
+            # The log holds every line committed since the last synced checkpoint, so the WAL is
+            # set aside (kept, renamed) and the log replayed over the checkpointed file.
+            wal = Path(self.path + ".wal")
+            if not (ingest_log and "WAL" in str(exc) and wal.exists() and IngestLog(self.path + ".ingest").segments()):
+                raise
+            aside = wal.with_name(f"{wal.name}.damaged-{int(time.time())}")
+            wal.rename(aside)
+            log.error("DuckDB could not replay its WAL (%s); kept it as %s and replaying the ingest log instead",
+                      exc, aside)
+            return duckdb.connect(self.path, config=config)
 
     def _migrate(self) -> None:
         """Bring a file written by an older appvitals up to the current schema, in one transaction."""
@@ -196,37 +555,64 @@ class DuckDBWarehouse(Warehouse):
                 con.execute(f"ALTER TABLE samples DROP COLUMN {old}")
 
     def insert_many(self, batches: Sequence[Sequence[AnyLine] | ArrowBatch]) -> list[InsertResult]:
-        """Store several batches in one transaction (one fsync); one result per batch.
+        """Store several batches durably; one result per batch.
 
-        A batch is a list of lines, or an `ArrowBatch` a decode worker already built from them."""
+        A batch is a list of lines, or an `ArrowBatch` a decode worker already built from them.
+        Without the ingest log: one transaction (one fsync). With it: the new lines are appended
+        to the log (one fsync) and inserted into DuckDB by the log's thread soon after."""
+        write = self._prepare(batches)
+        if write.tables and self._log is not None:
+            self._admit(write)
+        elif write.tables:
+            self._insert(write)
+        return write.results()
+
+    def _prepare(self, batches: Sequence[Sequence[AnyLine] | ArrowBatch], check_repeats: bool = True) -> _Write:
         prepared = [b if isinstance(b, ArrowBatch) else ArrowBatch.from_lines(b) for b in batches]
+        write = _Write(prepared)
         if not any(b.tables for b in prepared):
-            return [InsertResult(duplicates=b.duplicates) for b in prepared]
+            return write
         # per table: the batches' Arrow tables, and which batch each piece came from
-        pieces: dict[str, list[tuple[int, pa.Table]]] = {}
+        pieces = write.pieces
         for index, batch in enumerate(prepared):
             for table, arrow in batch.tables.items():
                 pieces.setdefault(table, []).append((index, arrow))
         tables = {table: pa.concat_tables([a for _, a in parts]) if len(parts) > 1 else parts[0][1]
                   for table, parts in pieces.items()}
-        dropped = [0] * len(prepared)
-        if len(prepared) > 1:  # a line repeated across batches of one write: keep the first
-            tables = self._drop_repeats(pieces, tables, dropped)
-        tables = {t: a for t, a in tables.items() if a.num_rows}
-        spans = {table: pc.min_max(arrow.column("ts")).as_py() for table, arrow in tables.items()}
-        keyed = any(pc.max(a.column("seq")).as_py() != NO_SEQ for a in tables.values())  # seq >= 0 when keyed
+        if check_repeats and len(prepared) > 1:  # a line repeated across batches of one write: keep the first
+            tables = self._drop_repeats(pieces, tables, write.dropped)
+        write.tables = {t: a for t, a in tables.items() if a.num_rows}
+        write.spans = {table: pc.min_max(arrow.column("ts")).as_py() for table, arrow in write.tables.items()}
+        write.keyed = any(pc.max(a.column("seq")).as_py() != NO_SEQ for a in write.tables.values())  # seq >= 0 when keyed
+        if write.spans:
+            write.lo = min(span["min"] for span in write.spans.values())
+            write.hi = max(span["max"] for span in write.spans.values())
+        return write
+
+    def _lookup(self, write: _Write) -> list[str]:
+        """The tables that may hold one of the write's keys: a duplicate is the same line sent
+        again, so it carries the same ts, and only tables whose ts range meets the write's can
+        match (DuckDB's zone maps then skip every other row group)."""
+        if not write.keyed or not write.spans:
+            return []
+        return [t for t, r in self._ts_range.items() if r is not None and r[0] <= write.hi and write.lo <= r[1]]
+
+    def _widen_ts_range(self, write: _Write) -> None:
+        for table, span in write.spans.items():
+            known = self._ts_range[table]
+            self._ts_range[table] = (span["min"], span["max"]) if known is None else (
+                min(known[0], span["min"]), max(known[1], span["max"]))
+
+    def _insert(self, write: _Write, known_new: bool = False) -> None:
+        """Write in one transaction; keys already stored are left out (not looked up when
+        `known_new`: the ingest log's thread inserts lines the log already checked)."""
+        tables = write.tables
         stored: list[tuple] = []
         with self._write_lock:
             con = self._con
             script = ["BEGIN TRANSACTION"]
-            lookup: list[str] = []
-            if keyed and spans:
-                # A duplicate is the same line sent again, so it carries the same ts: only rows in the
-                # batch's ts range can match, and DuckDB's zone maps skip every other row group; a
-                # table whose rows all lie outside that range is not looked at.
-                lo = min(span["min"] for span in spans.values())
-                hi = max(span["max"] for span in spans.values())
-                lookup = [t for t, r in self._ts_range.items() if r is not None and r[0] <= hi and lo <= r[1]]
+            lookup = [] if known_new else self._lookup(write)
+            lo, hi = write.lo, write.hi
             # the probe reads outside the write's transaction: this object is the file's only writer
             if lookup and _execute(con, _probe_sql(list(tables), lookup, lo, hi), tables).fetchall()[0][0]:
                 script.append(_stored_sql(list(tables), lookup, lo, hi))
@@ -235,7 +621,7 @@ class DuckDBWarehouse(Warehouse):
                 lookup = []
                 insert = _INSERT_SQL
             script.extend(insert[table] for table in tables)
-            if "samples" in spans and spans["samples"]["min"] // ROLLUP_BUCKET_MS < self._watermark:
+            if "samples" in write.spans and write.spans["samples"]["min"] // ROLLUP_BUCKET_MS < self._watermark:
                 # late samples for buckets already rolled up: mark them, in the same transaction,
                 # so the report reads them from samples until the next roll_up() redoes them
                 script.append(
@@ -253,19 +639,10 @@ class DuckDBWarehouse(Warehouse):
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 raise
-            for table, span in spans.items():
-                known = self._ts_range[table]
-                self._ts_range[table] = (span["min"], span["max"]) if known is None else (
-                    min(known[0], span["min"]), max(known[1], span["max"]))
+            if not known_new:
+                self._widen_ts_range(write)
         if stored:  # rare: lines stored by an earlier write; find their batches
-            found = set(stored)
-            counted: set[tuple] = set()  # a key repeated in this write was dropped (and counted) above
-            for index, _, key in _keys_in_batch_order(pieces):
-                if key in found and key not in counted:
-                    counted.add(key)
-                    dropped[index] += 1
-        return [InsertResult(accepted=b.size - b.duplicates - d, duplicates=b.duplicates + d)
-                for b, d in zip(prepared, dropped)]
+            write.count_found(set(stored))
 
     @staticmethod
     def _drop_repeats(pieces: dict[str, list[tuple[int, pa.Table]]], tables: dict[str, pa.Table],
@@ -294,7 +671,12 @@ class DuckDBWarehouse(Warehouse):
         return {t: tables[t].filter(pa.array(masks[t], pa.bool_())) for t in tables}
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
-        """Run one read-only SQL statement (DuckDB dialect, `$name` parameters) and return its rows."""
+        """Run one read-only SQL statement (DuckDB dialect, `$name` parameters) and return its rows.
+
+        With the ingest log, it first waits for the lines acknowledged so far to be in DuckDB."""
+        if self._log is not None and self._pending and not self.sync():
+            log.warning("query: DuckDB is behind the ingest log (%s); the answer may miss recent lines",
+                        self.drain_error)
         cursor = self._con.cursor()
         try:
             return cursor.execute(sql, params or {}).fetchall() if params else cursor.execute(sql).fetchall()
@@ -370,7 +752,26 @@ class DuckDBWarehouse(Warehouse):
                     con.execute(f"INSERT INTO rollup_dirty VALUES ({edge})")
 
     def close(self) -> None:
-        """Checkpoint and close the file."""
+        """Insert what the ingest log holds, checkpoint and close the file (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._log is not None:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._drainer.join()
+            self._log.close()
+            try:  # synced, so the log is no longer needed
+                self._checkpoint()
+            except duckdb.Error as exc:
+                log.error("ingest log: the last checkpoint failed (%s); the log is kept and replayed at the next open", exc)
+            else:
+                if not self._pending:
+                    for segment in self._log.segments():
+                        segment.unlink()
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute("SET fsync_mode = 'STANDARD'")
         with self._write_lock:
             try:
                 self._con.execute("CHECKPOINT")
