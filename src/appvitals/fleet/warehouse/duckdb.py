@@ -742,6 +742,7 @@ class DuckDBWarehouse(Warehouse):
     def apply_retention(self, days: int) -> None:
         """Delete rows (and their dedup keys) with ts older than `days` days."""
         cutoff = int((time.time() - days * 86400) * 1000)
+        self.sync()  # lines already acknowledged are deleted too, not inserted after
         with self._write_lock:
             with _transaction(self._con) as con:
                 for table in SCHEMA:
