@@ -39,9 +39,10 @@ def body(*lines: bytes) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-@pytest.fixture
-def warehouse(tmp_path):
-    wh = DuckDBWarehouse(tmp_path / "fleet.duckdb")
+@pytest.fixture(params=[True, False], ids=["log", "nolog"])
+def warehouse(tmp_path, request):
+    # with the ingest log (what `vitals serve` opens) and without (--no-ingest-log)
+    wh = DuckDBWarehouse(tmp_path / "fleet.duckdb", ingest_log=request.param)
     yield wh
     wh.close()
 
@@ -204,6 +205,7 @@ def test_metrics_and_healthz(url):
     assert 'vitals_collector_lines_total{result="duplicate"} 1.0' in text
     assert 'vitals_collector_lines_total{result="rejected"} 1.0' in text
     assert "vitals_collector_queue_depth" in text and "vitals_collector_write_batch_count" in text
+    assert "vitals_collector_log_pending_lines" in text
     assert "vitals_collector_request_duration_count" in text
     health = httpx.get(url + "/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
