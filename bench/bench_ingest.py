@@ -6,7 +6,9 @@ The collector gets SPEC section-3 lines: one `session` line per session (client_
 app_version, os) and one `sample` line per sample (session_id, seq, stage, cpu). InfluxDB
 gets what seed 002 stored: one point per sample with every attribute as a tag and cpu as
 the field. Bodies are encoded before the clock starts; both servers are started here on
-127.0.0.1 with temp dirs, and both fsync their write-ahead log before answering.
+127.0.0.1 with temp dirs, and both fsync their write-ahead log before answering. The
+collector answers from its ingest log and inserts into DuckDB in the background: its clock
+stops when the last line is in DuckDB (queryable), not at the last answer.
 
 Then a drill-down query on both: the share of samples with cpu > 30 per app_version and stage.
 
@@ -224,6 +226,23 @@ GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 
+def wait_inserted(port: int, timeout: float = 120) -> None:
+    """Until the collector's ingest log has no line left to insert into DuckDB."""
+    deadline = time.monotonic() + timeout
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        while time.monotonic() < deadline:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+            pending = [line for line in text.splitlines() if line.startswith("vitals_collector_log_pending_lines ")]
+            if not pending or float(pending[0].split()[1]) == 0:
+                return
+            time.sleep(0.005)
+    finally:
+        conn.close()
+    raise RuntimeError("the collector did not insert its ingest log in time")
+
+
 def bench_collector(bodies: list[bytes], tmp: Path, samples: int) -> dict:
     db = tmp / "fleet.duckdb"
     port = free_port()
@@ -235,8 +254,13 @@ def bench_collector(bodies: list[bytes], tmp: Path, samples: int) -> dict:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         rss = PeakRSS(proc.pid)
         cpu0 = cpu_seconds(proc.pid)
-        elapsed, retries = send_all("127.0.0.1", port, "/v1/ingest", bodies,
-                                    {"Content-Type": "application/x-ndjson"})
+        started = time.perf_counter()
+        acknowledged, retries = send_all("127.0.0.1", port, "/v1/ingest", bodies,
+                                         {"Content-Type": "application/x-ndjson"})
+        # The clock stops when every line is in DuckDB, not at the last answer: the answers come
+        # from the ingest log, and the background insert may still hold the last lines.
+        wait_inserted(port)
+        elapsed = time.perf_counter() - started
         cpu = cpu_seconds(proc.pid) - cpu0
         peak = rss.stop()
     finally:
@@ -257,6 +281,7 @@ def bench_collector(bodies: list[bytes], tmp: Path, samples: int) -> dict:
     lines = sum(b.count(b"\n") for b in bodies)
     return {
         "seconds": round(elapsed, 3),
+        "last_answer_seconds": round(acknowledged, 3),
         "lines": lines,
         "lines_per_second": round(lines / elapsed),
         "samples_per_second": round(samples / elapsed),

@@ -320,7 +320,6 @@ class DuckDBWarehouse(Warehouse):
         self._con.execute("SET checkpoint_threshold = '1TB'")
         self._con.execute("SET fsync_mode = 'NONE'")
         self._unsynced = False  # commits since the last synced checkpoint
-        self._synced_at = time.monotonic()
         self._admit_con = self._con.cursor()  # the duplicate lookups read beside the inserts
         self._admit_lock = threading.Lock()  # one write is checked and logged at a time
         self._cond = threading.Condition()  # guards the fields below
@@ -382,7 +381,8 @@ class DuckDBWarehouse(Warehouse):
                                         + (f" ({self.drain_error})" if self.drain_error else ""))
                 if self._closing:
                     raise IngestLogFull("the warehouse is closing")
-            if write.keyed and self._maybe_seen(write):
+            hashes = _hashes(write.tables) if write.keyed else None
+            if hashes is not None and self._maybe_seen(write, hashes):
                 with self._cond:  # taken before DuckDB is read: a record committed meanwhile is still here
                     pending = [p.keys for p in self._pending
                                if p.keys is not None and p.lo <= write.hi and write.lo <= p.hi]
@@ -391,12 +391,12 @@ class DuckDBWarehouse(Warehouse):
                 incoming, tables = list(write.tables), write.tables
                 probe = _probe_sql(incoming, lookup, write.lo, write.hi, keys is not None)
                 if (lookup or keys is not None) and _execute(self._admit_con, probe, tables, keys).fetchall()[0][0]:
-
                     found = set(_execute(self._admit_con, _found_sql(incoming, lookup, write.lo, write.hi,
                                                                      keys is not None), tables, keys).fetchall())
                     if found:
                         write.count_found(found)
                         write.tables = _without(tables, found)
+                        hashes = _hashes(write.tables)
             if not write.tables:
                 return
             self._widen_ts_range(write)
@@ -407,7 +407,8 @@ class DuckDBWarehouse(Warehouse):
                 self._pending_lines += record.rows
                 self._admitted += 1
                 self._cond.notify_all()
-            self._remember(write, self._admitted)
+            if hashes is not None:
+                self._remember(write, self._admitted, hashes)
 
     # Which lines might be stored already, without asking DuckDB: a probe of DuckDB's tables while
     # the background insert appends to them waits for it (tried: on the bench, admitting then
@@ -416,7 +417,7 @@ class DuckDBWarehouse(Warehouse):
     # of the lines only DuckDB knows (those stored before the open, and those forgotten since).
     # A write whose ts range misses `_dark` and whose hashes miss the window holds no duplicate.
 
-    def _maybe_seen(self, write: _Write) -> bool:
+    def _maybe_seen(self, write: _Write, hashes: pa.Array) -> bool:
         """False when no stored or pending line can share a key with the write (see above)."""
         dark = self._dark
         if dark is not None and write.lo <= dark[1] and dark[0] <= write.hi:
@@ -424,10 +425,9 @@ class DuckDBWarehouse(Warehouse):
         near = [w.hashes for w in self._window if w.lo <= write.hi and write.lo <= w.hi]
         if not near:
             return False
-        return bool(pc.any(pc.is_in(_hashes(write.tables), value_set=pa.concat_arrays(near))).as_py())
+        return bool(pc.any(pc.is_in(hashes, value_set=pa.concat_arrays(near))).as_py())
 
-    def _remember(self, write: _Write, number: int) -> None:
-        hashes = _hashes(write.tables)
+    def _remember(self, write: _Write, number: int, hashes: pa.Array) -> None:
         if len(hashes):
             self._window.append(_Seen(number, write.lo, write.hi, hashes))
             self._window_lines += len(hashes)
@@ -494,7 +494,6 @@ class DuckDBWarehouse(Warehouse):
             finally:
                 con.execute("SET fsync_mode = 'NONE'")
             self._unsynced = False
-            self._synced_at = time.monotonic()
         with self._cond:  # segments still holding a line not in that checkpoint stay
             live = {r.segment for r in self._pending}
         with self._admit_lock:  # no append (and no new segment) meanwhile
