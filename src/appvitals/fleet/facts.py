@@ -510,6 +510,30 @@ class _Sql(msgspec.Struct):
     # narrow form (DuckDB): phases carry the phase key `pid` instead of their item columns, and
     # `phase_items` maps each pid to them; join the two where the items are needed
     phase_items: str | None = None
+    # stage masks (DuckDB): `phase_items` also holds `qbit`, one bit per stage split into several
+    # phases (0 for the others), and the per-session rows `qm`/`hm`, the bits of the split stages
+    # the session ran / was high in
+    masks: bool = False
+
+
+MAX_MASK_STAGES = 63  # split stages a 64-bit stage mask holds
+
+
+def mask_stages_fit(keys: Keys) -> bool:
+    """True when the split stages surely fit a 64-bit mask: the window's attrs texts hold at
+    most MAX_MASK_STAGES distinct tuples of categorical sample values, an upper bound of the
+    stages SQL reads (equal JSON values read as equal text). A text that is not plain sorted
+    JSON (where SQL and Python might read it differently) counts as a value of its own."""
+    if keys.sample_texts is None or not keys.sample:
+        return False
+    seen: set = set()
+    for text in keys.sample_texts:
+        obj = json_object(text)
+        canonical = bool(obj) and msgspec.json.encode(obj, order="sorted").decode() == text
+        seen.add(tuple(msgspec.json.encode(obj.get(k)) for k in keys.sample) if canonical else text)
+        if len(seen) > MAX_MASK_STAGES:
+            return False
+    return True
 
 
 def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, list[int]] | None) -> str:
@@ -545,7 +569,8 @@ def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, l
 
 
 def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float, phases_src: str,
-                     rollup: tuple[int, int, list[int]] | None = None, narrow: bool = False) -> _Sql:
+                     rollup: tuple[int, int, list[int]] | None = None, narrow: bool = False,
+                     masks: bool = False) -> _Sql:
     """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows).
 
     `narrow`: the phase rows keep their 64-bit key instead of their items (see _Sql): grouping
@@ -555,6 +580,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     _, cond = metric_expr(d, metric)
     cat = [a for a, _ in cols.phase if a.startswith("sp_")]
     keyed = narrow and bool(cols.phase)  # the phase rows carry sk and pid, their items in phase_items
+    masks = masks and keyed and bool(cat)
     phase_items: str | None = None
     # A fleet has few distinct attrs texts (stage x a few values): each is read (JSON) and
     # bucketed once, into its phase items and a 64-bit phase key, and the samples are then
@@ -589,15 +615,22 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
         if keyed:  # qid: the key of the categorical items alone (stage), for the per-(session, stage) rows
             qid = f"{d.hash_of(cat)} AS qid, " if cat else ""
             phase_items = f"SELECT DISTINCT pid, {qid}{', '.join(aliases)} FROM ({phase_map})"
+            if masks:  # one bit per stage split into several phases, in a fixed (qid) order
+                split = (f"SELECT qid, (1::BIGINT << (row_number() OVER (ORDER BY qid) - 1)::INTEGER) AS qbit "
+                         f"FROM ({phase_items}) GROUP BY qid HAVING count(*) > 1")
+                phase_items = (f"SELECT pm0.*, coalesce(qb.qbit, 0) AS qbit FROM ({phase_items}) AS pm0 "
+                               f"LEFT JOIN ({split}) AS qb USING (qid)")
     else:
         phases = f"SELECT session_id, {stats} FROM ({samples}) GROUP BY session_id"
+    mask_cols = ", bit_or(qbit) AS qm, bit_or(CASE WHEN ph_hi = 1 THEN qbit ELSE 0 END) AS hm" if masks else ""
     per_session = (
         f"SELECT session_id{', hash(session_id) AS sk' if keyed else ''}, count(*) AS n_ph, "
         "sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
-        "sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1 "
-        f"FROM {phases_src} GROUP BY session_id"
+        f"sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1{mask_cols} "
+        f"FROM {f'{phases_src} JOIN (SELECT pid, qbit FROM pm) USING (pid)' if masks else phases_src} GROUP BY session_id"
     )
     base = ["session_id"] + (["sk"] if keyed else []) + ["n_ph", "n_hi", "s_hi", "n_samples", "m_sum", "peak", "t0", "t1"]
+    base += ["qm", "hm"] if masks else []
     sql, have = per_session, list(base)
     sa = [(a, k) for a, k in cols.session if a.startswith("sa_")]
     if sa:
@@ -628,7 +661,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
             f"SELECT {', '.join(have + [f'coalesce({a}, {chr(39)}{chr(39)}) AS {a}' for a, _ in ev])} "
             f"FROM ({sql}) AS pe {d.left_join} ({ev_sql}) AS ev USING (session_id)"
         )
-    return _Sql(phases=phases, sessions=sql, phase_items=phase_items)
+    return _Sql(phases=phases, sessions=sql, phase_items=phase_items, masks=masks)
 
 
 def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[str]:
@@ -654,7 +687,7 @@ def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tup
 
 def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
            phases_src: str, sessions_src: str, classes_src: str | None = None,
-           keyed_src: str = "ph0") -> dict[str, str]:
+           keyed_src: str = "ph0", masks: bool = False) -> dict[str, str]:
     """The statements (S, P, T, W) over the phase rows and per-session rows.
 
     `classes_src`: a relation (sc, session item columns) with one row per distinct set of
@@ -663,7 +696,12 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     items only for the few thousand groups left. In that form the phase rows carry the 64-bit
     session key `sk` (`keyed_src` holds them without their items), the joined phase rows
     `phases_src` also the stage key `qid`, and `pm` maps pid and qid to the items (narrow
-    building blocks, DuckDB)."""
+    building blocks, DuckDB).
+
+    `masks` (with `classes_src`; see _Sql.masks): the phases counted per (sc, pid) once, in the
+    relation `pc` (sc, pid, c_n, c_h), serve both the numeric and the stage combinations; a
+    split stage's sessions come from the per-session stage masks, so no statement groups the
+    phases per (session, stage)."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
     s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
@@ -686,7 +724,12 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         # combinations naming a numeric sample attr: counted on the phases themselves
         sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
         has_num = " OR ".join(f"{a} != ''" for a, _ in num)
-        if classes_src and s_aliases:
+        if masks and classes_src and s_aliases:
+            p_compact = (
+                f"SELECT {sel}, c_n, c_h FROM pc {d.inner_join} pm USING (pid) {d.inner_join} {classes_src} USING (sc) "
+                f"WHERE {has_num}"
+            )
+        elif classes_src and s_aliases:
             # the phases picked and grouped by integer keys (sc, pid), named from the maps after
             joined = (
                 f"SELECT sc, pid, ph_hi FROM (SELECT sk, pid, ph_hi FROM {keyed_src} "
@@ -715,7 +758,25 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         # sessions are exact, and the phases inside it are counted too
         c_aliases = [a for a, _ in cat]
         sel = ", ".join(s_aliases + c_aliases)
-        if classes_src and s_aliases:
+        if masks and classes_src and s_aliases:
+            # phases per (session items, stage) from pc; sessions per (session items, stage): a
+            # stage that only one phase can have is that phase in each session, a split stage is
+            # counted from the sessions' stage masks (qm: ran it, hm: was high in it)
+            units = (f"SELECT sc, qid, sum(c_n) AS c_u, sum(c_h) AS c_uh, max(qbit) AS qbit FROM pc "
+                     f"{d.inner_join} pm USING (pid) GROUP BY sc, qid")
+            split = (
+                f"SELECT sc, qid, sum(n) AS m_s, sum(CASE WHEN (hm & qbit) != 0 THEN n ELSE 0 END) AS m_sh FROM "
+                f"(SELECT sc, qm, hm, count(*) AS n FROM {sessions_src} WHERE qm != 0 GROUP BY sc, qm, hm) AS sm "
+                f"JOIN (SELECT DISTINCT qid, qbit FROM pm WHERE qbit != 0) AS qb ON (sm.qm & qb.qbit) != 0 GROUP BY sc, qid"
+            )
+            q_compact = (
+                f"SELECT {sel}, CASE WHEN qbit = 0 THEN c_u ELSE m_s END AS c_s, "
+                f"CASE WHEN qbit = 0 THEN c_uh ELSE m_sh END AS c_sh, c_u, c_uh "
+                f"FROM ({units}) AS qu LEFT JOIN ({split}) AS qs USING (sc, qid) "
+                f"{d.inner_join} {classes_src} USING (sc) {d.inner_join} "
+                f"(SELECT DISTINCT qid, {', '.join(c_aliases)} FROM pm) AS qn USING (qid)"
+            )
+        elif classes_src and s_aliases:
             # integers only until the few thousand (session items, stage) groups are named; a
             # stage with one possible phase (no numeric attr splits it) is that phase in each
             # session, so only the stages split into several phases need the grouping
@@ -795,9 +856,11 @@ def fetch_facts(
         for sql in parts.values():
             rows.extend(wh.query(sql))
     else:
-        blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True)
         s_aliases = [a for a, _ in cols.session]
-        parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None)
+        blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True,
+                                  masks=bool(s_aliases) and mask_stages_fit(keys))
+        parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None,
+                       masks=blocks.masks)
         union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
         if blocks.phase_items is None:
             ctes = f"ph0 AS MATERIALIZED ({blocks.phases}), ph AS NOT MATERIALIZED (SELECT * FROM ph0)"
@@ -807,6 +870,10 @@ def fetch_facts(
         if s_aliases:
             ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
                      f"sc_map AS MATERIALIZED (SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss)")
+            if blocks.masks:  # phases per (session items, phase), for the numeric and the stage combinations
+                ctes += (", pc AS MATERIALIZED (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM "
+                         "(SELECT sk, pid, ph_hi FROM ph0) AS p JOIN (SELECT sk, sc FROM ss) AS s USING (sk) "
+                         "GROUP BY sc, pid)")
         else:
             ctes += f", ss AS MATERIALIZED ({blocks.sessions})"
         rows = wh.query(f"WITH {ctes} {union}")
