@@ -146,7 +146,8 @@ def test_listing_the_attrs_texts_or_scanning_for_them_gives_the_same_report(tmp_
 @pytest.mark.parametrize("case", ["numeric", "pair"])
 def test_stage_masks_or_per_stage_grouping_give_the_same_report(tmp_path, monkeypatch, case):
     # split stages count their sessions from per-session bit masks when they fit in 64 bits,
-    # else by grouping the phases per (session, stage): the answer must not depend on which
+    # else by grouping the phases per (session, stage); combinations are coded as integers
+    # with the masks: the answer must not depend on which
     from appvitals.fleet import facts
 
     wh = DuckDBWarehouse(tmp_path / "f.duckdb")
@@ -155,6 +156,9 @@ def test_stage_masks_or_per_stage_grouping_give_the_same_report(tmp_path, monkey
     keys = facts.discover_keys(wh, facts.Window(0, LATER), rollup=wh.rollup_state())
     assert facts.mask_stages_fit(keys)
     masked = report_dict(wh)
+    with monkeypatch.context() as m:  # more values than the combination codes hold: spelled out
+        m.setattr(facts, "CODE_BITS", 1)
+        assert_same(report_dict(wh), masked)
     monkeypatch.setattr(facts, "MAX_MASK_STAGES", 0)
     assert not facts.mask_stages_fit(keys)
     assert_same(report_dict(wh), masked)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 
 import msgspec
@@ -664,8 +664,9 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     return _Sql(phases=phases, sessions=sql, phase_items=phase_items, masks=masks)
 
 
-def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """One SQL string expression per combination of up to MAX_ITEMS columns ('' when a value is missing)."""
+def _combo_specs(cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[list[tuple[str, str]]]:
+    """Every combination of up to MAX_ITEMS columns (alias, attr name) of distinct attrs, holding
+    one of `must` if given, its columns ordered by attr name."""
     out = []
     allc = list(cols)
     for size in range(1, MAX_ITEMS + 1):
@@ -675,14 +676,74 @@ def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tup
                 continue
             if must and not any(c in must for c in combo):
                 continue
-            ordered = sorted(combo, key=lambda c: c[1])
-            parts: list[str] = []
-            for i, (alias, name) in enumerate(ordered):
-                parts.append(d.lit((RS if i else "") + name + US))
-                parts.append(alias)
-            cond = " AND ".join(f"{a} != ''" for a, _ in ordered)
-            out.append(f"CASE WHEN {cond} THEN {d.concat(*parts)} ELSE '' END")
+            out.append(sorted(combo, key=lambda c: c[1]))
     return out
+
+
+def _coded_columns(cols: _Cols) -> list[str]:
+    """The item columns whose codes part D lists, in order: session items, then phase items."""
+    return [a for a, _ in cols.session + cols.phase]
+
+
+def _part_specs(cols: _Cols) -> dict[str, list[list[tuple[str, str]]]]:
+    """The combinations each counting statement explodes into: S (session items; the first,
+    empty, one is the total), P (with a numeric sample attr), Q (with a categorical one)."""
+    cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
+    num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
+    return {
+        "S": [[]] + _combo_specs(cols.session),
+        "P": _combo_specs(cols.session + cols.phase, must=num) if num else [],
+        "Q": _combo_specs(cols.session + cat, must=cat) if cat else [],
+    }
+
+
+def _combo_exprs(d: Dialect, specs: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
+    """One SQL string expression per combination ('' when a value is missing; the empty one, the total, '*')."""
+    out = []
+    for ordered in specs:
+        if not ordered:
+            out.append(d.lit(TOTAL))
+            continue
+        parts: list[str] = []
+        for i, (alias, name) in enumerate(ordered):
+            parts.append(d.lit((RS if i else "") + name + US))
+            parts.append(alias)
+        cond = " AND ".join(f"{a} != ''" for a, _ in ordered)
+        out.append(f"CASE WHEN {cond} THEN {d.concat(*parts)} ELSE '' END")
+    return out
+
+
+CODE_BITS = 16  # a value's code in a coded combination key; codes are 1.. (0: no value)
+COMBO_SHIFT = CODE_BITS * MAX_ITEMS  # the combination's index sits above its values' codes
+
+
+def _code_sql(alias: str) -> str:
+    """A column's value as a small integer code: 0 for '', else its rank among the distinct values (DuckDB window)."""
+    return f"CASE WHEN {alias} = '' THEN 0 ELSE dense_rank() OVER (PARTITION BY {alias} = '' ORDER BY {alias}) END AS {alias}_c"
+
+
+def _coded_combo_exprs(specs: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
+    """One BIGINT expression per combination (-1 when a value is missing): its index in `specs`
+    above the codes (`{alias}_c`) of its values; the empty combination (the total) is 0."""
+    out = []
+    for j, ordered in enumerate(specs):
+        if not ordered:
+            out.append("0::BIGINT")
+            continue
+        cond = " AND ".join(f"{a}_c > 0" for a, _ in ordered)
+        fields = [f"({a}_c::BIGINT << {CODE_BITS * (MAX_ITEMS - 1 - i)})" for i, (a, _) in enumerate(ordered)]
+        out.append(f"CASE WHEN {cond} THEN {j << COMBO_SHIFT} | {' | '.join(fields)} ELSE -1 END")
+    return out
+
+
+def _decode_coded(specs: Sequence[Sequence[tuple[str, str]]], values: Mapping[str, Mapping[int, str]],
+                  key: int) -> Combo:
+    """The combination a coded key names (see _coded_combo_exprs)."""
+    mask = (1 << CODE_BITS) - 1
+    return tuple(
+        (name, values[alias][(key >> (CODE_BITS * (MAX_ITEMS - 1 - i))) & mask])
+        for i, (alias, name) in enumerate(specs[key >> COMBO_SHIFT])
+    )
 
 
 def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
@@ -701,22 +762,44 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     `masks` (with `classes_src`; see _Sql.masks): the phases counted per (sc, pid) once, in the
     relation `pc` (sc, pid, c_n, c_h), serve both the numeric and the stage combinations; a
     split stage's sessions come from the per-session stage masks, so no statement groups the
-    phases per (session, stage)."""
+    phases per (session, stage). The combinations are then also spelled as integers (see
+    _coded_combo_exprs; `classes_src` and `pm` carry each item column's code `{alias}_c`), and
+    part D lists the codes: (k: value, a: code, b: the column's index in _coded_columns)."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
-    s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
-    s_compact = (
-        f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
-        f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src}{s_group}"
-    )
-    s_combos = [d.lit(TOTAL)] + _combo_exprs(d, cols.session)
-    s_sql = (
-        "SELECT 'S' AS part, combo AS k, sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, "
-        "sum(c_n) AS x, sum(c_m) AS y FROM ("
-        + d.explode("c_s, c_sh, c_u, c_uh, c_n, c_m", s_combos, s_compact, "combo")
-        + ") WHERE combo != '' GROUP BY combo"
-    )
-    parts = {"S": s_sql}
+    coded = masks and bool(classes_src) and bool(s_aliases)
+    specs = _part_specs(cols)
+    if coded:
+        def item_cols(aliases: Sequence[str]) -> str:
+            return ", ".join(f"{a}_c" for a in aliases)
+
+        def exploded(part: str, sums: str, counts: str, source: str) -> str:
+            return (f"SELECT '{part}' AS part, CAST(combo AS VARCHAR) AS k, {sums} FROM ("
+                    + d.explode(counts, _coded_combo_exprs(specs[part]), source, "combo")
+                    + ") WHERE combo >= 0 GROUP BY combo")
+    else:
+        def item_cols(aliases: Sequence[str]) -> str:
+            return ", ".join(aliases)
+
+        def exploded(part: str, sums: str, counts: str, source: str) -> str:
+            return (f"SELECT '{part}' AS part, combo AS k, {sums} FROM ("
+                    + d.explode(counts, _combo_exprs(d, specs[part]), source, "combo")
+                    + ") WHERE combo != '' GROUP BY combo")
+    s_sums = "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, sum(c_n) AS x, sum(c_m) AS y"
+    s_counts = "c_s, c_sh, c_u, c_uh, c_n, c_m"
+    if coded:  # per session class, named (coded) from the map
+        s_compact = (
+            f"SELECT {item_cols(s_aliases)}, c_s, c_sh, c_u, c_uh, c_n, c_m FROM (SELECT sc, count(*) AS c_s, "
+            f"sum(s_hi) AS c_sh, sum(n_ph) AS c_u, sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m "
+            f"FROM {sessions_src} GROUP BY sc) AS sg {d.inner_join} {classes_src} USING (sc)"
+        )
+    else:
+        s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
+        s_compact = (
+            f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
+            f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src}{s_group}"
+        )
+    parts = {"S": exploded("S", s_sums, s_counts, s_compact)}
     cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
     num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
     ss_items = f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss"
@@ -724,10 +807,10 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         # combinations naming a numeric sample attr: counted on the phases themselves
         sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
         has_num = " OR ".join(f"{a} != ''" for a, _ in num)
-        if masks and classes_src and s_aliases:
+        if coded:
             p_compact = (
-                f"SELECT {sel}, c_n, c_h FROM pc {d.inner_join} pm USING (pid) {d.inner_join} {classes_src} USING (sc) "
-                f"WHERE {has_num}"
+                f"SELECT {item_cols(s_aliases + [a for a, _ in cols.phase])}, c_n, c_h FROM pc {d.inner_join} pm "
+                f"USING (pid) {d.inner_join} {classes_src} USING (sc) WHERE {has_num}"
             )
         elif classes_src and s_aliases:
             # the phases picked and grouped by integer keys (sc, pid), named from the maps after
@@ -747,18 +830,14 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
             )
             p_compact = f"SELECT {sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) GROUP BY {sel}"
         # high phases summed in the group, not a group key: up to half the rows to explode
-        parts["P"] = (
-            "SELECT 'P' AS part, combo AS k, sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, "
-            "sum(c_h) AS e, 0 AS x, 0 AS y FROM ("
-            + d.explode("c_n, c_h", _combo_exprs(d, cols.session + cols.phase, must=num), p_compact, "combo")
-            + ") WHERE combo != '' GROUP BY combo"
-        )
+        parts["P"] = exploded("P", "sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, sum(c_h) AS e, 0 AS x, 0 AS y",
+                              "c_n, c_h", p_compact)
     if cat:
         # combinations naming only categorical sample attrs (stage): one row per (session, stage), so
         # sessions are exact, and the phases inside it are counted too
         c_aliases = [a for a, _ in cat]
         sel = ", ".join(s_aliases + c_aliases)
-        if masks and classes_src and s_aliases:
+        if coded:
             # phases per (session items, stage) from pc; sessions per (session items, stage): a
             # stage that only one phase can have is that phase in each session, a split stage is
             # counted from the sessions' stage masks (qm: ran it, hm: was high in it)
@@ -770,11 +849,11 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
                 f"JOIN (SELECT DISTINCT qid, qbit FROM pm WHERE qbit != 0) AS qb ON (sm.qm & qb.qbit) != 0 GROUP BY sc, qid"
             )
             q_compact = (
-                f"SELECT {sel}, CASE WHEN qbit = 0 THEN c_u ELSE m_s END AS c_s, "
+                f"SELECT {item_cols(s_aliases + c_aliases)}, CASE WHEN qbit = 0 THEN c_u ELSE m_s END AS c_s, "
                 f"CASE WHEN qbit = 0 THEN c_uh ELSE m_sh END AS c_sh, c_u, c_uh "
                 f"FROM ({units}) AS qu LEFT JOIN ({split}) AS qs USING (sc, qid) "
                 f"{d.inner_join} {classes_src} USING (sc) {d.inner_join} "
-                f"(SELECT DISTINCT qid, {', '.join(c_aliases)} FROM pm) AS qn USING (qid)"
+                f"(SELECT DISTINCT qid, {item_cols(c_aliases)} FROM pm) AS qn USING (qid)"
             )
         elif classes_src and s_aliases:
             # integers only until the few thousand (session items, stage) groups are named; a
@@ -803,11 +882,13 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
                 f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
                 f"FROM ({joined}) GROUP BY {sel}"
             )
-        parts["Q"] = (
-            "SELECT 'Q' AS part, combo AS k, sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, "
-            "0 AS x, 0 AS y FROM ("
-            + d.explode("c_s, c_sh, c_u, c_uh", _combo_exprs(d, cols.session + cat, must=cat), q_compact, "combo")
-            + ") WHERE combo != '' GROUP BY combo"
+        parts["Q"] = exploded("Q", "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, 0 AS x, 0 AS y",
+                              "c_s, c_sh, c_u, c_uh", q_compact)
+    if coded:  # the codes of every item column's values
+        parts["D"] = " UNION ALL ".join(
+            f"SELECT DISTINCT 'D' AS part, {a} AS k, {a}_c AS a, {i} AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y "
+            f"FROM {classes_src if i < len(s_aliases) else 'pm'} WHERE {a}_c > 0"
+            for i, a in enumerate(_coded_columns(cols))
         )
     since = int(window.since_ms)
     b0 = d.idiv(f"t0 - {since}", int(bucket_ms))
@@ -847,6 +928,10 @@ def fetch_facts(
     cols = _columns(keys)
     version_alias = next((a for k in version_key_pref for a, name in cols.session if name == k and a.startswith("sa_")), None)
     rows: list[tuple] = []
+
+    def name_of(part: str, k: str) -> Combo:  # a combination's key back as its items (the total: ())
+        return () if k == TOTAL else _decode_combo(k)
+
     if d.ch:
         # no CTEs before ClickHouse 20: inline the phase and session subqueries into each statement
         blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__")
@@ -857,26 +942,20 @@ def fetch_facts(
             rows.extend(wh.query(sql))
     else:
         s_aliases = [a for a, _ in cols.session]
-        blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True,
-                                  masks=bool(s_aliases) and mask_stages_fit(keys))
-        parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None,
-                       masks=blocks.masks)
-        union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
-        if blocks.phase_items is None:
-            ctes = f"ph0 AS MATERIALIZED ({blocks.phases}), ph AS NOT MATERIALIZED (SELECT * FROM ph0)"
-        else:  # phases with their items, joined (a few hundred keys) in each statement that needs them
-            ctes = (f"ph0 AS MATERIALIZED ({blocks.phases}), pm AS MATERIALIZED ({blocks.phase_items}), "
-                    "ph AS NOT MATERIALIZED (SELECT * FROM ph0 JOIN pm USING (pid))")
-        if s_aliases:
-            ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
-                     f"sc_map AS MATERIALIZED (SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss)")
-            if blocks.masks:  # phases per (session items, phase), for the numeric and the stage combinations
-                ctes += (", pc AS MATERIALIZED (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM "
-                         "(SELECT sk, pid, ph_hi FROM ph0) AS p JOIN (SELECT sk, sc FROM ss) AS s USING (sk) "
-                         "GROUP BY sc, pid)")
-        else:
-            ctes += f", ss AS MATERIALIZED ({blocks.sessions})"
-        rows = wh.query(f"WITH {ctes} {union}")
+        masks = bool(s_aliases) and mask_stages_fit(keys)
+        rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, masks)
+        codes = [r for r in rows if r[0] == "D"] if coded else []
+        if codes and max(int(r[2]) for r in codes) >> CODE_BITS:  # too many values to code: spell them out
+            rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, False)
+        if coded:
+            names = _coded_columns(cols)
+            values: dict[str, dict[int, str]] = {a: {} for a in names}
+            for _, k, a, b, *_ in codes:
+                values[names[int(b)]][int(a)] = str(k)
+            specs = _part_specs(cols)
+
+            def name_of(part: str, k: str) -> Combo:
+                return _decode_coded(specs[part], values, int(k))
     counts: dict[Combo, Counts] = {}
     total = Counts()
     worst: list[SessionFacts] = []
@@ -886,12 +965,15 @@ def fetch_facts(
         a, b, c, e = (int(v or 0) for v in (a, b, c, e))  # sums over no rows are NULL
         if part == "S":
             cnt = Counts(int(a), int(b), int(c), int(e), int(x or 0), float(y or 0.0))
-            if k == TOTAL:
-                total = cnt
+            combo = name_of(part, k)
+            if combo:
+                counts[combo] = cnt
             else:
-                counts[_decode_combo(k)] = cnt
+                total = cnt
         elif part in ("P", "Q"):
-            counts[_decode_combo(k)] = Counts(a, b, c, e)
+            counts[name_of(part, k)] = Counts(a, b, c, e)
+        elif part == "D":
+            pass  # read above
         elif part == "T":
             for bucket in range(a, b + 1):  # a session counts in every bucket it was active
                 per_bucket = timeline_acc.setdefault((bucket, str(k)), [0, 0])
@@ -909,6 +991,40 @@ def fetch_facts(
         f.phases = [(items, hi) for _, items, hi in sorted(phases_of.get(f.session_id, []))]
     _fill_worst(wh, d, keys, window, metric, threshold, worst)
     return Facts(keys=keys, counts=counts, total=total, timeline=timeline, worst=worst)
+
+
+def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
+                 bucket_ms: int, version_alias: str | None, rollup: tuple[int, int, list[int]] | None,
+                 masks: bool) -> tuple[list[tuple], bool]:
+    """The rows of every part, in one statement over materialized building blocks (DuckDB), and
+    whether the combinations in them are coded (see _parts)."""
+    cols = _columns(keys)
+    s_aliases = [a for a, _ in cols.session]
+    blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True, masks=masks)
+    parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None,
+                   masks=blocks.masks)
+    union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
+    if blocks.phase_items is None:
+        ctes = f"ph0 AS MATERIALIZED ({blocks.phases}), ph AS NOT MATERIALIZED (SELECT * FROM ph0)"
+    else:  # phases with their items, joined (a few hundred keys) in each statement that needs them
+        items = blocks.phase_items
+        if blocks.masks:  # with their values' codes
+            items = f"SELECT *, {', '.join(_code_sql(a) for a, _ in cols.phase)} FROM ({items})"
+        ctes = (f"ph0 AS MATERIALIZED ({blocks.phases}), pm AS MATERIALIZED ({items}), "
+                "ph AS NOT MATERIALIZED (SELECT * FROM ph0 JOIN pm USING (pid))")
+    if s_aliases:
+        classes = f"SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss"
+        if blocks.masks:  # with their values' codes
+            classes = f"SELECT *, {', '.join(_code_sql(a) for a in s_aliases)} FROM ({classes})"
+        ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
+                 f"sc_map AS MATERIALIZED ({classes})")
+        if blocks.masks:  # phases per (session items, phase), for the numeric and the stage combinations
+            ctes += (", pc AS MATERIALIZED (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM "
+                     "(SELECT sk, pid, ph_hi FROM ph0) AS p JOIN (SELECT sk, sc FROM ss) AS s USING (sk) "
+                     "GROUP BY sc, pid)")
+    else:
+        ctes += f", ss AS MATERIALIZED ({blocks.sessions})"
+    return wh.query(f"WITH {ctes} {union}"), "D" in parts
 
 
 def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
