@@ -736,14 +736,18 @@ def _coded_combo_exprs(specs: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
     return out
 
 
-def _decode_coded(specs: Sequence[Sequence[tuple[str, str]]], values: Mapping[str, Mapping[int, str]],
-                  key: int) -> Combo:
-    """The combination a coded key names (see _coded_combo_exprs)."""
+def _coded_decoder(specs: Sequence[Sequence[tuple[str, str]]], values: Mapping[str, Mapping[int, str]]):
+    """A function naming the combination a coded key stands for (see _coded_combo_exprs)."""
     mask = (1 << CODE_BITS) - 1
-    return tuple(
-        (name, values[alias][(key >> (CODE_BITS * (MAX_ITEMS - 1 - i))) & mask])
-        for i, (alias, name) in enumerate(specs[key >> COMBO_SHIFT])
-    )
+    fields = [
+        tuple((name, values[alias], CODE_BITS * (MAX_ITEMS - 1 - i)) for i, (alias, name) in enumerate(spec))
+        for spec in specs
+    ]
+
+    def decode(key: int) -> Combo:
+        return tuple((name, table[(key >> shift) & mask]) for name, table, shift in fields[key >> COMBO_SHIFT])
+
+    return decode
 
 
 def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
@@ -952,19 +956,19 @@ def fetch_facts(
             values: dict[str, dict[int, str]] = {a: {} for a in names}
             for _, k, a, b, *_ in codes:
                 values[names[int(b)]][int(a)] = str(k)
-            specs = _part_specs(cols)
+            decoders = {part: _coded_decoder(specs, values) for part, specs in _part_specs(cols).items()}
 
             def name_of(part: str, k: str) -> Combo:
-                return _decode_coded(specs[part], values, int(k))
+                return decoders[part](int(k))
     counts: dict[Combo, Counts] = {}
     total = Counts()
     worst: list[SessionFacts] = []
     phases_of: dict[str, list] = {}
     timeline_acc: dict[tuple[int, str], list[int]] = {}
     for part, k, a, b, c, e, x, y in rows:
-        a, b, c, e = (int(v or 0) for v in (a, b, c, e))  # sums over no rows are NULL
+        a, b, c, e = int(a or 0), int(b or 0), int(c or 0), int(e or 0)  # sums over no rows are NULL
         if part == "S":
-            cnt = Counts(int(a), int(b), int(c), int(e), int(x or 0), float(y or 0.0))
+            cnt = Counts(a, b, c, e, int(x or 0), float(y or 0.0))
             combo = name_of(part, k)
             if combo:
                 counts[combo] = cnt
