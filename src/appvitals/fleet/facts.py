@@ -1023,9 +1023,11 @@ def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: 
         ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
                  f"sc_map AS MATERIALIZED ({classes})")
         if blocks.masks:  # phases per (session items, phase), for the numeric and the stage combinations
+            # (`n_ph > 0` keeps every session; it only makes the planner, which cannot size the
+            # two CTEs, build the join's hash table from the 100k sessions, not the 700k phases)
             ctes += (", pc AS MATERIALIZED (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM "
-                     "(SELECT sk, pid, ph_hi FROM ph0) AS p JOIN (SELECT sk, sc FROM ss) AS s USING (sk) "
-                     "GROUP BY sc, pid)")
+                     "(SELECT sk, pid, ph_hi FROM ph0) AS p JOIN (SELECT sk, sc FROM ss WHERE n_ph > 0) AS s "
+                     "USING (sk) GROUP BY sc, pid)")
     else:
         ctes += f", ss AS MATERIALIZED ({blocks.sessions})"
     return wh.query(f"WITH {ctes} {union}"), "D" in parts
