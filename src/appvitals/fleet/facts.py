@@ -42,6 +42,7 @@ NUMERIC_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 5 %, 10 %
 MAX_EDGES = 12
 KEY_SCAN_ROWS = 200_000
 MAX_ATTR_TEXTS = 20_000
+MAX_STAT_PAIRS = 10_000  # distinct (attr, value) pairs of a key scan read into Python, at most
 MAX_LISTED_TEXTS = 2_000  # at most this many attrs texts are written into the report's SQL
 WORST_LIMIT = 200
 
@@ -378,10 +379,15 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu",
         f"{d.quantiles(num, NUMERIC_QUANTILES)} AS qs FROM "
     )
     def attr_stats(table: str, condition: str) -> list[tuple]:
-        # stats of every attr in thin time slices of the window (about KEY_SCAN_ROWS rows)
+        # stats of every attr in thin time slices of the window (about KEY_SCAN_ROWS rows): from
+        # the counts of their distinct values when there are few (cheaper than the database's
+        # distinct count and quantiles), else in the database
         n_rows = int(wh.query(f"SELECT count(*) FROM {d.table(table)} WHERE {_ts(window)}")[0][0] or 0)
-        sampled = f"{_ts(window)}{condition} AND {_time_slices(window, n_rows)}"
-        return wh.query(stats + f"({d.array_join(d.table(table), sampled)}) GROUP BY k ORDER BY n DESC, k")
+        sampled = f"({d.array_join(d.table(table), f'{_ts(window)}{condition} AND {_time_slices(window, n_rows)}')})"
+        pairs = wh.query(f"SELECT k, v, {num} AS x, count(*) AS c FROM {sampled} GROUP BY k, v LIMIT {MAX_STAT_PAIRS + 1}")
+        if len(pairs) <= MAX_STAT_PAIRS and not any(x is not None and x != x for _, _, x, _ in pairs):  # no NaN
+            return _stats_of_pairs(pairs)
+        return wh.query(stats + f"{sampled} GROUP BY k ORDER BY n DESC, k")
 
     sample_rows, sample_rows_texts = _sample_attr_stats(wh, d, window, f" AND {metric_cond}", metric, rollup)
     sample, sample_numeric = _split_keys(sample_rows, set(session), MAX_SAMPLE_KEYS)
@@ -394,6 +400,30 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu",
         session=session, sample=sorted(sample), sample_numeric=sample_numeric,
         event_numeric=event_numeric, event_text=event_text, sample_texts=texts,
     )
+
+
+def _stats_of_pairs(pairs: Sequence[tuple]) -> list[tuple]:
+    """Stats rows (k, n, nn, nv, qs) from counts of distinct values (k, v, x: v as a number or
+    None, c), as the database's `count(*)`, `count(x)`, `count(DISTINCT v)` and `quantile_disc`
+    per k give them, most frequent first (then by k, NULL last)."""
+    n_of: dict = {}
+    nn_of: dict = {}
+    nv_of: dict = {}
+    numbers_of: dict = {}
+    for k, v, x, c in pairs:
+        c = int(c)
+        n_of[k] = n_of.get(k, 0) + c
+        nn_of.setdefault(k, 0)
+        nv_of[k] = nv_of.get(k, 0) + (v is not None)
+        if x is not None:
+            nn_of[k] += c
+            numbers = numbers_of.setdefault(k, {})
+            numbers[float(x)] = numbers.get(float(x), 0) + c
+    order = sorted(n_of, key=lambda k: (-n_of[k], k is None, k or ""))
+    return [
+        (k, n_of[k], nn_of[k], nv_of[k], _quantiles_disc(numbers_of[k], NUMERIC_QUANTILES) if k in numbers_of else None)
+        for k in order
+    ]
 
 
 def _as_number(value) -> float | None:
