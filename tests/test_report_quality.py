@@ -230,3 +230,40 @@ def test_another_metric_from_sample_values():
     assert by_mem.metric == "rss_mb" and by_mem.high_sessions > 50
     assert _top(by_mem) == {"app_version": "2.0"}
     assert by_cpu.high_sessions == 0 and by_cpu.explanations == []
+
+
+def test_event_attr_stats_from_value_counts_equal_the_databases(monkeypatch):
+    """Event attrs are described (count, numbers, distinct values, quantiles) from the counts of
+    their distinct values when there are few; the database's aggregates must say the same."""
+    from appvitals.fleet import facts
+
+    rng = random.Random(3)
+    odd = ["", " 7", "1e1", "inf", "-0", "0", "x", "10.0", "10"]
+    lines = []
+    for s in range(300):
+        sid, t = f"s{s}", START_MS + rng.randrange(0, 30 * 60_000)
+        lines.append(SessionLine(sid, t, 0, client_id=f"c{s}", attrs={"os": rng.choice(["a", "b"])}))
+        for i in range(6):
+            attrs = {"n": rng.randint(0, 90), "f": round(rng.gauss(50, 20), 1), "kind": rng.choice("pqrs"),
+                     "odd": rng.choice(odd)}
+            if i % 3 == 0:
+                attrs.pop("n")
+            lines.append(EventLine(sid, t + i * 1000, i + 1, name="e", attrs=attrs))
+    wh = DuckDBWarehouse(":memory:")
+    try:
+        wh.insert(lines)
+        window = facts.Window(START_MS, START_MS + 3600_000)
+        d = facts.Dialect("duckdb")
+        num = d.number("v")
+        pairs = wh.query(f"SELECT k, v, {num} AS x, count(*) AS c FROM ({d.array_join('events', '1 = 1')}) GROUP BY k, v")
+        in_sql = wh.query(
+            f"SELECT k, count(*) AS n, count({num}) AS nn, count(DISTINCT v) AS nv, "
+            f"{d.quantiles(num, facts.NUMERIC_QUANTILES)} AS qs FROM ({d.array_join('events', '1 = 1')}) "
+            "GROUP BY k ORDER BY n DESC, k")
+        assert facts._stats_of_pairs(pairs) == [tuple(r) for r in in_sql]
+        keys = facts.discover_keys(wh, window)
+        monkeypatch.setattr(facts, "MAX_STAT_PAIRS", 0)  # too many pairs: the database's aggregates
+        assert facts.discover_keys(wh, window) == keys
+        assert keys.event_numeric and keys.event_text
+    finally:
+        wh.close()

@@ -141,3 +141,39 @@ def test_listing_the_attrs_texts_or_scanning_for_them_gives_the_same_report(tmp_
     assert_same(report_dict(wh), listed)
     monkeypatch.setattr(facts, "MAX_ATTR_TEXTS", 3)  # discovery cannot see them all
     assert facts.discover_keys(wh, facts.Window(0, LATER)).sample_texts is None
+
+
+@pytest.mark.parametrize("case", ["numeric", "pair"])
+def test_stage_masks_or_per_stage_grouping_give_the_same_report(tmp_path, monkeypatch, case):
+    # split stages count their sessions from per-session bit masks when they fit in 64 bits,
+    # else by grouping the phases per (session, stage); combinations are coded as integers
+    # with the masks: the answer must not depend on which
+    from appvitals.fleet import facts
+
+    wh = DuckDBWarehouse(tmp_path / "f.duckdb")
+    wh.insert(fleet_lines(case))
+    wh.catch_up(now_ms=LATER)
+    keys = facts.discover_keys(wh, facts.Window(0, LATER), rollup=wh.rollup_state())
+    assert facts.mask_stages_fit(keys)
+    masked = report_dict(wh)
+    with monkeypatch.context() as m:  # more values than the combination codes hold: spelled out
+        m.setattr(facts, "CODE_BITS", 1)
+        assert_same(report_dict(wh), masked)
+    monkeypatch.setattr(facts, "MAX_MASK_STAGES", 0)
+    assert not facts.mask_stages_fit(keys)
+    assert_same(report_dict(wh), masked)
+
+
+def test_stage_mask_bound_counts_values_and_odd_texts():
+    from appvitals.fleet import facts
+
+    def fits(texts):
+        return facts.mask_stages_fit(facts.Keys(sample=["stage"], sample_texts=texts))
+
+    texts = [f'{{"n":{i},"stage":"s{i % 3}"}}' for i in range(200)]
+    assert fits(texts)  # 3 stages, however many texts
+    assert not fits([f'{{"stage":"s{i}"}}' for i in range(64)])
+    # texts SQL might read otherwise (not plain sorted JSON) each count as a stage of their own
+    odd = [f'{{"stage":"a","n":{i}}}' for i in range(64)]
+    assert not fits(odd)
+    assert not facts.mask_stages_fit(facts.Keys(sample=["stage"], sample_texts=None))

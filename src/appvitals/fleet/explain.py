@@ -90,7 +90,8 @@ def with_thresholds(counts: Mapping[Combo, Counts], numeric: Mapping[str, Sequen
     """Replace numeric interval items ('[20,30)') by threshold items ('>=20', '<30'), summing intervals.
 
     Combinations whose other items already hold fewer than `min_high` high sessions are
-    skipped: no threshold can give them more.
+    skipped: no threshold can give them more. The session counts of a threshold combination
+    add up phases, so they are capped by the same combination without its numeric items.
     """
     if not numeric:
         return dict(counts)
@@ -98,49 +99,57 @@ def with_thresholds(counts: Mapping[Combo, Counts], numeric: Mapping[str, Sequen
     out: dict[Combo, Counts] = {}
     groups: dict[tuple[str, Combo], list] = {}  # (numeric attr, other items) -> counts per interval
     for combo, c in counts.items():
-        num = next((i for i in combo if i[0] in index), None)
-        if num is None:
+        for num in combo:
+            at_of = index.get(num[0])
+            if at_of is not None:
+                break
+        else:
             out[combo] = c
             continue
-        at = index[num[0]].get(num[1])
+        at = at_of.get(num[1])
         rest = tuple(i for i in combo if i[0] != num[0])
         if at is None or (rest and min_high and (rc := counts.get(rest)) is not None and rc.high_sessions < min_high):
             continue
         per = groups.get((num[0], rest))
         if per is None:
-            per = groups[(num[0], rest)] = [None] * len(index[num[0]])
+            per = groups[(num[0], rest)] = [None] * len(at_of)
         per[at] = c
     below_labels = {key: ["<" + fmt_number(e) for e in edges] for key, edges in numeric.items()}
     above_labels = {key: [">=" + fmt_number(e) for e in edges] for key, edges in numeric.items()}
-    made: list[tuple[Combo, Counts]] = []
+    made: dict[Combo, Counts] = {}
     for (key, rest), per in groups.items():
+        # the threshold item goes where sorting puts it (the other items name other attrs)
+        ordered = sorted(rest)
+        pos = sum(1 for k, _ in ordered if k < key)
+        head, tail = tuple(ordered[:pos]), tuple(ordered[pos:])
+        parent = out.get(tuple(i for i in ordered if i[0] not in numeric))
+        cap_s, cap_h = (parent.sessions, parent.high_sessions) if parent is not None else (None, None)
+
+        def emit(label: str, acc: Counts) -> None:
+            cnt = msgspec.structs.replace(acc)
+            if cap_s is not None:
+                if cnt.sessions > cap_s:
+                    cnt.sessions = cap_s
+                if cnt.high_sessions > cap_h:
+                    cnt.high_sessions = cap_h
+            made[(*head, (key, label), *tail)] = cnt
+
         # intervals 0..n-1; edge j separates interval j (below) from j+1 (above)
         below = Counts()
         for j, label in enumerate(below_labels[key]):
             if per[j] is not None:
                 below.add(per[j])
             if below.units:
-                made.append((tuple(sorted((*rest, (key, label)))), msgspec.structs.replace(below)))
+                emit(label, below)
         above = Counts()
         labels = above_labels[key]
         for j in range(len(per) - 1, 0, -1):
             if per[j] is not None:
                 above.add(per[j])
             if above.units:
-                made.append((tuple(sorted((*rest, (key, labels[j - 1])))), msgspec.structs.replace(above)))
+                emit(labels[j - 1], above)
     out.update(made)
-    _cap_sessions(out, [combo for combo, _ in made], set(numeric))
     return out
-
-
-def _cap_sessions(counts: dict[Combo, Counts], combos: Sequence[Combo], numeric_keys: set[str]) -> None:
-    """Session counts of numeric-threshold combinations add up phases; cap them by the combination without it."""
-    for combo in combos:
-        c = counts[combo]
-        parent = counts.get(tuple(i for i in combo if i[0] not in numeric_keys))
-        if parent is not None and parent is not c:
-            c.sessions = min(c.sessions, parent.sessions)
-            c.high_sessions = min(c.high_sessions, parent.high_sessions)
 
 
 def explain(
@@ -154,9 +163,11 @@ def explain(
     min_high = s.min_support if s.min_support >= 1 else s.min_support * total.high_sessions
     min_high = max(float(s.min_support_sessions), min_high)
     counts = with_thresholds(counts, numeric or {}, min_high)
-    for c in counts.values():
-        c.sessions = min(c.sessions, total.sessions)
-        c.high_sessions = min(c.high_sessions, total.high_sessions)
+    for c in counts.values():  # at most the total
+        if c.sessions > total.sessions:
+            c.sessions = total.sessions
+        if c.high_sessions > total.high_sessions:
+            c.high_sessions = total.high_sessions
     frequent = {c: n for c, n in counts.items() if n.high_sessions >= min_high and n.units > 0}
     alpha = s.alpha / max(1, len(frequent))
     f_all = _factor(total)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 
 import msgspec
@@ -42,6 +42,7 @@ NUMERIC_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 5 %, 10 %
 MAX_EDGES = 12
 KEY_SCAN_ROWS = 200_000
 MAX_ATTR_TEXTS = 20_000
+MAX_STAT_PAIRS = 10_000  # distinct (attr, value) pairs of a key scan read into Python, at most
 MAX_LISTED_TEXTS = 2_000  # at most this many attrs texts are written into the report's SQL
 WORST_LIMIT = 200
 
@@ -378,10 +379,15 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu",
         f"{d.quantiles(num, NUMERIC_QUANTILES)} AS qs FROM "
     )
     def attr_stats(table: str, condition: str) -> list[tuple]:
-        # stats of every attr in thin time slices of the window (about KEY_SCAN_ROWS rows)
+        # stats of every attr in thin time slices of the window (about KEY_SCAN_ROWS rows): from
+        # the counts of their distinct values when there are few (cheaper than the database's
+        # distinct count and quantiles), else in the database
         n_rows = int(wh.query(f"SELECT count(*) FROM {d.table(table)} WHERE {_ts(window)}")[0][0] or 0)
-        sampled = f"{_ts(window)}{condition} AND {_time_slices(window, n_rows)}"
-        return wh.query(stats + f"({d.array_join(d.table(table), sampled)}) GROUP BY k ORDER BY n DESC, k")
+        sampled = f"({d.array_join(d.table(table), f'{_ts(window)}{condition} AND {_time_slices(window, n_rows)}')})"
+        pairs = wh.query(f"SELECT k, v, {num} AS x, count(*) AS c FROM {sampled} GROUP BY k, v LIMIT {MAX_STAT_PAIRS + 1}")
+        if len(pairs) <= MAX_STAT_PAIRS and not any(x is not None and x != x for _, _, x, _ in pairs):  # no NaN
+            return _stats_of_pairs(pairs)
+        return wh.query(stats + f"{sampled} GROUP BY k ORDER BY n DESC, k")
 
     sample_rows, sample_rows_texts = _sample_attr_stats(wh, d, window, f" AND {metric_cond}", metric, rollup)
     sample, sample_numeric = _split_keys(sample_rows, set(session), MAX_SAMPLE_KEYS)
@@ -394,6 +400,30 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu",
         session=session, sample=sorted(sample), sample_numeric=sample_numeric,
         event_numeric=event_numeric, event_text=event_text, sample_texts=texts,
     )
+
+
+def _stats_of_pairs(pairs: Sequence[tuple]) -> list[tuple]:
+    """Stats rows (k, n, nn, nv, qs) from counts of distinct values (k, v, x: v as a number or
+    None, c), as the database's `count(*)`, `count(x)`, `count(DISTINCT v)` and `quantile_disc`
+    per k give them, most frequent first (then by k, NULL last)."""
+    n_of: dict = {}
+    nn_of: dict = {}
+    nv_of: dict = {}
+    numbers_of: dict = {}
+    for k, v, x, c in pairs:
+        c = int(c)
+        n_of[k] = n_of.get(k, 0) + c
+        nn_of.setdefault(k, 0)
+        nv_of[k] = nv_of.get(k, 0) + (v is not None)
+        if x is not None:
+            nn_of[k] += c
+            numbers = numbers_of.setdefault(k, {})
+            numbers[float(x)] = numbers.get(float(x), 0) + c
+    order = sorted(n_of, key=lambda k: (-n_of[k], k is None, k or ""))
+    return [
+        (k, n_of[k], nn_of[k], nv_of[k], _quantiles_disc(numbers_of[k], NUMERIC_QUANTILES) if k in numbers_of else None)
+        for k in order
+    ]
 
 
 def _as_number(value) -> float | None:
@@ -510,6 +540,30 @@ class _Sql(msgspec.Struct):
     # narrow form (DuckDB): phases carry the phase key `pid` instead of their item columns, and
     # `phase_items` maps each pid to them; join the two where the items are needed
     phase_items: str | None = None
+    # stage masks (DuckDB): `phase_items` also holds `qbit`, one bit per stage split into several
+    # phases (0 for the others), and the per-session rows `qm`/`hm`, the bits of the split stages
+    # the session ran / was high in
+    masks: bool = False
+
+
+MAX_MASK_STAGES = 63  # split stages a 64-bit stage mask holds
+
+
+def mask_stages_fit(keys: Keys) -> bool:
+    """True when the split stages surely fit a 64-bit mask: the window's attrs texts hold at
+    most MAX_MASK_STAGES distinct tuples of categorical sample values, an upper bound of the
+    stages SQL reads (equal JSON values read as equal text). A text that is not plain sorted
+    JSON (where SQL and Python might read it differently) counts as a value of its own."""
+    if keys.sample_texts is None or not keys.sample:
+        return False
+    seen: set = set()
+    for text in keys.sample_texts:
+        obj = json_object(text)
+        canonical = bool(obj) and msgspec.json.encode(obj, order="sorted").decode() == text
+        seen.add(tuple(msgspec.json.encode(obj.get(k)) for k in keys.sample) if canonical else text)
+        if len(seen) > MAX_MASK_STAGES:
+            return False
+    return True
 
 
 def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, list[int]] | None) -> str:
@@ -545,7 +599,8 @@ def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, l
 
 
 def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float, phases_src: str,
-                     rollup: tuple[int, int, list[int]] | None = None, narrow: bool = False) -> _Sql:
+                     rollup: tuple[int, int, list[int]] | None = None, narrow: bool = False,
+                     masks: bool = False) -> _Sql:
     """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows).
 
     `narrow`: the phase rows keep their 64-bit key instead of their items (see _Sql): grouping
@@ -555,6 +610,7 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     _, cond = metric_expr(d, metric)
     cat = [a for a, _ in cols.phase if a.startswith("sp_")]
     keyed = narrow and bool(cols.phase)  # the phase rows carry sk and pid, their items in phase_items
+    masks = masks and keyed and bool(cat)
     phase_items: str | None = None
     # A fleet has few distinct attrs texts (stage x a few values): each is read (JSON) and
     # bucketed once, into its phase items and a 64-bit phase key, and the samples are then
@@ -589,15 +645,22 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
         if keyed:  # qid: the key of the categorical items alone (stage), for the per-(session, stage) rows
             qid = f"{d.hash_of(cat)} AS qid, " if cat else ""
             phase_items = f"SELECT DISTINCT pid, {qid}{', '.join(aliases)} FROM ({phase_map})"
+            if masks:  # one bit per stage split into several phases, in a fixed (qid) order
+                split = (f"SELECT qid, (1::BIGINT << (row_number() OVER (ORDER BY qid) - 1)::INTEGER) AS qbit "
+                         f"FROM ({phase_items}) GROUP BY qid HAVING count(*) > 1")
+                phase_items = (f"SELECT pm0.*, coalesce(qb.qbit, 0) AS qbit FROM ({phase_items}) AS pm0 "
+                               f"LEFT JOIN ({split}) AS qb USING (qid)")
     else:
         phases = f"SELECT session_id, {stats} FROM ({samples}) GROUP BY session_id"
+    mask_cols = ", bit_or(qbit) AS qm, bit_or(CASE WHEN ph_hi = 1 THEN qbit ELSE 0 END) AS hm" if masks else ""
     per_session = (
         f"SELECT session_id{', hash(session_id) AS sk' if keyed else ''}, count(*) AS n_ph, "
         "sum(ph_hi) AS n_hi, max(ph_hi) AS s_hi, sum(ph_n) AS n_samples, "
-        "sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1 "
-        f"FROM {phases_src} GROUP BY session_id"
+        f"sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, max(ph_t1) AS t1{mask_cols} "
+        f"FROM {f'{phases_src} JOIN (SELECT pid, qbit FROM pm) USING (pid)' if masks else phases_src} GROUP BY session_id"
     )
     base = ["session_id"] + (["sk"] if keyed else []) + ["n_ph", "n_hi", "s_hi", "n_samples", "m_sum", "peak", "t0", "t1"]
+    base += ["qm", "hm"] if masks else []
     sql, have = per_session, list(base)
     sa = [(a, k) for a, k in cols.session if a.startswith("sa_")]
     if sa:
@@ -628,11 +691,12 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
             f"SELECT {', '.join(have + [f'coalesce({a}, {chr(39)}{chr(39)}) AS {a}' for a, _ in ev])} "
             f"FROM ({sql}) AS pe {d.left_join} ({ev_sql}) AS ev USING (session_id)"
         )
-    return _Sql(phases=phases, sessions=sql, phase_items=phase_items)
+    return _Sql(phases=phases, sessions=sql, phase_items=phase_items, masks=masks)
 
 
-def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """One SQL string expression per combination of up to MAX_ITEMS columns ('' when a value is missing)."""
+def _combo_specs(cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[list[tuple[str, str]]]:
+    """Every combination of up to MAX_ITEMS columns (alias, attr name) of distinct attrs, holding
+    one of `must` if given, its columns ordered by attr name."""
     out = []
     allc = list(cols)
     for size in range(1, MAX_ITEMS + 1):
@@ -642,19 +706,83 @@ def _combo_exprs(d: Dialect, cols: Sequence[tuple[str, str]], must: Sequence[tup
                 continue
             if must and not any(c in must for c in combo):
                 continue
-            ordered = sorted(combo, key=lambda c: c[1])
-            parts: list[str] = []
-            for i, (alias, name) in enumerate(ordered):
-                parts.append(d.lit((RS if i else "") + name + US))
-                parts.append(alias)
-            cond = " AND ".join(f"{a} != ''" for a, _ in ordered)
-            out.append(f"CASE WHEN {cond} THEN {d.concat(*parts)} ELSE '' END")
+            out.append(sorted(combo, key=lambda c: c[1]))
     return out
+
+
+def _coded_columns(cols: _Cols) -> list[str]:
+    """The item columns whose codes part D lists, in order: session items, then phase items."""
+    return [a for a, _ in cols.session + cols.phase]
+
+
+def _part_specs(cols: _Cols) -> dict[str, list[list[tuple[str, str]]]]:
+    """The combinations each counting statement explodes into: S (session items; the first,
+    empty, one is the total), P (with a numeric sample attr), Q (with a categorical one)."""
+    cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
+    num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
+    return {
+        "S": [[]] + _combo_specs(cols.session),
+        "P": _combo_specs(cols.session + cols.phase, must=num) if num else [],
+        "Q": _combo_specs(cols.session + cat, must=cat) if cat else [],
+    }
+
+
+def _combo_exprs(d: Dialect, specs: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
+    """One SQL string expression per combination ('' when a value is missing; the empty one, the total, '*')."""
+    out = []
+    for ordered in specs:
+        if not ordered:
+            out.append(d.lit(TOTAL))
+            continue
+        parts: list[str] = []
+        for i, (alias, name) in enumerate(ordered):
+            parts.append(d.lit((RS if i else "") + name + US))
+            parts.append(alias)
+        cond = " AND ".join(f"{a} != ''" for a, _ in ordered)
+        out.append(f"CASE WHEN {cond} THEN {d.concat(*parts)} ELSE '' END")
+    return out
+
+
+CODE_BITS = 16  # a value's code in a coded combination key; codes are 1.. (0: no value)
+COMBO_SHIFT = CODE_BITS * MAX_ITEMS  # the combination's index sits above its values' codes
+
+
+def _code_sql(alias: str) -> str:
+    """A column's value as a small integer code: 0 for '', else its rank among the distinct values (DuckDB window)."""
+    return f"CASE WHEN {alias} = '' THEN 0 ELSE dense_rank() OVER (PARTITION BY {alias} = '' ORDER BY {alias}) END AS {alias}_c"
+
+
+def _coded_combo_exprs(specs: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
+    """One BIGINT expression per combination (-1 when a value is missing): its index in `specs`
+    above the codes (`{alias}_c`) of its values; the empty combination (the total) is 0."""
+    out = []
+    for j, ordered in enumerate(specs):
+        if not ordered:
+            out.append("0::BIGINT")
+            continue
+        cond = " AND ".join(f"{a}_c > 0" for a, _ in ordered)
+        fields = [f"({a}_c::BIGINT << {CODE_BITS * (MAX_ITEMS - 1 - i)})" for i, (a, _) in enumerate(ordered)]
+        out.append(f"CASE WHEN {cond} THEN {j << COMBO_SHIFT} | {' | '.join(fields)} ELSE -1 END")
+    return out
+
+
+def _coded_decoder(specs: Sequence[Sequence[tuple[str, str]]], values: Mapping[str, Mapping[int, str]]):
+    """A function naming the combination a coded key stands for (see _coded_combo_exprs)."""
+    mask = (1 << CODE_BITS) - 1
+    fields = [
+        tuple((name, values[alias], CODE_BITS * (MAX_ITEMS - 1 - i)) for i, (alias, name) in enumerate(spec))
+        for spec in specs
+    ]
+
+    def decode(key: int) -> Combo:
+        return tuple((name, table[(key >> shift) & mask]) for name, table, shift in fields[key >> COMBO_SHIFT])
+
+    return decode
 
 
 def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
            phases_src: str, sessions_src: str, classes_src: str | None = None,
-           keyed_src: str = "ph0") -> dict[str, str]:
+           keyed_src: str = "ph0", masks: bool = False) -> dict[str, str]:
     """The statements (S, P, T, W) over the phase rows and per-session rows.
 
     `classes_src`: a relation (sc, session item columns) with one row per distinct set of
@@ -663,22 +791,49 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     items only for the few thousand groups left. In that form the phase rows carry the 64-bit
     session key `sk` (`keyed_src` holds them without their items), the joined phase rows
     `phases_src` also the stage key `qid`, and `pm` maps pid and qid to the items (narrow
-    building blocks, DuckDB)."""
+    building blocks, DuckDB).
+
+    `masks` (with `classes_src`; see _Sql.masks): the phases counted per (sc, pid) once, in the
+    relation `pc` (sc, pid, c_n, c_h), serve both the numeric and the stage combinations; a
+    split stage's sessions come from the per-session stage masks, so no statement groups the
+    phases per (session, stage). The combinations are then also spelled as integers (see
+    _coded_combo_exprs; `classes_src` and `pm` carry each item column's code `{alias}_c`), and
+    part D lists the codes: (k: value, a: code, b: the column's index in _coded_columns)."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
-    s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
-    s_compact = (
-        f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
-        f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src}{s_group}"
-    )
-    s_combos = [d.lit(TOTAL)] + _combo_exprs(d, cols.session)
-    s_sql = (
-        "SELECT 'S' AS part, combo AS k, sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, "
-        "sum(c_n) AS x, sum(c_m) AS y FROM ("
-        + d.explode("c_s, c_sh, c_u, c_uh, c_n, c_m", s_combos, s_compact, "combo")
-        + ") WHERE combo != '' GROUP BY combo"
-    )
-    parts = {"S": s_sql}
+    coded = masks and bool(classes_src) and bool(s_aliases)
+    specs = _part_specs(cols)
+    if coded:
+        def item_cols(aliases: Sequence[str]) -> str:
+            return ", ".join(f"{a}_c" for a in aliases)
+
+        def exploded(part: str, sums: str, counts: str, source: str) -> str:
+            return (f"SELECT '{part}' AS part, CAST(combo AS VARCHAR) AS k, {sums} FROM ("
+                    + d.explode(counts, _coded_combo_exprs(specs[part]), source, "combo")
+                    + ") WHERE combo >= 0 GROUP BY combo")
+    else:
+        def item_cols(aliases: Sequence[str]) -> str:
+            return ", ".join(aliases)
+
+        def exploded(part: str, sums: str, counts: str, source: str) -> str:
+            return (f"SELECT '{part}' AS part, combo AS k, {sums} FROM ("
+                    + d.explode(counts, _combo_exprs(d, specs[part]), source, "combo")
+                    + ") WHERE combo != '' GROUP BY combo")
+    s_sums = "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, sum(c_n) AS x, sum(c_m) AS y"
+    s_counts = "c_s, c_sh, c_u, c_uh, c_n, c_m"
+    if coded:  # per session class, named (coded) from the map
+        s_compact = (
+            f"SELECT {item_cols(s_aliases)}, c_s, c_sh, c_u, c_uh, c_n, c_m FROM (SELECT sc, count(*) AS c_s, "
+            f"sum(s_hi) AS c_sh, sum(n_ph) AS c_u, sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m "
+            f"FROM {sessions_src} GROUP BY sc) AS sg {d.inner_join} {classes_src} USING (sc)"
+        )
+    else:
+        s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
+        s_compact = (
+            f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
+            f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src}{s_group}"
+        )
+    parts = {"S": exploded("S", s_sums, s_counts, s_compact)}
     cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
     num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
     ss_items = f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss"
@@ -686,7 +841,12 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         # combinations naming a numeric sample attr: counted on the phases themselves
         sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
         has_num = " OR ".join(f"{a} != ''" for a, _ in num)
-        if classes_src and s_aliases:
+        if coded:
+            p_compact = (
+                f"SELECT {item_cols(s_aliases + [a for a, _ in cols.phase])}, c_n, c_h FROM pc {d.inner_join} pm "
+                f"USING (pid) {d.inner_join} {classes_src} USING (sc) WHERE {has_num}"
+            )
+        elif classes_src and s_aliases:
             # the phases picked and grouped by integer keys (sc, pid), named from the maps after
             joined = (
                 f"SELECT sc, pid, ph_hi FROM (SELECT sk, pid, ph_hi FROM {keyed_src} "
@@ -704,18 +864,32 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
             )
             p_compact = f"SELECT {sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) GROUP BY {sel}"
         # high phases summed in the group, not a group key: up to half the rows to explode
-        parts["P"] = (
-            "SELECT 'P' AS part, combo AS k, sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, "
-            "sum(c_h) AS e, 0 AS x, 0 AS y FROM ("
-            + d.explode("c_n, c_h", _combo_exprs(d, cols.session + cols.phase, must=num), p_compact, "combo")
-            + ") WHERE combo != '' GROUP BY combo"
-        )
+        parts["P"] = exploded("P", "sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, sum(c_h) AS e, 0 AS x, 0 AS y",
+                              "c_n, c_h", p_compact)
     if cat:
         # combinations naming only categorical sample attrs (stage): one row per (session, stage), so
         # sessions are exact, and the phases inside it are counted too
         c_aliases = [a for a, _ in cat]
         sel = ", ".join(s_aliases + c_aliases)
-        if classes_src and s_aliases:
+        if coded:
+            # phases per (session items, stage) from pc; sessions per (session items, stage): a
+            # stage that only one phase can have is that phase in each session, a split stage is
+            # counted from the sessions' stage masks (qm: ran it, hm: was high in it)
+            units = (f"SELECT sc, qid, sum(c_n) AS c_u, sum(c_h) AS c_uh, max(qbit) AS qbit FROM pc "
+                     f"{d.inner_join} pm USING (pid) GROUP BY sc, qid")
+            split = (
+                f"SELECT sc, qid, sum(n) AS m_s, sum(CASE WHEN (hm & qbit) != 0 THEN n ELSE 0 END) AS m_sh FROM "
+                f"(SELECT sc, qm, hm, count(*) AS n FROM {sessions_src} WHERE qm != 0 GROUP BY sc, qm, hm) AS sm "
+                f"JOIN (SELECT DISTINCT qid, qbit FROM pm WHERE qbit != 0) AS qb ON (sm.qm & qb.qbit) != 0 GROUP BY sc, qid"
+            )
+            q_compact = (
+                f"SELECT {item_cols(s_aliases + c_aliases)}, CASE WHEN qbit = 0 THEN c_u ELSE m_s END AS c_s, "
+                f"CASE WHEN qbit = 0 THEN c_uh ELSE m_sh END AS c_sh, c_u, c_uh "
+                f"FROM ({units}) AS qu LEFT JOIN ({split}) AS qs USING (sc, qid) "
+                f"{d.inner_join} {classes_src} USING (sc) {d.inner_join} "
+                f"(SELECT DISTINCT qid, {item_cols(c_aliases)} FROM pm) AS qn USING (qid)"
+            )
+        elif classes_src and s_aliases:
             # integers only until the few thousand (session items, stage) groups are named; a
             # stage with one possible phase (no numeric attr splits it) is that phase in each
             # session, so only the stages split into several phases need the grouping
@@ -742,11 +916,13 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
                 f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
                 f"FROM ({joined}) GROUP BY {sel}"
             )
-        parts["Q"] = (
-            "SELECT 'Q' AS part, combo AS k, sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, "
-            "0 AS x, 0 AS y FROM ("
-            + d.explode("c_s, c_sh, c_u, c_uh", _combo_exprs(d, cols.session + cat, must=cat), q_compact, "combo")
-            + ") WHERE combo != '' GROUP BY combo"
+        parts["Q"] = exploded("Q", "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, 0 AS x, 0 AS y",
+                              "c_s, c_sh, c_u, c_uh", q_compact)
+    if coded:  # the codes of every item column's values
+        parts["D"] = " UNION ALL ".join(
+            f"SELECT DISTINCT 'D' AS part, {a} AS k, {a}_c AS a, {i} AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y "
+            f"FROM {classes_src if i < len(s_aliases) else 'pm'} WHERE {a}_c > 0"
+            for i, a in enumerate(_coded_columns(cols))
         )
     since = int(window.since_ms)
     b0 = d.idiv(f"t0 - {since}", int(bucket_ms))
@@ -786,6 +962,10 @@ def fetch_facts(
     cols = _columns(keys)
     version_alias = next((a for k in version_key_pref for a, name in cols.session if name == k and a.startswith("sa_")), None)
     rows: list[tuple] = []
+
+    def name_of(part: str, k: str) -> Combo:  # a combination's key back as its items (the total: ())
+        return () if k == TOTAL else _decode_combo(k)
+
     if d.ch:
         # no CTEs before ClickHouse 20: inline the phase and session subqueries into each statement
         blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__")
@@ -795,36 +975,39 @@ def fetch_facts(
         for sql in parts.values():
             rows.extend(wh.query(sql))
     else:
-        blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True)
         s_aliases = [a for a, _ in cols.session]
-        parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None)
-        union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
-        if blocks.phase_items is None:
-            ctes = f"ph0 AS MATERIALIZED ({blocks.phases}), ph AS NOT MATERIALIZED (SELECT * FROM ph0)"
-        else:  # phases with their items, joined (a few hundred keys) in each statement that needs them
-            ctes = (f"ph0 AS MATERIALIZED ({blocks.phases}), pm AS MATERIALIZED ({blocks.phase_items}), "
-                    "ph AS NOT MATERIALIZED (SELECT * FROM ph0 JOIN pm USING (pid))")
-        if s_aliases:
-            ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
-                     f"sc_map AS MATERIALIZED (SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss)")
-        else:
-            ctes += f", ss AS MATERIALIZED ({blocks.sessions})"
-        rows = wh.query(f"WITH {ctes} {union}")
+        masks = bool(s_aliases) and mask_stages_fit(keys)
+        rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, masks)
+        codes = [r for r in rows if r[0] == "D"] if coded else []
+        if codes and max(int(r[2]) for r in codes) >> CODE_BITS:  # too many values to code: spell them out
+            rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, False)
+        if coded:
+            names = _coded_columns(cols)
+            values: dict[str, dict[int, str]] = {a: {} for a in names}
+            for _, k, a, b, *_ in codes:
+                values[names[int(b)]][int(a)] = str(k)
+            decoders = {part: _coded_decoder(specs, values) for part, specs in _part_specs(cols).items()}
+
+            def name_of(part: str, k: str) -> Combo:
+                return decoders[part](int(k))
     counts: dict[Combo, Counts] = {}
     total = Counts()
     worst: list[SessionFacts] = []
     phases_of: dict[str, list] = {}
     timeline_acc: dict[tuple[int, str], list[int]] = {}
     for part, k, a, b, c, e, x, y in rows:
-        a, b, c, e = (int(v or 0) for v in (a, b, c, e))  # sums over no rows are NULL
+        a, b, c, e = int(a or 0), int(b or 0), int(c or 0), int(e or 0)  # sums over no rows are NULL
         if part == "S":
-            cnt = Counts(int(a), int(b), int(c), int(e), int(x or 0), float(y or 0.0))
-            if k == TOTAL:
-                total = cnt
+            cnt = Counts(a, b, c, e, int(x or 0), float(y or 0.0))
+            combo = name_of(part, k)
+            if combo:
+                counts[combo] = cnt
             else:
-                counts[_decode_combo(k)] = cnt
+                total = cnt
         elif part in ("P", "Q"):
-            counts[_decode_combo(k)] = Counts(a, b, c, e)
+            counts[name_of(part, k)] = Counts(a, b, c, e)
+        elif part == "D":
+            pass  # read above
         elif part == "T":
             for bucket in range(a, b + 1):  # a session counts in every bucket it was active
                 per_bucket = timeline_acc.setdefault((bucket, str(k)), [0, 0])
@@ -842,6 +1025,42 @@ def fetch_facts(
         f.phases = [(items, hi) for _, items, hi in sorted(phases_of.get(f.session_id, []))]
     _fill_worst(wh, d, keys, window, metric, threshold, worst)
     return Facts(keys=keys, counts=counts, total=total, timeline=timeline, worst=worst)
+
+
+def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
+                 bucket_ms: int, version_alias: str | None, rollup: tuple[int, int, list[int]] | None,
+                 masks: bool) -> tuple[list[tuple], bool]:
+    """The rows of every part, in one statement over materialized building blocks (DuckDB), and
+    whether the combinations in them are coded (see _parts)."""
+    cols = _columns(keys)
+    s_aliases = [a for a, _ in cols.session]
+    blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True, masks=masks)
+    parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None,
+                   masks=blocks.masks)
+    union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
+    if blocks.phase_items is None:
+        ctes = f"ph0 AS MATERIALIZED ({blocks.phases}), ph AS NOT MATERIALIZED (SELECT * FROM ph0)"
+    else:  # phases with their items, joined (a few hundred keys) in each statement that needs them
+        items = blocks.phase_items
+        if blocks.masks:  # with their values' codes
+            items = f"SELECT *, {', '.join(_code_sql(a) for a, _ in cols.phase)} FROM ({items})"
+        ctes = (f"ph0 AS MATERIALIZED ({blocks.phases}), pm AS MATERIALIZED ({items}), "
+                "ph AS NOT MATERIALIZED (SELECT * FROM ph0 JOIN pm USING (pid))")
+    if s_aliases:
+        classes = f"SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss"
+        if blocks.masks:  # with their values' codes
+            classes = f"SELECT *, {', '.join(_code_sql(a) for a in s_aliases)} FROM ({classes})"
+        ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
+                 f"sc_map AS MATERIALIZED ({classes})")
+        if blocks.masks:  # phases per (session items, phase), for the numeric and the stage combinations
+            # (`n_ph > 0` keeps every session; it only makes the planner, which cannot size the
+            # two CTEs, build the join's hash table from the 100k sessions, not the 700k phases)
+            ctes += (", pc AS MATERIALIZED (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM "
+                     "(SELECT sk, pid, ph_hi FROM ph0) AS p JOIN (SELECT sk, sc FROM ss WHERE n_ph > 0) AS s "
+                     "USING (sk) GROUP BY sc, pid)")
+    else:
+        ctes += f", ss AS MATERIALIZED ({blocks.sessions})"
+    return wh.query(f"WITH {ctes} {union}"), "D" in parts
 
 
 def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
