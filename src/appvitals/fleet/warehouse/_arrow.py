@@ -190,17 +190,26 @@ class ArrowBatch:
 
     def to_ipc(self) -> tuple[dict[str, bytes], int, int]:
         """A picklable form: each table as Arrow IPC stream bytes."""
-        out = {}
-        for table, arrow in self.tables.items():
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, arrow.schema) as writer:
-                writer.write_table(arrow)
-            out[table] = sink.getvalue().to_pybytes()
-        return out, self.size, self.duplicates
+        return tables_to_ipc(self.tables), self.size, self.duplicates
 
     @classmethod
     def from_ipc(cls, packed: tuple[dict[str, bytes], int, int]) -> ArrowBatch:
         """The batch back from `to_ipc` (zero-copy over the bytes)."""
         data, size, duplicates = packed
-        tables = {table: pa.ipc.open_stream(raw).read_all() for table, raw in data.items()}
-        return cls(tables, size, duplicates)
+        return cls(tables_from_ipc(data), size, duplicates)
+
+
+def tables_to_ipc(tables: dict[str, pa.Table]) -> dict[str, bytes]:
+    """Each table as Arrow IPC stream bytes."""
+    out = {}
+    for name, arrow in tables.items():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, arrow.schema) as writer:
+            writer.write_table(arrow)
+        out[name] = sink.getvalue().to_pybytes()
+    return out
+
+
+def tables_from_ipc(data: dict[str, bytes]) -> dict[str, pa.Table]:
+    """The tables back from `tables_to_ipc` (zero-copy over the bytes)."""
+    return {name: pa.ipc.open_stream(raw).read_all() for name, raw in data.items()}

@@ -36,19 +36,14 @@ from pathlib import Path
 import msgspec
 import pyarrow as pa
 
+from ._arrow import tables_from_ipc, tables_to_ipc
+
 log = logging.getLogger("appvitals.collector")
 
 _MAGIC = b"AVL1"
 _HEADER = struct.Struct("<4sIQ")
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(dict[str, bytes]).decode
-
-
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 class IngestLog:
@@ -70,7 +65,7 @@ class IngestLog:
 
     def append(self, tables: dict[str, pa.Table]) -> Path:
         """Write one record and fdatasync it; returns the segment it went to."""
-        payload = _encode({name: _ipc(table) for name, table in tables.items()})
+        payload = _encode(tables_to_ipc(tables))
         record = _HEADER.pack(_MAGIC, zlib.crc32(payload), len(payload)) + payload
         if self._fd is None or self._size >= self.segment_bytes:
             self._start()
@@ -127,7 +122,7 @@ class IngestLog:
             payload = data[start:start + length]
             if magic != _MAGIC or zlib.crc32(payload) != crc:
                 raise DamagedLog(segment, at)
-            yield {name: pa.ipc.open_stream(raw).read_all() for name, raw in _decode(payload).items()}
+            yield tables_from_ipc(_decode(payload))
             at = start + length
 
 

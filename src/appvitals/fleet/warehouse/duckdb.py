@@ -182,15 +182,15 @@ class IngestLogFull(Exception):
     """The background insert is too far behind the ingest log (or the warehouse is closing)."""
 
 
+def _keyed(arrow: pa.Table) -> pa.Table:
+    """The rows that have a seq (lines without one have no key); the table itself when all do."""
+    seq = arrow.column("seq")
+    return arrow.filter(pc.not_equal(seq, _NO_SEQ)) if pc.min(seq).as_py() == NO_SEQ else arrow
+
+
 def _keys_of(tables: dict[str, pa.Table]) -> pa.Table | None:
     """The (ts, seq, session_id) of the keyed rows of a write (zero-copy in the usual case)."""
-    parts = []
-    for arrow in tables.values():
-        keys = arrow.select(["ts", "seq", "session_id"])
-        if pc.min(keys.column("seq")).as_py() == NO_SEQ:
-            keys = keys.filter(pc.not_equal(keys.column("seq"), _NO_SEQ))
-        if keys.num_rows:
-            parts.append(keys)
+    parts = [keys for keys in (_keyed(a.select(["ts", "seq", "session_id"])) for a in tables.values()) if keys.num_rows]
     return None if not parts else parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
 
@@ -213,11 +213,8 @@ def _hashes(tables: dict[str, pa.Table]) -> pa.Array:
     """ts * 1000003 + seq (wrapping int64) of the keyed rows: equal keys have equal hashes."""
     parts = []
     for arrow in tables.values():
-        ts, seq = arrow.column("ts"), arrow.column("seq")
-        if pc.min(seq).as_py() == NO_SEQ:
-            keyed = pc.not_equal(seq, _NO_SEQ)
-            ts, seq = ts.filter(keyed), seq.filter(keyed)
-        parts.extend(pc.add(pc.multiply(ts, _HASH_K), seq).chunks)
+        keys = _keyed(arrow.select(["ts", "seq"]))
+        parts.extend(pc.add(pc.multiply(keys.column("ts"), _HASH_K), keys.column("seq")).chunks)
     return pa.concat_arrays(parts) if parts else pa.array([], pa.int64())
 
 
@@ -231,13 +228,12 @@ class _Seen:
 class _Pending:
     """A record in the ingest log, not yet committed to DuckDB."""
 
-    __slots__ = ("tables", "segment", "lo", "hi", "keys", "rows")
+    __slots__ = ("tables", "segment", "lo", "hi", "rows")
 
     def __init__(self, tables: dict[str, pa.Table], segment: Path, lo: int, hi: int):
         self.tables = tables
         self.segment = segment
         self.lo, self.hi = lo, hi  # its ts range
-        self.keys = _keys_of(tables)
         self.rows = sum(t.num_rows for t in tables.values())
 
 
@@ -384,8 +380,8 @@ class DuckDBWarehouse(Warehouse):
             hashes = _hashes(write.tables) if write.keyed else None
             if hashes is not None and self._maybe_seen(write, hashes):
                 with self._cond:  # taken before DuckDB is read: a record committed meanwhile is still here
-                    pending = [p.keys for p in self._pending
-                               if p.keys is not None and p.lo <= write.hi and write.lo <= p.hi]
+                    near = [p.tables for p in self._pending if p.lo <= write.hi and write.lo <= p.hi]
+                pending = [k for k in map(_keys_of, near) if k is not None]
                 lookup = self._lookup(write)
                 keys = pending[0] if len(pending) == 1 else pa.concat_tables(pending) if pending else None
                 incoming, tables = list(write.tables), write.tables
@@ -443,10 +439,12 @@ class DuckDBWarehouse(Warehouse):
         assert self._log is not None
         while True:
             with self._cond:
-                if not self._cond.wait_for(lambda: self._pending or self._closing, _IDLE_CHECKPOINT_S):
-                    if self._unsynced:  # quiet: make what is in DuckDB durable, and drop the log
-                        self._checkpoint_or_retry()
-                    continue
+                quiet = not self._cond.wait_for(lambda: self._pending or self._closing, _IDLE_CHECKPOINT_S)
+            if quiet:
+                if self._unsynced:  # make what is in DuckDB durable, and drop the log
+                    self._checkpoint_or_retry()
+                continue
+            with self._cond:
                 if not self._pending:
                     return  # closing, and everything is in DuckDB (close() checkpoints)
                 take, lines = [], 0
@@ -648,12 +646,7 @@ class DuckDBWarehouse(Warehouse):
                       dropped: list[int]) -> dict[str, pa.Table]:
         """Leave out lines whose (session_id, seq) an earlier batch of the same write holds;
         counted into `dropped` per batch. Checked in C; Python only runs when there are repeats."""
-        keys = []
-        for arrow in tables.values():
-            arrow = arrow.select(["session_id", "seq"])
-            if pc.min(arrow.column("seq")).as_py() == NO_SEQ:  # lines without seq have no key
-                arrow = arrow.filter(pc.not_equal(arrow.column("seq"), _NO_SEQ))
-            keys.append(arrow)
+        keys = [_keyed(arrow.select(["session_id", "seq"])) for arrow in tables.values()]
         joined = pa.concat_tables(keys) if len(keys) > 1 else keys[0]
         if joined.group_by(["session_id", "seq"], use_threads=False).aggregate([]).num_rows == joined.num_rows:
             return tables  # the usual case
@@ -762,19 +755,18 @@ class DuckDBWarehouse(Warehouse):
                 self._cond.notify_all()
             self._drainer.join()
             self._log.close()
-            try:  # synced, so the log is no longer needed
-                self._checkpoint()
-            except duckdb.Error as exc:
-                log.error("ingest log: the last checkpoint failed (%s); the log is kept and replayed at the next open", exc)
-            else:
-                if not self._pending:
-                    for segment in self._log.segments():
-                        segment.unlink()
             with contextlib.suppress(duckdb.Error):
-                self._con.execute("SET fsync_mode = 'STANDARD'")
+                self._con.execute("SET fsync_mode = 'STANDARD'")  # the CHECKPOINT below is synced
         with self._write_lock:
             try:
                 self._con.execute("CHECKPOINT")
-            except duckdb.Error:
-                pass
+                checkpointed = True
+            except duckdb.Error as exc:
+                checkpointed = False
+                if self._log is not None:
+                    log.error("ingest log: the last checkpoint failed (%s); the log is kept and replayed at the "
+                              "next open", exc)
             self._con.close()
+        if self._log is not None and checkpointed and not self._pending:  # all in the file: the log is done
+            for segment in self._log.segments():
+                segment.unlink()
