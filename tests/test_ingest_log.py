@@ -129,6 +129,42 @@ def test_a_write_waits_then_fails_when_duckdb_is_too_far_behind(tmp_path, monkey
         wh.close()
 
 
+def test_a_write_waiting_for_room_does_not_hold_the_admit_lock(tmp_path, monkeypatch):
+    # The background thread's checkpoint takes the admit lock (no append while it deletes
+    # segments). A writer waiting there for room would stop the thread that makes the room.
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True, max_pending=100, admit_wait=60)
+    release = threading.Event()
+    original = wh._insert
+
+    def stuck(write, known_new=False):
+        if known_new:
+            release.wait(60)
+        return original(write, known_new)
+
+    monkeypatch.setattr(wh, "_insert", stuck)
+    results = []
+    writer = threading.Thread(target=lambda: results.append(wh.insert(batch(10, start=150))))
+    try:
+        assert wh.insert(batch(150)).accepted == 150
+        writer.start()
+        for _ in range(1000):  # until the writer waits for room
+            if wh._cond._waiters:  # type: ignore[attr-defined]
+                break
+            time.sleep(0.01)
+        assert wh._cond._waiters, "the writer never waited for room"  # type: ignore[attr-defined]
+        assert wh._admit_lock.acquire(timeout=10), "a writer waiting for room holds the admit lock"
+        wh._admit_lock.release()
+        release.set()
+        writer.join(30)
+        assert [r.accepted for r in results] == [10]
+        assert wh.sync()
+        assert len(rows(wh)) == 160
+    finally:
+        release.set()
+        writer.join(30)
+        wh.close()
+
+
 _CHILD = textwrap.dedent("""
     import os, sys, threading
     sys.path.insert(0, {src!r})

@@ -369,14 +369,17 @@ class DuckDBWarehouse(Warehouse):
         """Check the write's keys against DuckDB and the pending records, log the new lines
         (fsynced), and hand them to the background insert."""
         assert self._log is not None
+        # Wait for room before taking the admit lock: the background thread's checkpoint takes
+        # that lock too, and a writer waiting in it for room would stop the very thread that
+        # makes room (until admit_wait ran out: a 503, seen on the ingest bench).
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._pending_lines < self._max_pending or self._closing,
+                                       self._admit_wait):
+                raise IngestLogFull(f"DuckDB is {self._pending_lines} lines behind the ingest log"
+                                    + (f" ({self.drain_error})" if self.drain_error else ""))
         with self._admit_lock:
-            with self._cond:
-                if not self._cond.wait_for(lambda: self._pending_lines < self._max_pending or self._closing,
-                                           self._admit_wait):
-                    raise IngestLogFull(f"DuckDB is {self._pending_lines} lines behind the ingest log"
-                                        + (f" ({self.drain_error})" if self.drain_error else ""))
-                if self._closing:
-                    raise IngestLogFull("the warehouse is closing")
+            if self._closing:
+                raise IngestLogFull("the warehouse is closing")
             hashes = _hashes(write.tables) if write.keyed else None
             if hashes is not None and self._maybe_seen(write, hashes):
                 with self._cond:  # taken before DuckDB is read: a record committed meanwhile is still here
