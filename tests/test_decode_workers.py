@@ -130,3 +130,55 @@ def test_workers_exit_when_the_collector_is_killed(tmp_path):
     for p in alive:
         p.kill()
     assert not alive, f"{len(alive)} decode workers outlived the collector"
+
+
+def _decode_workers() -> set[int]:
+    found = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline()):
+                found.add(p.pid)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return found
+
+
+def test_a_killed_worker_is_replaced_and_no_request_hangs(tmp_path):
+    from svc_collector import running_app
+
+    from appvitals.fleet.collector import create_app
+    from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
+
+    before = _decode_workers()
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True)
+    lines = b"".join(b'{"kind":"sample","session_id":"s","ts":%d,"seq":%d,"cpu":1}\n' % (i, i) for i in range(3000))
+    try:
+        with running_app(create_app(wh, decode_workers=2)) as base:
+            workers = _decode_workers() - before
+            assert len(workers) == 2
+            assert httpx.post(base + "/v1/ingest", content=lines, timeout=30).json()["accepted"] == 3000
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            psutil.wait_procs([psutil.Process(victim)], timeout=15)
+            answers = []
+            for _ in range(20):  # a block the dead worker held fails its request with a 503
+                answer = httpx.post(base + "/v1/ingest", content=lines, timeout=30)
+                answers.append(answer.status_code)
+                if answer.status_code == 200:
+                    assert answer.json()["duplicates"] == 3000
+                    if len(_decode_workers() - before) == 2 and answers.count(200) >= 3:
+                        break
+                else:
+                    assert answer.status_code == 503 and "decode worker" in answer.json()["error"]
+                    time.sleep(0.2)
+            now = _decode_workers() - before
+            assert victim not in now and len(now) == 2, "the dead worker was not replaced"
+            assert answers.count(200) >= 3
+        assert wh.query("SELECT count(*) FROM samples")[0][0] == 3000
+    finally:
+        wh.close()
+    for _ in range(150):
+        if not _decode_workers() - before:
+            break
+        time.sleep(0.1)
+    assert not _decode_workers() - before, "decode workers outlived their collector"

@@ -37,7 +37,7 @@ from .. import exposition
 from ..registry import Registry
 from ._body import BadCompression, Decompressor, LineSplitter, LineTooLong, UnsupportedEncoding
 from ._collector_metrics import CollectorMetrics
-from ._decode import MAX_ERRORS, decode_chunk, decode_lines, start_pool
+from ._decode import MAX_ERRORS, DecodePool, DecodeWorkerLost, decode_lines
 from .protocol import MAX_LINE_BYTES, AnyLine
 from .warehouse.base import InsertResult, Warehouse, open_warehouse
 
@@ -80,7 +80,7 @@ class Collector:
         retry_after: int = 2,
         retention_days: int | None = None,
         retention_interval: float = 3600.0,
-        decode_pool: concurrent.futures.Executor | None = None,
+        decode_pool: DecodePool | None = None,
         decode_slots: int = 4,
         linger: float = 0.015,
     ):
@@ -404,12 +404,14 @@ class _Chunker:
         collector.decoding += 1
         try:
             try:
-                loop = asyncio.get_running_loop()
-                packed, rejected, errors = await loop.run_in_executor(collector.decode_pool, decode_chunk, data, first)
+                assert collector.decode_pool is not None
+                tables, size, repeats, rejected, errors = await collector.decode_pool.decode(data, first, self.state.number)
+            except DecodeWorkerLost as exc:  # the client sends the request again
+                raise Overloaded(str(exc))
             finally:
                 collector.decode_slots.release()
             self.state.add_rejected(rejected, errors)
-            batch = ArrowBatch.from_ipc(packed)
+            batch = ArrowBatch.from_ipc((tables, size, repeats))
             if len(batch):
                 self.state.track(await collector.submit(batch))
         finally:
@@ -443,9 +445,12 @@ def _retrieve(task: asyncio.Task) -> None:
 class _RequestState:
     """What one request's chunks did, summed as their commits finish."""
 
-    __slots__ = ("accepted", "duplicates", "rejected", "errors", "pending", "failure", "metrics")
+    count = 0
+    __slots__ = ("number", "accepted", "duplicates", "rejected", "errors", "pending", "failure", "metrics")
 
     def __init__(self, metrics: CollectorMetrics) -> None:
+        _RequestState.count += 1
+        self.number = _RequestState.count  # blocks of older requests are decoded first
         self.metrics = metrics
         self.accepted = 0
         self.duplicates = 0
@@ -579,10 +584,8 @@ def create_app(
             holder["warehouse"] = await asyncio.to_thread(open_warehouse, warehouse, ingest_log)  # type: ignore[arg-type]
         pool = None
         if decode_workers > 0 and getattr(holder["warehouse"], "takes_arrow", False):
-            pool = start_pool(decode_workers)
-            # start the workers now (spawned processes import the package), not on the first request
-            await asyncio.gather(*(asyncio.get_running_loop().run_in_executor(pool, decode_chunk, b"", 1)
-                                   for _ in range(decode_workers)))
+            pool = DecodePool(decode_workers)
+            await pool.start()  # now (spawned processes import the package), not on the first request
         collector = Collector(
             holder["warehouse"], metrics, max_queue=max_queue, group_lines=group_lines,
             max_wait=max_wait, retry_after=retry_after, retention_days=retention_days,
@@ -596,7 +599,7 @@ def create_app(
         finally:
             await collector.stop()
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                await pool.close()
             if closes:
                 await asyncio.to_thread(holder["warehouse"].close)
 
