@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,6 +70,69 @@ def test_a_damaged_record_raises_after_the_good_ones(tmp_path):
     assert next(reader)["samples"].to_pydict() == {"ts": [0]}
     with pytest.raises(DamagedLog):
         next(reader)
+
+
+def test_ipc_parts_short_writes_and_records_of_the_older_form(tmp_path, monkeypatch):
+    from appvitals.fleet.warehouse import _ingestlog
+    from appvitals.fleet.warehouse._arrow import tables_to_ipc
+
+    log = IngestLog(tmp_path / "log")
+    a, b = pa.table({"ts": [1, 2], "seq": [3, 4]}), pa.table({"ts": [5], "seq": [6]})
+    real_writev = _ingestlog.os.writev
+    monkeypatch.setattr(_ingestlog.os, "writev", lambda fd, bufs: real_writev(fd, [bytes(bufs[0])[:7]]))
+    log.append_ipc([tables_to_ipc({"samples": a}), tables_to_ipc({"samples": b, "events": pa.table({"name": ["x"]})})])
+    monkeypatch.undo()
+    segment = log.current()
+    log.close()
+    # a record of stop 11 (one map, not an array of them) is still read
+    payload = _ingestlog._encode(tables_to_ipc({"samples": b}))
+    with open(segment, "ab") as f:
+        f.write(_ingestlog._HEADER.pack(_ingestlog._MAGIC, zlib.crc32(payload), len(payload)) + payload)
+    first, second = IngestLog.read(segment)
+    assert first["samples"].to_pydict() == {"ts": [1, 2, 5], "seq": [3, 4, 6]}  # the parts' rows, in order
+    assert first["events"].to_pydict() == {"name": ["x"]}
+    assert second["samples"].to_pydict() == {"ts": [5], "seq": [6]}
+
+
+def _as_if_killed(wh: DuckDBWarehouse) -> None:
+    """Stop the background insert without inserting or checkpointing: what a SIGKILL leaves."""
+    wh._closing = True
+    with wh._cond:
+        wh._cond.notify_all()
+    wh._drainer.join()
+    wh._con.close()
+
+
+def test_worker_blocks_are_logged_as_they_came_and_replayed(tmp_path, monkeypatch):
+    from appvitals.fleet._decode import decode_chunk
+    from appvitals.fleet.warehouse._arrow import ArrowBatch
+
+    def block(lines):
+        return ArrowBatch.from_ipc(decode_chunk(b"\n".join(x.encode() for x in lines), 1)[0])
+
+    def text(session, seq, ts):
+        return f'{{"kind":"sample","session_id":"{session}","ts":{ts},"seq":{seq},"cpu":{seq}}}'
+
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True)
+    monkeypatch.setattr(wh, "_insert", lambda write, known_new=False: None if known_new else None)
+    from appvitals.fleet.warehouse import _ingestlog
+
+    serialized = []  # tables the log serialized itself (not the workers' bytes)
+    real = _ingestlog.tables_to_ipc
+    monkeypatch.setattr(_ingestlog, "tables_to_ipc", lambda tables: serialized.append(len(tables)) or real(tables))
+    new = wh.insert_many([block([text("a", i, T0 + i) for i in range(5)]), block([text("b", i, T0 + i) for i in range(3)])])
+    assert serialized == []  # all new: the blocks' bytes went to the log as they were
+    # a line repeated across the write's blocks: the write's tables, without the repeat, are logged
+    repeated = wh.insert_many([block([text("c", 0, T0)]), block([text("c", 0, T0), text("c", 1, T0 + 1)])])
+    assert serialized == [1]
+    assert [(r.accepted, r.duplicates) for r in new + repeated] == [(5, 0), (3, 0), (1, 0), (1, 1)]
+    _as_if_killed(wh)  # nothing reached DuckDB: everything comes from the log
+    reopened = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True)
+    try:
+        assert [r[:2] for r in rows(reopened)] == [("a", i) for i in range(5)] + [("b", i) for i in range(3)] + [
+            ("c", 0), ("c", 1)]
+    finally:
+        reopened.close()
 
 
 # -- the warehouse with the log --
@@ -274,16 +338,17 @@ def test_a_full_disk_fails_the_write_and_loses_nothing_acknowledged(tmp_path, mo
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True)
     try:
         assert wh.insert(batch(10)).accepted == 10
-        real_write = _ingestlog.os.write
+        real_writev = _ingestlog.os.writev
 
-        def full(fd, data):  # half a record reaches the file, then the disk is full
-            real_write(fd, bytes(data[: len(data) // 2]))
+        def full(fd, buffers):  # half a record reaches the file, then the disk is full
+            data = b"".join(map(bytes, buffers))
+            _ingestlog.os.write(fd, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(_ingestlog.os, "write", full)
+        monkeypatch.setattr(_ingestlog.os, "writev", full)
         with pytest.raises(OSError, match="No space"):
             wh.insert(batch(10, start=10))
-        monkeypatch.setattr(_ingestlog.os, "write", real_write)
+        monkeypatch.setattr(_ingestlog.os, "writev", real_writev)
         assert wh.insert(batch(5, start=20)).accepted == 5
     finally:
         wh._closing = True  # as if killed: leave everything to the replay

@@ -96,13 +96,16 @@ def _json_column(values: list, canonical: _Canonical) -> pa.Array:
     return pa.array(list(map(json_encode, values)), _STR)
 
 
-def _arrow_table(table: str, lines: list[AnyLine]) -> pa.Table:
-    """The lines of one table as an Arrow table with the schema's columns, in order."""
-    seqs = list(map(_SEQ, lines))
+def _arrow_table(table: str, lines: Sequence[AnyLine], sids: list[str] | None = None,
+                 seqs: list[int | None] | None = None) -> pa.Table:
+    """The lines of one table as an Arrow table with the schema's columns, in order
+    (`sids` and `seqs`: their session_id and seq columns, when the caller has them)."""
+    if seqs is None:
+        seqs = list(map(_SEQ, lines))
     if None in seqs:
         seqs = [NO_SEQ if q is None else q for q in seqs]
     columns: dict[str, Any] = {
-        "session_id": pa.array(list(map(_SID, lines)), _STR),
+        "session_id": pa.array(list(map(_SID, lines)) if sids is None else sids, _STR),
         "ts": pa.array(list(map(_TS, lines)), _I64),
         "seq": pa.array(seqs, _I64),
     }
@@ -145,12 +148,14 @@ class ArrowBatch:
     process, which ships it to the writer as Arrow IPC bytes (`to_ipc` / `from_ipc`): the
     writer then does no per-line Python work at all."""
 
-    __slots__ = ("tables", "size", "duplicates")
+    __slots__ = ("tables", "size", "duplicates", "ipc")
 
-    def __init__(self, tables: dict[str, pa.Table], size: int, duplicates: int):
+    def __init__(self, tables: dict[str, pa.Table], size: int, duplicates: int,
+                 ipc: dict[str, bytes] | None = None):
         self.tables = tables
         self.size = size  # lines in the batch, repeats included
         self.duplicates = duplicates  # repeats inside the batch, already left out
+        self.ipc = ipc  # the tables as the IPC bytes they were read from (from_ipc), else None
 
     def __len__(self) -> int:
         return self.size
@@ -163,7 +168,8 @@ class ArrowBatch:
         limits (the block decoder leaves those to this step)."""
         if not lines:
             return cls({}, 0, 0)
-        duplicates = _batch_duplicates(list(map(_SID, lines)), list(map(_SEQ, lines)))
+        sids, seqs = list(map(_SID, lines)), list(map(_SEQ, lines))
+        duplicates = _batch_duplicates(sids, seqs)
         if duplicates:
             raw = [line for line in lines if type(line) is RawSample]
             if raw:  # repeats are left out, but like any line they must pass the limits first
@@ -175,7 +181,10 @@ class ArrowBatch:
             fresh = lines
         kinds = set(map(type, fresh))
         groups: dict[str, Sequence[AnyLine]] = {}
-        if len(kinds) == 1:  # the usual case: a batch of samples
+        if len(kinds) == 1 and not duplicates:  # the usual case: a batch of samples, columns at hand
+            table = _TABLE_OF[kinds.pop()]
+            return cls({table: _arrow_table(table, lines, sids, seqs)}, len(lines), 0)
+        if len(kinds) == 1:
             groups[_TABLE_OF[kinds.pop()]] = fresh
         else:
             table_of = _TABLE_OF
@@ -196,7 +205,7 @@ class ArrowBatch:
     def from_ipc(cls, packed: tuple[dict[str, bytes], int, int]) -> ArrowBatch:
         """The batch back from `to_ipc` (zero-copy over the bytes)."""
         data, size, duplicates = packed
-        return cls(tables_from_ipc(data), size, duplicates)
+        return cls(tables_from_ipc(data), size, duplicates, data)
 
 
 def tables_to_ipc(tables: dict[str, pa.Table]) -> dict[str, bytes]:

@@ -11,8 +11,11 @@ Format: segment files `<n>.log` in one directory, each a sequence of records
 
     b"AVL1" | crc32 (u32 LE) | payload length (u64 LE) | payload
 
-where the payload is a msgpack map {table name: Arrow IPC stream bytes}. A record is
-appended with one write() and the file fdatasync()ed before the lines are acknowledged.
+where the payload is a msgpack array of maps {table name: Arrow IPC stream bytes} (a record
+written before stop 12: one such map). The collector logs the IPC bytes its decode workers
+sent as they are, one map per block, instead of serializing the write's tables again. A
+record is appended with one writev() and the file fdatasync()ed before the lines are
+acknowledged.
 When the background insert has committed every record of a segment to DuckDB, the segment
 is deleted. At open, segments left by a crash are replayed through the warehouse's
 duplicate-checking insert (some of their records may already be in DuckDB) and deleted.
@@ -43,7 +46,7 @@ log = logging.getLogger("appvitals.collector")
 _MAGIC = b"AVL1"
 _HEADER = struct.Struct("<4sIQ")
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(dict[str, bytes]).decode
+_decode = msgspec.msgpack.Decoder(list[dict[str, bytes]] | dict[str, bytes]).decode
 
 
 class IngestLog:
@@ -65,15 +68,24 @@ class IngestLog:
 
     def append(self, tables: dict[str, pa.Table]) -> Path:
         """Write one record and fdatasync it; returns the segment it went to."""
-        payload = _encode(tables_to_ipc(tables))
-        record = _HEADER.pack(_MAGIC, zlib.crc32(payload), len(payload)) + payload
+        return self.append_ipc([tables_to_ipc(tables)])
+
+    def append_ipc(self, parts: list[dict[str, bytes]]) -> Path:
+        """`append` for tables already in IPC form (per part: {table name: IPC stream bytes})."""
+        payload = _encode(parts)
+        header = _HEADER.pack(_MAGIC, zlib.crc32(payload), len(payload))
         if self._fd is None or self._size >= self.segment_bytes:
             self._start()
         assert self._fd is not None and self._path is not None
-        view = memoryview(record)
+        views = [memoryview(header), memoryview(payload)]
         try:
-            while view:  # a short write continues; a full disk raises
-                view = view[os.write(self._fd, view):]
+            while views:  # a short write continues; a full disk raises
+                written = os.writev(self._fd, views)
+                while views and written >= len(views[0]):
+                    written -= len(views[0])
+                    views.pop(0)
+                if views:
+                    views[0] = views[0][written:]
             os.fdatasync(self._fd)
         except OSError:
             # Not acknowledged. What reached the file stays its last bytes (a record cut short,
@@ -81,7 +93,7 @@ class IngestLog:
             # records go to a new segment. After a failed fsync the page cache cannot be trusted.
             self.seal()
             raise
-        self._size += len(record)
+        self._size += len(header) + len(payload)
         return self._path
 
     def _start(self) -> None:
@@ -122,8 +134,18 @@ class IngestLog:
             payload = data[start:start + length]
             if magic != _MAGIC or zlib.crc32(payload) != crc:
                 raise DamagedLog(segment, at)
-            yield tables_from_ipc(_decode(payload))
+            yield _tables(_decode(payload))
             at = start + length
+
+
+def _tables(parts: list[dict[str, bytes]] | dict[str, bytes]) -> dict[str, pa.Table]:
+    if isinstance(parts, dict):  # a record written before stop 12
+        return tables_from_ipc(parts)
+    pieces: dict[str, list[pa.Table]] = {}
+    for part in parts:
+        for name, arrow in tables_from_ipc(part).items():
+            pieces.setdefault(name, []).append(arrow)
+    return {name: arrows[0] if len(arrows) == 1 else pa.concat_tables(arrows) for name, arrows in pieces.items()}
 
 
 class DamagedLog(Exception):
