@@ -169,6 +169,7 @@ def _keys_in_batch_order(pieces: dict[str, list[tuple[int, pa.Table]]]):
 _DRAIN_LINES = 100_000  # at most this many lines per background insert
 _DRAIN_GATHER_LINES = 50_000  # ... which waits for this many, unless a reader waits
 _DRAIN_GATHER_S = 0.3  # ... or this long
+_DRAIN_GATHER_PAUSE_S = 0.05  # ... or until no write came for this long
 _DRAIN_NICE = 5  # the background insert's niceness (Linux: per thread)
 _CHECKPOINT_WAL_BYTES = 32 << 20  # the background insert checkpoints once DuckDB's WAL is this big
 _IDLE_CHECKPOINT_S = 5.0  # ... or after this long without lines to insert
@@ -475,9 +476,16 @@ class DuckDBWarehouse(Warehouse):
                 continue
             with self._cond:
                 # larger transactions cost DuckDB less a line (half the CPU at 50,000 lines than
-                # at 5,000, on the ingest bench): gather a while, unless a reader waits
-                self._cond.wait_for(lambda: self._pending_lines >= _DRAIN_GATHER_LINES or self._closing
-                                    or self._readers, _DRAIN_GATHER_S)
+                # at 5,000, on the ingest bench): gather while writes keep coming, unless a
+                # reader waits; a pause between writes ends the gathering (the end of a burst)
+                deadline = time.monotonic() + _DRAIN_GATHER_S
+                while not (self._pending_lines >= _DRAIN_GATHER_LINES or self._closing or self._readers):
+                    admitted = self._admitted
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._cond.wait_for(
+                            lambda: self._admitted != admitted or self._closing or self._readers,
+                            min(left, _DRAIN_GATHER_PAUSE_S)):
+                        break
                 if not self._pending:
                     return  # closing, and everything is in DuckDB (close() checkpoints)
                 take, lines = [], 0
