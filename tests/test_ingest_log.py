@@ -170,17 +170,23 @@ def test_lines_stored_before_the_open_and_lines_forgotten_by_the_window_are_dupl
         wh.close()
 
 
-def test_a_write_waits_then_fails_when_duckdb_is_too_far_behind(tmp_path, monkeypatch):
-    wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True, max_pending=100, admit_wait=0.3)
+def _hold_background_insert(wh: DuckDBWarehouse, monkeypatch) -> threading.Event:
+    """The background insert waits (lines stay pending) until the returned event is set."""
     release = threading.Event()
     original = wh._insert
 
     def stuck(write, known_new=False):
         if known_new:
-            release.wait(30)
+            release.wait(60)
         return original(write, known_new)
 
     monkeypatch.setattr(wh, "_insert", stuck)
+    return release
+
+
+def test_a_write_waits_then_fails_when_duckdb_is_too_far_behind(tmp_path, monkeypatch):
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True, max_pending=100, admit_wait=0.3)
+    release = _hold_background_insert(wh, monkeypatch)
     try:
         assert wh.insert(batch(150)).accepted == 150  # logged: acknowledged
         with pytest.raises(IngestLogFull, match="behind"):
@@ -197,15 +203,7 @@ def test_a_write_waiting_for_room_does_not_hold_the_admit_lock(tmp_path, monkeyp
     # The background thread's checkpoint takes the admit lock (no append while it deletes
     # segments). A writer waiting there for room would stop the thread that makes the room.
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True, max_pending=100, admit_wait=60)
-    release = threading.Event()
-    original = wh._insert
-
-    def stuck(write, known_new=False):
-        if known_new:
-            release.wait(60)
-        return original(write, known_new)
-
-    monkeypatch.setattr(wh, "_insert", stuck)
+    release = _hold_background_insert(wh, monkeypatch)
     results = []
     writer = threading.Thread(target=lambda: results.append(wh.insert(batch(10, start=150))))
     try:
@@ -351,12 +349,7 @@ def test_a_full_disk_fails_the_write_and_loses_nothing_acknowledged(tmp_path, mo
         monkeypatch.setattr(_ingestlog.os, "writev", real_writev)
         assert wh.insert(batch(5, start=20)).accepted == 5
     finally:
-        wh._closing = True  # as if killed: leave everything to the replay
-        wh._cond.acquire()
-        wh._cond.notify_all()
-        wh._cond.release()
-        wh._drainer.join()
-        wh._con.close()
+        _as_if_killed(wh)  # leave everything to the replay
     reopened = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True)
     try:
         assert [r[1] for r in rows(reopened)] == list(range(10)) + list(range(20, 25))
