@@ -357,3 +357,21 @@ def test_a_full_disk_fails_the_write_and_loses_nothing_acknowledged(tmp_path, mo
         assert not list((tmp_path / "w.duckdb.ingest").glob("*.damaged"))  # a cut tail is not damage
     finally:
         reopened.close()
+
+
+def test_duckdb_runs_on_one_thread_while_ingesting_and_on_every_core_for_a_read(tmp_path):
+    import os
+
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True)
+    try:
+        assert wh.insert(batch(10)).accepted == 10
+        assert wh.query("SELECT current_setting('threads')") == [(os.cpu_count() or 1,)]
+        assert wh._settings_con.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
+    finally:
+        wh.close()
+    memory = DuckDBWarehouse(":memory:", ingest_log=True)  # no log for a memory database: as before
+    try:
+        assert memory.insert(batch(3)).accepted == 3
+        assert memory.query("SELECT count(*) FROM samples") == [(3,)]
+    finally:
+        memory.close()

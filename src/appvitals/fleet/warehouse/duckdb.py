@@ -290,7 +290,7 @@ class DuckDBWarehouse(Warehouse):
         self._read_threads: int | None = None  # set: DuckDB gets this many threads while reading
         if threads:
             config["threads"] = threads
-        elif ingest_log:
+        elif ingest_log and self.path != ":memory:":
             # Ingesting, DuckDB runs on one thread: its inserts gain little from a second one,
             # which would contend with the collector's decode workers for the same cores (on
             # the ingest bench it cost 0.3-0.5 us of CPU a line). Reads get every core back
