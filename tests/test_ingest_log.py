@@ -367,6 +367,9 @@ def test_duckdb_runs_on_one_thread_while_ingesting_and_on_every_core_for_a_read(
         assert wh.insert(batch(10)).accepted == 10
         assert wh.query("SELECT current_setting('threads')") == [(os.cpu_count() or 1,)]
         assert wh._settings_con.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
+        if sys.platform.startswith("linux"):  # and the background insert yields to the requests
+            stat = Path(f"/proc/self/task/{wh._drainer.native_id}/stat").read_text()
+            assert int(stat.rsplit(")", 1)[1].split()[16]) == duckdb_module._DRAIN_NICE
     finally:
         wh.close()
     memory = DuckDBWarehouse(":memory:", ingest_log=True)  # no log for a memory database: as before

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -462,11 +463,12 @@ class DuckDBWarehouse(Warehouse):
     def _drain_loop(self) -> None:
         """The background insert: pending records into DuckDB, oldest first, many per commit."""
         assert self._log is not None
-        with contextlib.suppress(AttributeError, OSError):  # not on every platform
+        if sys.platform.startswith("linux"):  # elsewhere the call would mean a process, not a thread
             # Lines wait here already acknowledged, so inserting them can yield the CPU to the
             # requests in flight: the decode workers and the event loop run first, this thread
             # takes the rest (the cores sit idle while a write is fsynced, for one).
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _DRAIN_NICE)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _DRAIN_NICE)
         while True:
             with self._cond:
                 quiet = not self._cond.wait_for(lambda: self._pending or self._closing, _IDLE_CHECKPOINT_S)
