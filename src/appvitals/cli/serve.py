@@ -32,6 +32,9 @@ DEFAULT_DB = "vitals-fleet.duckdb"
 def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention_days, max_queue,
             decode_workers, ingest_log) -> None:
     """Run the fleet collector: POST /v1/ingest, GET /v1/report, /metrics, /healthz."""
+    from ..fleet._decode import use_system_allocator
+
+    use_system_allocator()  # before anything imports pyarrow (its C++ side reads it once)
     from ..fleet.collector import check_bind, serve
 
     # the driver logs each failed connection with a traceback; our one-line error says it all

@@ -37,7 +37,7 @@ from .. import exposition
 from ..registry import Registry
 from ._body import BadCompression, Decompressor, LineSplitter, LineTooLong, UnsupportedEncoding
 from ._collector_metrics import CollectorMetrics
-from ._decode import MAX_ERRORS, DecodePool, DecodeWorkerLost, decode_lines
+from ._decode import MAX_ERRORS, DecodePool, DecodeWorkerLost, decode_lines, use_system_allocator
 from .protocol import MAX_LINE_BYTES, AnyLine
 from .warehouse.base import InsertResult, Warehouse, open_warehouse
 
@@ -674,6 +674,7 @@ def serve(
     **options: Any,
 ) -> None:
     """Run the collector in the foreground until SIGINT/SIGTERM (uvicorn on host:port)."""
+    use_system_allocator()  # first: before anything allocates Arrow memory
     import uvicorn
 
     tokens, read_tokens = tuple(tokens), tuple(read_tokens)
