@@ -121,7 +121,7 @@ def test_workers_exit_when_the_collector_is_killed(tmp_path):
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/ingest", timeout=30, content=(
             b'{"kind":"sample","session_id":"s1","ts":5,"seq":1,"cpu":10}\nbad\n'))
         assert answer.json()["accepted"] == 1 and answer.json()["errors"][0]["line"] == 2
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        workers = [psutil.Process(pid) for pid in _decode_workers(psutil.Process(proc.pid))]
         assert len(workers) >= 2
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -132,9 +132,10 @@ def test_workers_exit_when_the_collector_is_killed(tmp_path):
     assert not alive, f"{len(alive)} decode workers outlived the collector"
 
 
-def _decode_workers() -> set[int]:
+def _decode_workers(root: psutil.Process | None = None) -> set[int]:
+    """The pids of the decode workers under `root` (this process by default)."""
     found = set()
-    for p in psutil.Process().children(recursive=True):
+    for p in (root or psutil.Process()).children(recursive=True):
         try:
             if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline()):
                 found.add(p.pid)

@@ -180,20 +180,18 @@ class ArrowBatch:
         else:
             fresh = lines
         kinds = set(map(type, fresh))
-        groups: dict[str, Sequence[AnyLine]] = {}
-        if len(kinds) == 1 and not duplicates:  # the usual case: a batch of samples, columns at hand
+        if len(kinds) == 1:  # the usual case: a batch of samples (its columns at hand, unless repeats left)
             table = _TABLE_OF[kinds.pop()]
-            return cls({table: _arrow_table(table, lines, sids, seqs)}, len(lines), 0)
-        if len(kinds) == 1:
-            groups[_TABLE_OF[kinds.pop()]] = fresh
-        else:
-            table_of = _TABLE_OF
-            for line in fresh:
-                table = table_of[type(line)]
-                group = groups.get(table)
-                if group is None:
-                    group = groups[table] = []
-                group.append(line)  # type: ignore[attr-defined]
+            columns = (None, None) if duplicates else (sids, seqs)
+            return cls({table: _arrow_table(table, fresh, *columns)}, len(lines), len(duplicates))
+        groups: dict[str, list[AnyLine]] = {}
+        table_of = _TABLE_OF
+        for line in fresh:
+            table = table_of[type(line)]
+            group = groups.get(table)
+            if group is None:
+                group = groups[table] = []
+            group.append(line)
         tables = {table: _arrow_table(table, groups[table]) for table in _TABLES if groups.get(table)}
         return cls(tables, len(lines), len(duplicates))
 

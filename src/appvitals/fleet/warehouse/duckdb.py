@@ -287,18 +287,19 @@ class DuckDBWarehouse(Warehouse):
             self.path = self.path[len("duckdb://"):]
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        logged = ingest_log and self.path != ":memory:"  # a memory database has no log
         config: dict[str, Any] = {"memory_limit": memory_limit}
         self._read_threads: int | None = None  # set: DuckDB gets this many threads while reading
         if threads:
             config["threads"] = threads
-        elif ingest_log and self.path != ":memory:":
+        elif logged:
             # Ingesting, DuckDB runs on one thread: its inserts gain little from a second one,
             # which would contend with the collector's decode workers for the same cores (on
             # the ingest bench it cost 0.3-0.5 us of CPU a line). Reads get every core back
             # while they run (`_reading`).
             config["threads"] = 1
             self._read_threads = os.cpu_count() or 1
-        self._con = self._connect(config, ingest_log)
+        self._con = self._connect(config, logged)
         self._write_lock = threading.Lock()
         for statement in _ddl() + _ROLLUP_DDL:
             self._con.execute(statement)
@@ -314,7 +315,7 @@ class DuckDBWarehouse(Warehouse):
             self._ts_range[table] = None if lo is None else (int(lo), int(hi))
         self._log: IngestLog | None = None
         self._closed = False
-        if ingest_log and self.path != ":memory:":
+        if logged:
             self._open_log(max_pending, admit_wait)
 
     # -- the ingest log: writes acknowledged once logged, inserted by a background thread --
