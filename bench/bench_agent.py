@@ -31,7 +31,7 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), *sys.path]
 
 AGENT = """
 import json, os, sys, time
-from appvitals.fleet.agent import Agent
+from appvitals.fleet.client.agent import Agent
 url, home, interval, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 agent = Agent(url, home=home, interval=interval, app_version="1.2.3", close_at_exit=False)
 agent.start()
@@ -48,7 +48,7 @@ print(json.dumps({"cpu_percent": cpu, "lines": lines + 1, "lines_sent": s.lines_
 
 WATCHDOG = """
 import json, os, subprocess, sys, threading, time
-from appvitals.fleet.watchdog import Watchdog
+from appvitals.fleet.client.watchdog import Watchdog
 url, home, interval, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 app = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(%f)" % (seconds + 1)])
 dog = Watchdog(app.pid, url, port=0, home=home, interval=interval)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import duckdb  # noqa: E402
 from _machine import machine  # noqa: E402
 
-from appvitals.fleet.report import build_report  # noqa: E402
+from appvitals.fleet.analysis.report import build_report  # noqa: E402
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse  # noqa: E402
 
 T0 = 1_764_000_000_000

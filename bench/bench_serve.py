@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import prometheus_client  # noqa: E402
 
 import appvitals  # noqa: E402
-from appvitals import render  # noqa: E402
+from appvitals.stats import render  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "serve.json"
 MODELS = 10

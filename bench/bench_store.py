@@ -13,7 +13,7 @@ import tempfile
 import time
 
 import appvitals
-from appvitals.store import HistoryPolicy
+from appvitals.stats.store import HistoryPolicy
 
 SERIES = int(os.environ.get("BENCH_SERIES", "100000"))
 CHANGED = 1000

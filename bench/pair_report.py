@@ -24,7 +24,7 @@ from pathlib import Path
 WORKER = r"""
 import sys, time, datetime as dt
 sys.path.insert(0, sys.argv[1] + "/src")
-from appvitals.fleet.report import build_report
+from appvitals.fleet.analysis.report import build_report
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 wh = DuckDBWarehouse(sys.argv[2], memory_limit="2GB")
 now = dt.datetime.fromtimestamp(1_764_000_000 + 12 * 3600, dt.timezone.utc)

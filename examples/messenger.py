@@ -22,7 +22,7 @@ import threading
 import time
 
 import appvitals
-from appvitals.store import HistoryPolicy
+from appvitals.stats.store import HistoryPolicy
 
 USERS = ("1", "2", "3")
 SMP_SERVERS = ("smp1.simplex.im", "smp2.simplex.im", "smp.example.org")

@@ -24,7 +24,7 @@ import threading
 import time
 
 import appvitals
-from appvitals.store import HistoryPolicy
+from appvitals.stats.store import HistoryPolicy
 
 PEERS = ("A", "B", "C")
 MODELS = ("entry", "content_identity", "location", "tag")

@@ -1,6 +1,6 @@
 """`python -m appvitals`: the `vitals` command line."""
 
-from .cli import main
+from appvitals.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """`python -m appvitals.cli`: the `vitals` command without the console script on PATH."""
 
-from . import main
+from appvitals.cli import main
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import BadUsage, VitalsError
+from appvitals.cli.app import BadUsage, VitalsError
 
 
 @contextlib.contextmanager
@@ -20,7 +20,7 @@ def running_collector(db_path: str, port: int = 0):
     """Run a collector on an embedded DuckDB file in a background thread; yields its base URL."""
     import uvicorn
 
-    from ..fleet.collector import create_app
+    from appvitals.fleet.collector.app import create_app
 
     if not port:
         with socket.socket() as s:
@@ -77,10 +77,10 @@ def command(workdir, clients, minutes, seed, scenario, port, keep_serving) -> No
     """Start a collector on DuckDB, run a simulated fleet with planted CPU problems through real agents, print the report."""
     from rich.console import Console
 
-    from ..fleet.report import ReportError
-    from ..fleet.scenario import ScenarioError, load_scenario
-    from ..fleet.simulate import run_simulation
-    from .report import fetch_report, print_report
+    from appvitals.cli.report import fetch_report, print_report
+    from appvitals.fleet.analysis.report import ReportError
+    from appvitals.fleet.sim.scenario import ScenarioError, load_scenario
+    from appvitals.fleet.sim.simulate import run_simulation
 
     if minutes <= 0 or minutes > 24 * 60:
         raise BadUsage("--minutes must be within (0, 1440]")

@@ -1,7 +1,7 @@
 """`vitals metrics`: an app's in-app stats, from its store file or from the running app.
 
-Thin: options become an `appvitals.query.Query`; the snapshot is read with
-`query.read_store` (`--db`) or `query.read_url` (`--url`) and shown by `appvitals.render`.
+Thin: options become an `appvitals.stats.query.Query`; the snapshot is read with
+`query.read_store` (`--db`) or `query.read_url` (`--url`) and shown by `appvitals.stats.render`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 import click
 import msgspec
 
-from .. import query as _query
-from .. import render as _render
-from .. import snapshot as _snap
-from . import BadUsage, VitalsError
+from appvitals.cli.app import BadUsage, VitalsError
+from appvitals.stats import query as _query
+from appvitals.stats import render as _render
+from appvitals.stats import snapshot as _snap
 
 Reader = Callable[[_query.Query], _snap.Snapshot]
 
@@ -36,7 +36,7 @@ def _open_source(db: str | None, key: str | None, url: str | None, token: str | 
         raise BadUsage("give --db FILE (the app's store) or --url URL (the running app, e.g. http://127.0.0.1:9464)")
     if not os.path.isfile(db):
         raise BadUsage(f"no store file at {db!r}")
-    from ..store import Store, StoreError, StoreKeyError
+    from appvitals.stats.store import Store, StoreError, StoreKeyError
 
     try:
         store = Store.open_readonly(db, key=key or None)

@@ -11,7 +11,7 @@ import urllib.request
 import click
 import msgspec
 
-from . import BadUsage, VitalsError
+from appvitals.cli.app import BadUsage, VitalsError
 
 DEFAULT_URL = "http://127.0.0.1:8420"
 
@@ -31,7 +31,7 @@ DEFAULT_URL = "http://127.0.0.1:8420"
 @click.option("--json", "as_json", is_flag=True, help="Print only the report as JSON.")
 def command(db, url, clickhouse, since, until, threshold, metric, min_support, compare, token, as_json) -> None:
     """Which versions, stages and attributes make CPU high: the drill-down report."""
-    from ..fleet.report import ReportError, build_report
+    from appvitals.fleet.analysis.report import ReportError, build_report
 
     if sum(bool(x) for x in (db, url, clickhouse)) > 1:
         raise BadUsage("give one of --db, --url or --clickhouse")
@@ -70,7 +70,7 @@ def _open(db: str | None, clickhouse: str | None):
         import logging
 
         logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
-        from ..fleet.warehouse.clickhouse import ClickHouseWarehouse
+        from appvitals.fleet.warehouse.clickhouse import ClickHouseWarehouse
 
         try:
             return ClickHouseWarehouse(clickhouse)
@@ -78,7 +78,7 @@ def _open(db: str | None, clickhouse: str | None):
             raise VitalsError(f"cannot open ClickHouse {clickhouse}: {exc}")
     if not os.path.exists(db):
         raise VitalsError(f"no such warehouse file: {db}")
-    from ..fleet.warehouse.duckdb import DuckDBWarehouse
+    from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 
     try:
         return DuckDBWarehouse(db)
@@ -91,7 +91,7 @@ def _open(db: str | None, clickhouse: str | None):
 
 def fetch_report(url: str, token: str | None = None, **kwargs):
     """GET {url}/v1/report with the report's parameters and decode it into a Report."""
-    from ..fleet.report import Report
+    from appvitals.fleet.analysis.report import Report
 
     query = {k: v for k, v in kwargs.items() if v is not None and k != "compare"}
     if kwargs.get("compare"):

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from . import BadUsage, VitalsError
+from appvitals.cli.app import BadUsage, VitalsError
 
 DEFAULT_DB = "vitals-fleet.duckdb"
 
@@ -32,10 +32,10 @@ DEFAULT_DB = "vitals-fleet.duckdb"
 def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention_days, max_queue,
             decode_workers, ingest_log) -> None:
     """Run the fleet collector: POST /v1/ingest, GET /v1/report, /metrics, /healthz."""
-    from ..fleet._decode import use_system_allocator
+    from appvitals.fleet.collector.decode import use_system_allocator
 
     use_system_allocator()  # before anything imports pyarrow (its C++ side reads it once)
-    from ..fleet.collector import check_bind, serve
+    from appvitals.fleet.collector.app import check_bind, serve
 
     # the driver logs each failed connection with a traceback; our one-line error says it all
     logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
@@ -50,7 +50,7 @@ def command(db, clickhouse, host, port, tokens, read_tokens, insecure, retention
     except ValueError as exc:
         raise BadUsage(str(exc))
     try:
-        from ..fleet.warehouse import open_warehouse
+        from appvitals.fleet.warehouse import open_warehouse
 
         store = open_warehouse(warehouse, ingest_log=ingest_log)  # open before listening: a bad --db/--clickhouse fails fast
     except Exception as exc:

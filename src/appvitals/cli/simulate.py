@@ -7,7 +7,7 @@ import json
 import click
 import msgspec
 
-from . import BadUsage, VitalsError
+from appvitals.cli.app import BadUsage, VitalsError
 
 
 @click.command("simulate")
@@ -26,9 +26,9 @@ from . import BadUsage, VitalsError
 @click.option("--json", "as_json", is_flag=True, help="Print only the statistics as JSON.")
 def command(url, clients, minutes, seed, scenario, speed, token, start, spool_dir, as_json) -> None:
     """Simulate a fleet of clients (the real Agent, in compressed time) posting to a collector."""
-    from ..fleet.scenario import ScenarioError, load_scenario
-    from ..fleet.simulate import run_simulation
-    from ..fleet.uploader import ingest_url
+    from appvitals.fleet.client.uploader import ingest_url
+    from appvitals.fleet.sim.scenario import ScenarioError, load_scenario
+    from appvitals.fleet.sim.simulate import run_simulation
 
     if clients < 1:
         raise BadUsage("--clients must be >= 1")
@@ -46,7 +46,7 @@ def command(url, clients, minutes, seed, scenario, speed, token, start, spool_di
         raise BadUsage(str(exc))
     start_ms = None
     if start:
-        from ..timeparse import TimeParseError, parse_time
+        from appvitals.timeparse import TimeParseError, parse_time
 
         try:
             start_ms = int(parse_time(start).timestamp() * 1000)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from . import BadUsage, VitalsError
+from appvitals.cli.app import BadUsage, VitalsError
 
 
 def _attr(text: str) -> tuple[str, str | int | float | bool]:
@@ -44,8 +44,8 @@ def command(pid, url, port, app_version, attrs, interval, token, home, replay, c
     Or start the app yourself: `vitals watchdog --url URL -- ./app --flag`; the app finds the
     UDP port in $VITALS_WATCHDOG_PORT, and the watchdog exits with the app's exit code.
     """
-    from ..fleet.uploader import ingest_url
-    from ..fleet.watchdog import Watchdog
+    from appvitals.fleet.client.uploader import ingest_url
+    from appvitals.fleet.client.watchdog import Watchdog
 
     if interval <= 0:
         raise BadUsage("--interval must be > 0")

@@ -6,11 +6,11 @@ from __future__ import annotations
 def __getattr__(name: str):
     # lazy: importing appvitals.fleet.protocol must not pull in psutil, Starlette or DuckDB
     if name == "Agent":
-        from .agent import Agent
+        from appvitals.fleet.client.agent import Agent
 
         return Agent
     if name == "run_simulation":
-        from .simulate import run_simulation
+        from appvitals.fleet.sim.simulate import run_simulation
 
         return run_simulation
     raise AttributeError(name)

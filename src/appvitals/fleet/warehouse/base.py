@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..protocol import AnyLine
+from appvitals.fleet.wire.protocol import AnyLine
 
 
 class InsertResult(msgspec.Struct):
@@ -71,9 +71,9 @@ def open_warehouse(url: str, ingest_log: bool = False) -> Warehouse:
     `ingest_log` (DuckDB files): acknowledge writes once in the collector's own fsynced log and
     insert them into DuckDB in the background (see warehouse/_ingestlog.py)."""
     if url.startswith("clickhouse://"):
-        from .clickhouse import ClickHouseWarehouse
+        from appvitals.fleet.warehouse.clickhouse import ClickHouseWarehouse
 
         return ClickHouseWarehouse(url)
-    from .duckdb import DuckDBWarehouse
+    from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 
     return DuckDBWarehouse(url, ingest_log=ingest_log)

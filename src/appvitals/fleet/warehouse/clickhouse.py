@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ..protocol import AnyLine
-from ._columns import SCHEMA, Columns, KeyedBatch
-from .base import InsertResult, Warehouse
+from appvitals.fleet.warehouse.base import InsertResult, Warehouse
+from appvitals.fleet.wire.protocol import AnyLine
+from appvitals.fleet.wire.schema import SCHEMA, Columns, KeyedBatch
 
 _CH_TYPES = {
     "session_id": "String", "client_id": "String", "name": "String", "reason": "String",
@@ -73,6 +73,9 @@ class ClickHouseWarehouse(Warehouse):
     dialect = "clickhouse"
 
     def __init__(self, url: str, create: bool = True):
+        from appvitals.extras import require
+
+        require("clickhouse")
         from clickhouse_driver import Client
 
         self.url = url

@@ -32,15 +32,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from appvitals.extras import require as _require_extra
+
+_require_extra("collector")
+
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..protocol import AnyLine
-from ._arrow import ArrowBatch
-from ._columns import NO_SEQ, SCHEMA
-from ._ingestlog import DamagedLog, IngestLog
-from .base import InsertResult, Warehouse
+from appvitals.fleet.warehouse.base import InsertResult, Warehouse
+from appvitals.fleet.warehouse.ingestlog import DamagedLog, IngestLog
+from appvitals.fleet.wire.arrow import ArrowBatch
+from appvitals.fleet.wire.protocol import AnyLine
+from appvitals.fleet.wire.schema import NO_SEQ, SCHEMA
 
 log = logging.getLogger("appvitals.collector")
 

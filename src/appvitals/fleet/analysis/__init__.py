@@ -1,0 +1,1 @@
+"""The explanation: warehouse facts (SQL), the ranking of explanations and the drill-down report."""

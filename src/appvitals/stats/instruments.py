@@ -1,0 +1,598 @@
+"""The instruments: Counter, Gauge, Histogram, State and Events, with labelled families.
+
+How one number is stored lives in the `_*Child` classes; the families around them only
+validate labels and cache children. The hot path is one call deep:
+
+- A counter series is an `itertools.count` subclass: `inc()` is `next(self)`, a single C
+  call that the GIL makes atomic, so 8 threads incrementing lose nothing without a lock.
+  Other amounts (`inc(2.5)`) go to `_extra` under the module's mutation lock.
+- Everything else mutates under `MUTATION_LOCK`. A snapshot takes that lock and reads every
+  counter in one C-level sweep (`list(map(repr, cells))`, during which no other thread can
+  run), so it is a consistent point in time across all metrics of the registry.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import keyword
+import math
+import re
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from appvitals.stats.sketch import INV_LOG_GAMMA, MIN_POSITIVE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from appvitals.stats.registry import Registry
+
+MUTATION_LOCK = threading.Lock()
+OVERFLOW = "__overflow__"
+
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_log = math.log
+_ceil = math.ceil
+_now = time.time
+
+
+class LabelError(ValueError):
+    """Wrong, missing or extra label names."""
+
+
+# ---------------------------------------------------------------- how one number is stored
+
+
+class _CounterChild(itertools.count):
+    """One counter series: unit increments are `next(self)`; other amounts go to `_extra`."""
+
+    __slots__ = ("_extra",)
+
+    def __new__(cls):
+        self = super().__new__(cls)
+        self._extra = 0
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        """Add `amount` (default 1, must be >= 0)."""
+        if amount == 1:
+            next(self)
+        elif amount > 0:
+            with MUTATION_LOCK:
+                self._extra += amount
+        elif amount != 0:
+            raise ValueError("counters only go up: use a gauge for values that go down")
+
+    def get(self) -> float:
+        """The current value (not synchronised with other series; use a snapshot for that)."""
+        with MUTATION_LOCK:
+            return _count_of(repr(self)) + self._extra
+
+    def _zero(self) -> None:  # caller holds MUTATION_LOCK
+        self._extra = -_count_of(repr(self))
+
+
+_PREFIX = len("_CounterChild(")
+
+
+def _count_of(text: str) -> int:
+    return int(text[_PREFIX:-1])
+
+
+class _GaugeChild:
+    __slots__ = ("_value",)
+
+    def __init__(self) -> None:
+        self._value = 0.0
+
+    def set(self, value: float) -> None:
+        """Set the gauge to `value`."""
+        with MUTATION_LOCK:
+            self._value = float(value)
+
+    def inc(self, amount: float = 1) -> None:
+        """Add `amount` (may be negative)."""
+        with MUTATION_LOCK:
+            self._value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        """Subtract `amount`."""
+        with MUTATION_LOCK:
+            self._value -= amount
+
+    def get(self) -> float:
+        """The current value."""
+        return self._value
+
+    def _zero(self) -> None:
+        self._value = 0.0
+
+    def _read(self):
+        return self._value
+
+
+class _Timer:
+    __slots__ = ("_child", "_scale", "_start")
+
+    def __init__(self, child, scale: float) -> None:
+        self._child, self._scale = child, scale
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._child.observe((time.perf_counter() - self._start) * self._scale)
+
+
+class _HistogramChild:
+    # no count field: it is derived from the buckets (one less store on the hot path, and no
+    # second number that could drift from them)
+    __slots__ = ("sum", "min", "max", "zero", "pos", "neg", "_scale")
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self._scale = scale
+        self._zero()
+
+    def observe(self, value: float, _lock=MUTATION_LOCK, _log=_log, _ceil=_ceil, _k=INV_LOG_GAMMA,
+                _eps=MIN_POSITIVE) -> None:
+        """Record one value: sum, min, max and the quantile sketch (the count is the buckets' total)."""
+        with _lock:
+            self.sum += value
+            if value < self.min:
+                self.min = value
+            if value > self.max:
+                self.max = value
+            if value > _eps:
+                i = _ceil(_log(value) * _k)
+                try:
+                    self.pos[i] += 1  # no method call on the common path (bucket already seen)
+                except KeyError:
+                    self.pos[i] = 1
+            elif value < -_eps:
+                i = _ceil(_log(-value) * _k)
+                try:
+                    self.neg[i] += 1
+                except KeyError:
+                    self.neg[i] = 1
+            else:
+                self.zero += 1
+
+    def time(self) -> _Timer:
+        """Context manager observing the elapsed time in the histogram's unit."""
+        return _Timer(self, self._scale)
+
+    @property
+    def count(self) -> int:
+        """How many values were observed."""
+        return self.zero + sum(self.pos.values()) + sum(self.neg.values())
+
+    def _zero(self) -> None:
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self.zero = 0
+        self.pos: dict[int, int] = {}
+        self.neg: dict[int, int] = {}
+
+    def _read(self):
+        return (self.count, self.sum, self.min, self.max, self.zero, dict(self.pos), dict(self.neg))
+
+
+class _StateChild:
+    __slots__ = ("current", "entered_at", "times", "transitions", "history", "_allowed", "_changed")
+
+    def __init__(self, allowed: tuple[str, ...], history: int, changed=None) -> None:
+        self._changed = changed  # the registry's change notifier: live streams push transitions at once
+        self._allowed = frozenset(allowed)
+        self.current: str | None = allowed[0] if allowed else None
+        self.entered_at = _now()
+        self.times: dict[str, float] = {}
+        self.transitions: dict[str, int] = {}
+        self.history: collections.deque = collections.deque(maxlen=history)
+
+    def set(self, state: str, reason: str | None = None) -> None:
+        """Enter `state`; time in the previous state, the transition and `reason` are recorded."""
+        if self._allowed and state not in self._allowed:
+            raise ValueError(f"unknown state {state!r}; expected one of {sorted(self._allowed)}")
+        with MUTATION_LOCK:
+            now = _now()
+            previous = self.current
+            if previous is not None:
+                self.times[previous] = self.times.get(previous, 0.0) + (now - self.entered_at)
+            if previous != state:
+                key = f"{previous}->{state}"
+                self.transitions[key] = self.transitions.get(key, 0) + 1
+                self.history.append((now, previous, state, reason))
+            self.current = state
+            self.entered_at = now
+        if previous != state and self._changed is not None:
+            self._changed()
+
+    def _zero(self) -> None:
+        self.entered_at = _now()
+        self.times = {}
+        self.transitions = {}
+        self.history.clear()
+
+    def _read(self):
+        return (self.current, self.entered_at, dict(self.times), dict(self.transitions), list(self.history))
+
+
+class _EventsChild:
+    __slots__ = ("recent", "total", "by_type", "_changed")
+
+    def __init__(self, capacity: int, changed=None) -> None:
+        self._changed = changed
+        self.recent: collections.deque = collections.deque(maxlen=capacity)
+        self.total = 0
+        self.by_type: dict[str, int] = {}
+
+    def record(self, type: str = "event", message: str = "", **fields: Any) -> None:
+        """Keep one record in the ring buffer and count it by `type`."""
+        rec = {"type": str(type), "message": str(message)}
+        for k, v in fields.items():
+            rec[k] = v if isinstance(v, (int, float, bool)) or v is None else str(v)
+        with MUTATION_LOCK:
+            rec["at"] = _now()
+            self.recent.append(rec)
+            self.total += 1
+            self.by_type[rec["type"]] = self.by_type.get(rec["type"], 0) + 1
+        if self._changed is not None:
+            self._changed()
+
+    def _zero(self) -> None:
+        self.recent.clear()
+        self.total = 0
+        self.by_type = {}
+
+    def _read(self):
+        return (self.total, dict(self.by_type), [dict(r) for r in self.recent])
+
+
+# ---------------------------------------------------------------- families
+
+
+class Metric:
+    """A named metric: one series, or a family of labelled series."""
+
+    kind = ""
+
+    def __init__(self, registry: Registry, name: str, help: str, unit: str, labels: Sequence[str],
+                 group: str, max_series: int, **options: Any) -> None:
+        if not _METRIC_NAME.match(name):
+            raise ValueError(f"invalid metric name {name!r}: use letters, digits, '_' and ':'")
+        label_names = tuple(labels)
+        for label in label_names:
+            if not _LABEL_NAME.match(label) or label.startswith("__"):
+                raise ValueError(f"invalid label name {label!r} for metric {name!r}")
+        if len(set(label_names)) != len(label_names):
+            raise ValueError(f"duplicate label names for metric {name!r}")
+        self._registry = registry
+        self.name, self.help, self.unit, self.group = name, help, unit, group
+        self.label_names = label_names
+        self.max_series = max_series
+        self.options = options
+        self._n = len(label_names)
+        # canonical (str) label values -> child, plus aliases as callers passed them (labels(user=5))
+        self._children: dict[tuple, Any] = {}
+        # every series once, in creation order: canonical keys and children side by side (the snapshot
+        # sweep reads `_cells`; one dict plus two lists is the whole per-series memory cost)
+        self._keys: list[tuple[str, ...]] = []
+        self._cells: list[Any] = []
+        if not label_names:
+            self._solo = self._add_series(())
+            self._bind_solo(self._solo)
+        elif not any(keyword.iskeyword(n) for n in label_names):
+            self.labels = _compile_labels(label_names, self._children, self._labels_generated_miss)  # type: ignore[method-assign]
+
+    # the unlabelled metric forwards straight to its only child: still one call deep
+    def _bind_solo(self, child) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _new_child(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def labels(self, *values: Any, **labels: Any):
+        """The child series for these label values (cached; a new one is created on first use)."""
+        try:
+            if values:
+                return self._children[values]
+            if len(labels) == self._n:
+                return self._children[tuple(map(labels.__getitem__, self.label_names))]
+        except (KeyError, TypeError):
+            pass
+        return self._labels_slow(values, labels)
+
+    def _labels_generated_miss(self, values: tuple, rest: tuple, extra: dict):
+        if rest:
+            raise LabelError(f"metric {self.name!r} expects {self._n} label values {self.label_names}, got {self._n + len(rest)}")
+        given = {n: v for n, v in zip(self.label_names, values) if v is not _MISSING}
+        given.update(extra)
+        return self._labels_slow((), given)
+
+    def _labels_slow(self, values: tuple, labels: dict):
+        if not self._n:
+            raise LabelError(f"metric {self.name!r} has no labels")
+        if values and labels:
+            raise LabelError("pass label values either by position or by name, not both")
+        if values:
+            if len(values) != self._n:
+                raise LabelError(f"metric {self.name!r} expects {self._n} label values {self.label_names}, got {len(values)}")
+            raw = values
+        else:
+            missing = [n for n in self.label_names if n not in labels]
+            extra = sorted(set(labels) - set(self.label_names))
+            if missing or extra:
+                parts = []
+                if missing:
+                    parts.append(f"missing {missing}")
+                if extra:
+                    parts.append(f"unknown {extra}")
+                raise LabelError(f"metric {self.name!r} has labels {list(self.label_names)}: {', '.join(parts)}")
+            raw = tuple(labels[n] for n in self.label_names)
+        canonical = tuple(str(v) for v in raw)
+        with MUTATION_LOCK:
+            child = self._children.get(canonical)
+            if child is None:
+                if len(self._cells) >= self.max_series:
+                    child = self._overflow_locked()
+                else:
+                    child = self._add_series_locked(canonical)
+            try:
+                if raw != canonical:
+                    self._children[raw] = child
+            except TypeError:  # unhashable raw values: only the canonical form is cached
+                pass
+        return child
+
+    def _overflow_locked(self):
+        key = (OVERFLOW,) * self._n
+        child = self._children.get(key)
+        if child is None:
+            child = self._add_series_locked(key)
+        self._registry._note_overflow(self.name)
+        return child
+
+    def _add_series(self, key: tuple[str, ...]):
+        with MUTATION_LOCK:
+            return self._add_series_locked(key)
+
+    def _add_series_locked(self, key: tuple[str, ...]):
+        child = self._new_child()
+        self._children[key] = child
+        self._keys.append(key)
+        self._cells.append(child)
+        return child
+
+    @property
+    def _series(self) -> dict[tuple[str, ...], Any]:
+        """Canonical label values -> child (a copy)."""
+        return dict(zip(self._keys, self._cells))
+
+    def remove(self, **match: Any) -> int:
+        """Drop the series whose labels include `match`; returns how many were dropped."""
+        want = {k: str(v) for k, v in match.items()}
+        if not want or not all(k in self.label_names for k in want):
+            return 0
+        idx = [(self.label_names.index(k), v) for k, v in want.items()]
+        with MUTATION_LOCK:
+            doomed = [i for i, key in enumerate(self._keys) if all(key[j] == v for j, v in idx)]
+            if not doomed:
+                return 0
+            gone = {id(self._cells[i]) for i in doomed}
+            keep = [i for i in range(len(self._keys)) if id(self._cells[i]) not in gone]
+            # new lists (not in-place edits): the persister notices the identity change
+            self._keys = [self._keys[i] for i in keep]
+            self._cells = [self._cells[i] for i in keep]
+            for raw in [r for r, c in self._children.items() if id(c) in gone]:
+                del self._children[raw]
+        return len(doomed)
+
+    def _zero_all_locked(self) -> None:
+        for child in self._cells:
+            child._zero()
+
+    def _items(self) -> list[tuple[tuple[str, ...], Any]]:
+        return list(zip(self._keys, self._cells))
+
+
+class Counter(Metric):
+    """A value that only goes up (requests, bytes, errors)."""
+
+    kind = "counter"
+
+    def _bind_solo(self, child: _CounterChild) -> None:
+        self.inc = child.inc  # type: ignore[method-assign]
+        self.get = child.get  # type: ignore[method-assign]
+
+    def inc(self, amount: float = 1) -> None:
+        """Add `amount` to the unlabelled counter."""
+        raise LabelError(f"metric {self.name!r} has labels {list(self.label_names)}: use .labels(...).inc()")
+
+    def get(self) -> float:
+        """The unlabelled counter's value."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).get()")
+
+    def _new_child(self) -> _CounterChild:
+        return _CounterChild()
+
+
+class Gauge(Metric):
+    """A value that goes up and down (queue depth, online peers)."""
+
+    kind = "gauge"
+
+    def _bind_solo(self, child: _GaugeChild) -> None:
+        self.set, self.inc, self.dec, self.get = child.set, child.inc, child.dec, child.get  # type: ignore[method-assign]
+
+    def set(self, value: float) -> None:
+        """Set the unlabelled gauge."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).set()")
+
+    inc = dec = get = set  # type: ignore[assignment]
+
+    def _new_child(self) -> _GaugeChild:
+        return _GaugeChild()
+
+
+_UNIT_SCALE = {"ms": 1000.0, "milliseconds": 1000.0, "us": 1e6, "microseconds": 1e6, "ns": 1e9, "nanoseconds": 1e9}
+
+
+class Histogram(Metric):
+    """A distribution of values (latencies, sizes): count, sum, min, max and quantiles."""
+
+    kind = "histogram"
+
+    def _bind_solo(self, child: _HistogramChild) -> None:
+        self.observe, self.time = child.observe, child.time  # type: ignore[method-assign]
+
+    def observe(self, value: float) -> None:
+        """Record a value in the unlabelled histogram."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).observe()")
+
+    def time(self) -> _Timer:
+        """Context manager timing a block into the unlabelled histogram."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).time()")
+
+    def _new_child(self) -> _HistogramChild:
+        return _HistogramChild(_UNIT_SCALE.get(self.unit, 1.0))
+
+
+class State(Metric):
+    """A state machine: current state, time in each state, transition counts, recent transitions."""
+
+    kind = "state"
+
+    def __init__(self, *args: Any, states: Iterable[str] = (), history: int = 20, **kwargs: Any) -> None:
+        self.states = tuple(states)
+        self.history_size = int(history)
+        super().__init__(*args, **kwargs)
+
+    def _bind_solo(self, child: _StateChild) -> None:
+        self.set = child.set  # type: ignore[method-assign]
+
+    def set(self, state: str, reason: str | None = None) -> None:
+        """Enter `state` in the unlabelled state machine."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).set()")
+
+    @property
+    def current(self) -> str | None:
+        """The unlabelled state machine's current state."""
+        return self._solo.current if not self._n else None
+
+    def _new_child(self) -> _StateChild:
+        return _StateChild(self.states, self.history_size, self._registry._notify_change)
+
+
+class Events(Metric):
+    """A ring buffer of the last N records, with a total and a count per `type`."""
+
+    kind = "events"
+
+    def __init__(self, *args: Any, capacity: int = 100, **kwargs: Any) -> None:
+        self.capacity = int(capacity)
+        super().__init__(*args, **kwargs)
+
+    def _bind_solo(self, child: _EventsChild) -> None:
+        self.record = child.record  # type: ignore[method-assign]
+
+    def record(self, type: str = "event", message: str = "", **fields: Any) -> None:
+        """Record one event."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).record()")
+
+    def _new_child(self) -> _EventsChild:
+        return _EventsChild(self.capacity, self._registry._notify_change)
+
+    def remove_records(self, **match: Any) -> int:
+        """Drop the records whose fields include `match`; returns how many were dropped."""
+        want = {k: str(v) for k, v in match.items()}
+        dropped = 0
+        with MUTATION_LOCK:
+            for child in self._cells:
+                keep = [r for r in child.recent if not all(str(r.get(k)) == v for k, v in want.items())]
+                dropped += len(child.recent) - len(keep)
+                child.recent.clear()
+                child.recent.extend(keep)
+        return dropped
+
+
+_MISSING = object()
+
+
+def _compile_labels(names: tuple[str, ...], children: dict, miss):
+    """A `labels()` specialised to these label names: keyword binding instead of a **kwargs dict
+    (about 5x faster). Names are validated identifiers, so the generated source is safe."""
+    params = ", ".join(f"{n}=__M" for n in names)
+    key = "(" + ", ".join(names) + ",)"
+    source = (
+        f"def labels({params}, *__rest, **__extra):\n"
+        f"    if __rest or __extra:\n"
+        f"        return __miss({key}, __rest, __extra)\n"
+        f"    try:\n"
+        f"        return __children[{key}]\n"
+        f"    except (KeyError, TypeError):\n"
+        f"        return __miss({key}, __rest, __extra)\n"
+    )
+    namespace = {"__M": _MISSING, "__children": children, "__miss": miss}
+    exec(source, namespace)  # noqa: S102
+    fn = namespace["labels"]
+    fn.__doc__ = "The child series for these label values (cached; created on first use)."
+    return fn
+
+
+KINDS: dict[str, type[Metric]] = {c.kind: c for c in (Counter, Gauge, Histogram, State, Events)}
+
+
+# ---------------------------------------------------------------- disabled registry
+
+
+class _NoOp:
+    """What a disabled registry hands out: every call does nothing."""
+
+    __slots__ = ()
+    kind = "noop"
+    current = None
+
+    def labels(self, *values: Any, **labels: Any) -> _NoOp:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: Any = None, reason: str | None = None) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def record(self, type: str = "event", message: str = "", **fields: Any) -> None:
+        pass
+
+    def get(self) -> float:
+        return 0.0
+
+    def remove(self, **match: Any) -> int:
+        return 0
+
+    def time(self) -> _NoOpTimer:
+        return _NOOP_TIMER
+
+
+class _NoOpTimer:
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+NOOP = _NoOp()
+_NOOP_TIMER = _NoOpTimer()

@@ -1,0 +1,367 @@
+"""The Registry: creates instruments, takes consistent snapshots, forgets and resets."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import operator
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from appvitals.stats import snapshot as _snap
+from appvitals.stats.instruments import (
+    KINDS,
+    MUTATION_LOCK,
+    NOOP,
+    Counter,
+    Events,
+    Gauge,
+    Histogram,
+    Metric,
+    State,
+    _count_of,
+)
+from appvitals.stats.sketch import SketchData
+
+if TYPE_CHECKING:  # pragma: no cover
+    from appvitals.stats.store import Store
+
+DEFAULT_MAX_SERIES = 10_000
+_EXTRA = operator.attrgetter("_extra")
+
+
+class Registry:
+    """A set of metrics of one application; `Registry(enabled=False)` makes every call a no-op."""
+
+    def __init__(self, enabled: bool = True, max_series: int = DEFAULT_MAX_SERIES, clock=time.time) -> None:
+        self.enabled = enabled
+        self.max_series = max_series
+        self._clock = clock
+        self._metrics: dict[str, Metric] = {}
+        self._define_lock = threading.Lock()
+        now = clock()
+        self.session_started_at = now
+        self.tracking_since = now
+        self._past: _snap.Snapshot | None = None
+        self._overflow: Counter | None = None
+        self._warned: set[str] = set()
+        self._store: Store | None = None
+        self._persister = None
+        self._backup_unknown: dict[str, str] = {}
+        self._listeners: tuple = ()
+
+    # ------------------------------------------------------------ factories
+
+    def counter(self, name: str, help: str = "", labels: Sequence[str] = (), unit: str = "", group: str = "",
+                max_series: int | None = None) -> Counter:
+        """A counter (labelled when `labels` are given)."""
+        return self._define(Counter, name, help, unit, labels, group, max_series)
+
+    def gauge(self, name: str, help: str = "", labels: Sequence[str] = (), unit: str = "", group: str = "",
+              max_series: int | None = None) -> Gauge:
+        """A gauge."""
+        return self._define(Gauge, name, help, unit, labels, group, max_series)
+
+    def histogram(self, name: str, help: str = "", unit: str = "", labels: Sequence[str] = (), group: str = "",
+                  max_series: int | None = None) -> Histogram:
+        """A histogram with count, sum, min, max and p50/p90/p99 (1 % relative error)."""
+        return self._define(Histogram, name, help, unit, labels, group, max_series)
+
+    def state(self, name: str, help: str = "", states: Iterable[str] = (), labels: Sequence[str] = (),
+              history: int = 20, group: str = "", max_series: int | None = None) -> State:
+        """A state machine; the first of `states` is the initial state."""
+        return self._define(State, name, help, "", labels, group, max_series, states=tuple(states), history=history)
+
+    def events(self, name: str, help: str = "", capacity: int = 100, group: str = "") -> Events:
+        """A ring buffer of the last `capacity` records with totals per type."""
+        return self._define(Events, name, help, "", (), group, None, capacity=capacity)
+
+    def _define(self, cls, name, help, unit, labels, group, max_series, **options):
+        if not self.enabled:
+            return NOOP
+        with self._define_lock:
+            existing = self._metrics.get(name)
+            if existing is not None:
+                if type(existing) is not cls or existing.label_names != tuple(labels):
+                    raise ValueError(
+                        f"metric {name!r} is already registered as a {existing.kind} with labels {list(existing.label_names)}"
+                    )
+                return existing
+            metric = cls(self, name, help, unit, labels, group, max_series or self.max_series, **options)
+            self._metrics[name] = metric
+            return metric
+
+    def subscribe(self, listener) -> callable:
+        """Call `listener()` (from the mutating thread; keep it cheap) after every state transition
+        and every event record; returns a function that unsubscribes."""
+        with self._define_lock:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._define_lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
+
+    def _notify_change(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a broken listener must not break the application
+                pass
+
+    def get(self, name: str) -> Metric | None:
+        """The metric registered under `name`, or None."""
+        return self._metrics.get(name)
+
+    def metrics(self) -> list[Metric]:
+        """Every registered metric."""
+        return list(self._metrics.values())
+
+    def _note_overflow(self, name: str) -> None:
+        # called with MUTATION_LOCK held: the overflow counter's child is a lock-free counter
+        if self._overflow is None:
+            self._overflow = Counter(self, "appvitals_series_overflow", "Updates sent to the overflow series because a "
+                                     "metric reached its series limit", "", ("metric",), "", 10_000)
+            self._metrics["appvitals_series_overflow"] = self._overflow
+        child = self._overflow._children.get((name,))
+        if child is None:
+            child = self._overflow._add_series_locked((name,))
+        child.inc()
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(f"appvitals: metric {name!r} reached its series limit; new label values go to "
+                          f"the '__overflow__' series", RuntimeWarning, stacklevel=4)
+
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot(self, scope: str = "all", since: Any = None, until: Any = None) -> _snap.Snapshot:
+        """A consistent point-in-time Snapshot: scope "session" (this run), "past" (earlier runs) or "all".
+
+        With `since`/`until` (and an attached store keeping history), the snapshot covers that window."""
+        if scope not in ("session", "past", "all"):
+            raise ValueError(f"scope must be 'session', 'past' or 'all', not {scope!r}")
+        if since is not None or until is not None:
+            if self._store is None:
+                raise ValueError("time windows need an attached store (reg.attach(store)) keeping history")
+            self.flush()
+            return self._store.window(since, until, scope=scope)
+        if not self.enabled:
+            return _snap.empty(self._clock(), scope=scope)
+        session = self._collect()
+        if scope == "session":
+            return session
+        past = self._past or _snap.empty(self.tracking_since, self.tracking_since, self.tracking_since, scope="past")
+        if scope == "past":
+            return _snap.Snapshot(taken_at=session.taken_at, tracking_since=_snap.to_datetime(self.tracking_since),
+                                  session_started_at=session.session_started_at, scope="past", metrics=past.metrics)
+        merged = _snap.merge(past, session, scope="all")
+        merged.tracking_since = _snap.to_datetime(self.tracking_since)
+        merged.taken_at = session.taken_at
+        return merged
+
+    def _collect_raw(self) -> tuple[float, list[tuple[Metric, list]]]:
+        """Every series' raw value, read atomically under the mutation lock.
+
+        Counters come back as (metric, keys, texts, extras): `texts` are the reprs of the
+        lock-free cells, read in one C-level sweep; everything else as (metric, [(key, raw)])."""
+        metrics = list(self._metrics.values())
+        counters = [m for m in metrics if isinstance(m, Counter)]
+        raw: list[tuple[Metric, Any]] = []
+        with MUTATION_LOCK:
+            cell_lists = [c._cells for c in counters]
+            gc_enabled = gc.isenabled()
+            gc.disable()  # a collection could run Python finalizers, letting another thread in mid-sweep
+            try:
+                # one C-level call: no bytecode runs, so no thread switch: all counters at one instant
+                texts = list(map(repr, itertools.chain.from_iterable(cell_lists)))
+            finally:
+                if gc_enabled:
+                    gc.enable()
+            now = self._clock()
+            offset = 0
+            for c in counters:
+                n = len(c._cells)
+                raw.append((c, (c._keys, texts[offset:offset + n], list(map(_EXTRA, c._cells)))))
+                offset += n
+            for m in metrics:
+                if not isinstance(m, Counter):
+                    raw.append((m, [(key, child._read()) for key, child in zip(m._keys, m._cells)]))
+        return now, raw
+
+    def _collect(self) -> _snap.Snapshot:
+        """This session's values as a Snapshot."""
+        now, raw = self._collect_raw()
+        out = []
+        for m, data in raw:
+            if isinstance(m, Counter):
+                keys, texts, extras = data
+                data = [(keys[i], _count_of(texts[i]) + extras[i]) for i in range(len(texts))]
+            out.append(self._metric_snapshot(m, data, now))
+        out.sort(key=lambda m: m.name)
+        return _snap.Snapshot(
+            taken_at=_snap.to_datetime(now),
+            tracking_since=_snap.to_datetime(self.session_started_at if self._store else self.tracking_since),
+            session_started_at=_snap.to_datetime(self.session_started_at),
+            scope="session",
+            metrics=out,
+        )
+
+    def _metric_snapshot(self, m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
+        names = m.label_names
+        series: list[_snap.Series] = []
+        kind = m.kind
+        capacity = None
+        if kind in ("counter", "gauge"):
+            series = [_snap.Series(labels=dict(zip(names, key)), value=float(v)) for key, v in rows]
+        elif kind == "histogram":
+            for key, (count, total, lo, hi, zero, pos, neg) in rows:
+                data = SketchData(pos=pos, neg=neg, zero=zero)
+                labels = dict(zip(names, key))
+                series.append(_snap._hist_from(labels, count, total, lo if count else None, hi if count else None, data))
+        elif kind == "state":
+            capacity = m.history_size  # type: ignore[attr-defined]
+            for key, (current, entered, times, transitions, history) in rows:
+                if current is not None:
+                    times[current] = times.get(current, 0.0) + max(0.0, now - entered)
+                series.append(_snap.Series(
+                    labels=dict(zip(names, key)), current=current, entered_at=_snap.to_datetime(entered),
+                    time_in_state=times, transitions=transitions,
+                    history=[_snap.Transition(at=_snap.to_datetime(at), from_=frm, to=to, reason=reason)
+                             for at, frm, to, reason in history],
+                ))
+        elif kind == "events":
+            capacity = m.capacity  # type: ignore[attr-defined]
+            for key, (total, by_type, recent) in rows:
+                for r in recent:
+                    r["at"] = _snap.to_datetime(r["at"]).isoformat()
+                series.append(_snap.Series(labels=dict(zip(names, key)), total=total, by_type=by_type, recent=recent))
+        series.sort(key=lambda s: tuple(s.labels.values()))
+        return _snap.MetricSnapshot(name=m.name, kind=kind, help=m.help, unit=m.unit, group=m.group,
+                                    label_names=list(names), capacity=capacity, series=series)
+
+    # ------------------------------------------------------------ forgetting
+
+    def forget(self, **labels: Any) -> int:
+        """Drop every series whose labels include all of `labels`, in memory, in the past and on
+        disk (durably, before returning). Returns the number of in-memory series dropped."""
+        if not labels:
+            raise ValueError("forget() needs at least one label, e.g. forget(user='5'); use reset() to drop everything")
+        if not self.enabled:
+            return 0
+        with self._persistence_paused():
+            dropped = 0
+            for m in list(self._metrics.values()):
+                if isinstance(m, Events):
+                    dropped += m.remove_records(**labels)
+                else:
+                    dropped += m.remove(**labels)
+            with MUTATION_LOCK:
+                if self._past is not None:
+                    self._past = _snap.drop_series(self._past, labels)
+            if self._store is not None:
+                self._store.forget(labels)
+        return dropped
+
+    def _persistence_paused(self):
+        """No flush may interleave with a forget or reset (it could write back what was just removed)."""
+        if self._persister is not None:
+            return self._persister._flush_lock
+        return contextlib.nullcontext()
+
+    def reset(self) -> None:
+        """Forget everything, in memory and on disk; tracking starts again now."""
+        if not self.enabled:
+            return
+        now = self._clock()
+        with self._persistence_paused():
+            with MUTATION_LOCK:
+                for m in self._metrics.values():
+                    m._zero_all_locked()
+                self._past = None
+                self.tracking_since = now
+            if self._store is not None:
+                self._store.reset(now)
+
+    # ------------------------------------------------------------ persistence
+
+    def attach(self, store: Store, interval: float = 15.0, history: Any = None) -> None:
+        """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit."""
+        from appvitals.stats.persist import Persister
+
+        if not self.enabled:
+            return
+        if not 1.0 <= interval <= 300.0:
+            raise ValueError("interval must be between 1 and 300 seconds")
+        if self._store is not None:
+            raise RuntimeError("this registry is already attached to a store")
+        persister = Persister(self, store, interval, history)
+        self._store = store
+        self._persister = persister
+        try:
+            persister.start()
+        except BaseException:  # e.g. a full disk while restoring: stay detached, nothing half-done
+            self._store = None
+            self._persister = None
+            raise
+
+    def flush(self) -> None:
+        """Write this session's changes to the attached store now (one transaction)."""
+        if self._persister is not None:
+            self._persister.flush()
+
+    def detach(self) -> None:
+        """Flush one last time and stop the background flusher."""
+        if self._persister is not None:
+            self._persister.stop()
+            self._persister = None
+            self._store = None
+
+    def export_backup(self, path: str | None = None) -> str:
+        """The text backup (one key=value a line) of all stats; written atomically to `path` if given."""
+        from appvitals.stats import backup
+
+        text = backup.dump(self.snapshot(scope="all"), unknown=self._backup_unknown)
+        if path is not None:
+            import os
+
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        return text
+
+    def import_backup(self, source: str) -> _snap.Snapshot:
+        """Add a text backup (a path, or the text itself) to the past; unknown keys are kept for re-export."""
+        import os
+
+        from appvitals.stats import backup
+
+        text = open(source, encoding="utf-8").read() if os.path.exists(source) else source
+        loaded, unknown = backup.load(text)
+        with self._persistence_paused():
+            with MUTATION_LOCK:
+                self._past = loaded if self._past is None else _snap.merge(self._past, loaded, scope="past")
+                self._backup_unknown.update(unknown)
+            if self._store is not None:
+                self._store.add_past(loaded)
+        return loaded
+
+    def _set_past(self, past: _snap.Snapshot | None, tracking_since: float) -> None:
+        with MUTATION_LOCK:
+            self._past = past
+            self.tracking_since = tracking_since
+
+
+def value_of(snapshot: _snap.Snapshot, name: str, **labels: Any) -> float:
+    """Convenience: one counter/gauge value from a snapshot."""
+    return snapshot.value(name, **labels)
+
+
+__all__ = ["Registry", "KINDS", "DEFAULT_MAX_SERIES"]

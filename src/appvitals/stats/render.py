@@ -1,0 +1,494 @@
+"""Snapshot -> the human view of `vitals metrics` (seed 003's example output).
+
+Pure: `render(snap)` returns a Rich renderable and `render_text(snap)` its text, so the
+layout is tested on fixed data (tests/golden/). Sections come from the metric groups the
+app declares; inside, each metric reads as one line, or as a total with tree branches
+(├─ └─) and shares in percent. Units drive formatting: "bytes" -> "45.2 MB", "ms"/"s"/
+"seconds" -> "1h 23m", anything else -> "1,234 unit".
+
+With `previous` (from `--compare`), numbers carry the change against it: "1,234 ▲ 12%".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import math
+from collections.abc import Iterable, Sequence
+
+from appvitals.extras import require as _require_extra
+
+_require_extra('cli')
+
+from rich.console import Console, Group
+from rich.text import Text
+
+from appvitals.stats import snapshot as _snap
+
+MAX_BRANCHES = 10
+MAX_RECENT = 5
+RULE_WIDTH = 60
+_KIND_RANK = {"state": 0, "counter": 1, "gauge": 1, "histogram": 2, "events": 3}
+_DURATION_UNITS = {"s": 1.0, "sec": 1.0, "seconds": 1.0, "second": 1.0, "ms": 1e-3, "milliseconds": 1e-3,
+                   "us": 1e-6, "µs": 1e-6, "microseconds": 1e-6, "ns": 1e-9, "nanoseconds": 1e-9}
+_BYTE_UNITS = ("bytes", "byte", "B")
+
+# styles (dropped when colour is off)
+S_TITLE, S_SECTION, S_NAME, S_DIM, S_UP, S_DOWN, S_ERR = ("bold", "bold cyan", "bold", "dim", "green", "yellow", "red")
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def fmt_number(value: float | None) -> str:
+    """1234 -> '1,234'; 53.666 -> '53.67'; None -> '-'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def fmt_bytes(value: float | None) -> str:
+    """45200000 -> '45.2 MB' (decimal units, as disks and networks count)."""
+    if value is None:
+        return "-"
+    size = float(value)
+    if abs(size) < 1000:
+        return f"{int(size):,} B" if size.is_integer() else f"{size:.1f} B"
+    for unit in ("kB", "MB", "GB", "TB", "PB"):
+        size /= 1000.0
+        if abs(size) < 999.95 or unit == "PB":
+            return f"{size:.1f} {unit}"
+    return f"{size:.1f} PB"  # pragma: no cover
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """0.045 -> '45ms', 8.4 -> '8.4s', 2832 -> '47m 12s', 4980 -> '1h 23m', 93600 -> '1d 2h'."""
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    if s < 0:
+        return "-" + fmt_duration(-s)
+    if s == 0:
+        return "0s"
+    if s < 0.001:
+        return f"{s * 1e6:.0f}µs"
+    if s < 1:
+        ms = s * 1000
+        return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.1f}ms".replace(".0ms", "ms")
+    if s < 60:
+        return f"{s:.1f}s".replace(".0s", "s")
+    total = int(round(s))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+
+
+def fmt_percent(part: float, whole: float) -> str:
+    """A share of a total: '58%', '9.4%', '99.8%', '0.01%'."""
+    if not whole:
+        return "-"
+    pct = 100.0 * part / whole
+    if pct == 0:
+        return "0%"
+    if pct >= 10 and not 99 < pct < 100:
+        return f"{pct:.0f}%"
+    if pct >= 0.1:
+        return f"{pct:.1f}%".replace(".0%", "%")
+    return f"{pct:.2f}%" if pct >= 0.005 else "<0.01%"
+
+
+def fmt_value(value: float | None, unit: str = "") -> str:
+    """A value in its unit: bytes, durations, or a number followed by the unit."""
+    if value is None:
+        return "-"
+    if unit in _BYTE_UNITS:
+        return fmt_bytes(value)
+    if unit in _DURATION_UNITS:
+        return fmt_duration(value * _DURATION_UNITS[unit])
+    return fmt_number(value) + (f" {unit}" if unit else "")
+
+
+def fmt_time(at: dt.datetime, ref: dt.datetime | None = None, tz: dt.tzinfo | None = None) -> str:
+    """'13:45:23' for times on the day of `ref`, '2025-10-22 13:45:23' otherwise (or without `ref`)."""
+    local = at.astimezone(tz)
+    if ref is not None and local.date() == ref.astimezone(tz).date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def humanize(name: str) -> str:
+    """'changes_received' -> 'Changes received'."""
+    text = name.replace("_", " ").strip()
+    return text[:1].upper() + text[1:]
+
+
+def title_of(m: _snap.MetricSnapshot) -> str:
+    """The metric's label in the view: its help text when short, else its humanized name."""
+    help_ = (m.help or "").strip().splitlines()[0] if m.help else ""
+    return help_.rstrip(".") if help_ and len(help_) <= 48 else humanize(m.name)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def change(now: float | None, before: float | None, unit: str = "") -> Text:
+    """' ▲ 12%' / ' ▼ 3%' / ' new' / '' against a previous value."""
+    if now is None or before is None:
+        return Text("")
+    if before == now:
+        return Text(" (same)", style=S_DIM)
+    if before == 0:
+        return Text(f" ▲ new (was {fmt_value(0, unit)})", style=S_UP)
+    pct = 100.0 * (now - before) / abs(before)
+    arrow, style = ("▲", S_UP) if now > before else ("▼", S_DOWN)
+    shown = f"{abs(pct):.0f}%" if abs(pct) >= 10 else f"{abs(pct):.1f}%"
+    return Text(f" {arrow} {shown} (was {fmt_value(before, unit)})", style=style)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+class _Out:
+    """Collects the lines of the view."""
+
+    def __init__(self) -> None:
+        self.lines: list[Text] = []
+
+    def line(self, indent: int, *parts: str | Text | tuple[str, str]) -> None:
+        text = Text(" " * indent)
+        for part in parts:
+            if isinstance(part, tuple):
+                text.append(part[0], style=part[1])
+            else:
+                text.append(part)
+        self.lines.append(text)
+
+    def tree(self, indent: int, rows: Sequence[Sequence[str | Text | tuple[str, str]]]) -> None:
+        for i, row in enumerate(rows):
+            self.line(indent, ("└─ " if i == len(rows) - 1 else "├─ ", S_DIM), *row)
+
+    def blank(self) -> None:
+        if self.lines and self.lines[-1].plain.strip():
+            self.lines.append(Text(""))
+
+
+def _label_text(labels: dict[str, str], names: Sequence[str]) -> str:
+    values = [labels.get(n, "") for n in names] or [f"{k}={v}" for k, v in labels.items()]
+    return " / ".join(values) if values else "(no labels)"
+
+
+def _ranked(items: list[tuple[str, float]], total: float, unit: str, prev: dict[str, float] | None,
+            shares: bool = True) -> list[list]:
+    """Tree rows for (label, value) pairs, biggest first, the tail folded into '… N more'."""
+    items = sorted(items, key=lambda kv: (-kv[1], kv[0]))
+    rows: list[list] = []
+    shown = items if len(items) <= MAX_BRANCHES else items[: MAX_BRANCHES - 1]
+    for label, value in shown:
+        row: list = [f"{label}: ", (fmt_value(value, unit), S_NAME)]
+        if shares and total:
+            row.append(f" ({fmt_percent(value, total)})")
+        if prev is not None:
+            row.append(change(value, prev.get(label, 0.0), unit))
+        rows.append(row)
+    rest = items[len(shown):]
+    if rest:
+        rest_total = sum(v for _, v in rest)
+        row = [f"… {len(rest)} more: ", fmt_value(rest_total, unit)]
+        if shares and total:
+            row.append(f" ({fmt_percent(rest_total, total)})")
+        rows.append(row)
+    return rows
+
+
+def _by_label(m: _snap.MetricSnapshot, name: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for s in m.series:
+        key = s.labels.get(name, "")
+        out[key] = out.get(key, 0.0) + (s.value or 0.0)
+    return out
+
+
+# ---------------------------------------------------------------- one metric per kind
+
+
+def _counter(out: _Out, m: _snap.MetricSnapshot, prev: _snap.MetricSnapshot | None) -> None:
+    total = m.total()
+    head: list = [f"{title_of(m)}: ", (fmt_value(total, m.unit), S_NAME)]
+    if prev is not None:
+        head.append(change(total, prev.total(), m.unit))
+    out.line(2, *head)
+    names = [n for n in m.label_names if any(n in s.labels for s in m.series)]
+    if not names or not m.series or (len(m.series) == 1 and not m.series[0].labels):
+        return
+    if len(names) == 1:
+        out.tree(2, _ranked(list(_by_label(m, names[0]).items()), total, m.unit,
+                            _by_label(prev, names[0]) if prev else None))
+        return
+    # a label with one value across the series (say, fixed by --where) says nothing as a tree
+    varying = [n for n in names if len({s.labels.get(n, "") for s in m.series}) > 1]
+    if not varying:
+        only = m.series[0]
+        out.tree(2, [[f"{_label_text(only.labels, m.label_names)}: ", (fmt_value(total, m.unit), S_NAME)]])
+        return
+    for name in varying:
+        out.line(2, f"By {name}:")
+        out.tree(2, _ranked(list(_by_label(m, name).items()), total, m.unit,
+                            _by_label(prev, name) if prev else None))
+
+
+def _gauge(out: _Out, m: _snap.MetricSnapshot, prev: _snap.MetricSnapshot | None) -> None:
+    prev_values = {_snap._key(s.labels): s.value for s in prev.series} if prev else {}
+    if len(m.series) == 1 and not m.series[0].labels:
+        s = m.series[0]
+        out.line(2, f"{title_of(m)}: ", (fmt_value(s.value, m.unit), S_NAME),
+                 change(s.value, prev_values.get((), None), m.unit) if prev else "")
+        return
+    out.line(2, f"{title_of(m)}:" + ("" if m.series else " -"))
+    rows = []
+    series = sorted(m.series, key=lambda s: _label_text(s.labels, m.label_names))
+    for s in series[:MAX_BRANCHES]:
+        row: list = [f"{_label_text(s.labels, m.label_names)}: ", (fmt_value(s.value, m.unit), S_NAME)]
+        if prev is not None:
+            row.append(change(s.value, prev_values.get(_snap._key(s.labels)), m.unit))
+        rows.append(row)
+    if len(series) > MAX_BRANCHES:
+        rows[-1] = [f"… {len(series) - MAX_BRANCHES + 1} more"]
+    out.tree(2, rows)
+
+
+def _hist_summary(s: _snap.Series, unit: str, prev: _snap.Series | None = None, with_count: bool = True) -> list:
+    if not s.count:
+        return [("no samples", S_DIM)]
+    avg = (s.sum or 0.0) / s.count
+    parts: list = [f"avg {fmt_value(avg, unit)}"]
+    if prev is not None and prev.count:
+        parts.append(change(avg, (prev.sum or 0.0) / prev.count, unit))
+    parts += [f", p50 {fmt_value(s.p50, unit)}, p99 {fmt_value(s.p99, unit)}"]
+    if prev is not None and prev.count:
+        parts.append(change(s.p99, prev.p99, unit))
+    parts += [f", max {fmt_value(s.max, unit)}"]
+    if with_count:
+        parts.append((f" ({fmt_number(s.count)} samples)", S_DIM))
+    return parts
+
+
+def _merged(m: _snap.MetricSnapshot) -> _snap.Series:
+    acc: _snap.Series | None = None
+    for s in m.series:
+        acc = s if acc is None else _snap.merge_series("histogram", acc, s)
+    return acc or _snap.Series(labels={}, count=0)
+
+
+def _histogram(out: _Out, m: _snap.MetricSnapshot, prev: _snap.MetricSnapshot | None) -> None:
+    total = _merged(m)
+    out.line(2, f"{title_of(m)}: ", *_hist_summary(total, m.unit, _merged(prev) if prev else None))
+    if len(m.series) <= 1 and not any(s.labels for s in m.series):
+        return
+    prev_by = {_snap._key(s.labels): s for s in prev.series} if prev else {}
+    series = sorted(m.series, key=lambda s: (-(s.count or 0), _label_text(s.labels, m.label_names)))
+    rows = []
+    for s in series[:MAX_BRANCHES]:
+        rows.append([f"{_label_text(s.labels, m.label_names)}: ",
+                     *_hist_summary(s, m.unit, prev_by.get(_snap._key(s.labels)) if prev else None, False),
+                     (f" ({fmt_number(s.count or 0)})", S_DIM)])
+    if len(series) > MAX_BRANCHES:
+        rows[-1] = [f"… {len(series) - MAX_BRANCHES + 1} more"]
+    out.tree(2, rows)
+
+
+def _state(out: _Out, m: _snap.MetricSnapshot, taken_at: dt.datetime, tz, prev: _snap.MetricSnapshot | None) -> None:
+    if not m.series:
+        out.line(2, f"{title_of(m)}: ", ("-", S_DIM))
+    for s in sorted(m.series, key=lambda s: _label_text(s.labels, m.label_names)):
+        suffix = f" [{_label_text(s.labels, m.label_names)}]" if s.labels else ""
+        out.line(2, f"{title_of(m)}{suffix}")
+        out.line(4, "Current: ", (s.current or "-", S_NAME))
+        history = s.history or []
+        if history:
+            last = history[-1]
+            ago = fmt_duration(max(0.0, (taken_at - last.at).total_seconds()))
+            why = f": {last.reason}" if last.reason else ""
+            out.line(4, f"Last transition: {ago} ago ({last.from_ or '-'} → {last.to}{why})")
+        elif s.entered_at is not None:
+            out.line(4, f"In this state for: {fmt_duration(max(0.0, (taken_at - s.entered_at).total_seconds()))}")
+        times = s.time_in_state or {}
+        if times:
+            whole = sum(times.values())
+            prev_times: dict[str, float] | None = None
+            if prev is not None:
+                prev_times = {}
+                for ps in prev.series:
+                    if ps.labels == s.labels:
+                        prev_times = ps.time_in_state or {}
+            out.line(4, "Time in state:")
+            rows = []
+            for state, secs in sorted(times.items(), key=lambda kv: (-kv[1], kv[0])):
+                row: list = [f"{state}: ", (fmt_duration(secs), S_NAME), f" ({fmt_percent(secs, whole)})"]
+                if prev_times is not None:
+                    row.append(change(secs, prev_times.get(state, 0.0), "s"))
+                rows.append(row)
+            out.tree(4, rows)
+        transitions = s.transitions or {}
+        if transitions:
+            out.line(4, "Transitions: " + ", ".join(
+                f"{k.replace('->', ' → ')} ×{fmt_number(v)}" for k, v in sorted(transitions.items(), key=lambda kv: (-kv[1], kv[0]))))
+
+
+def _events(out: _Out, m: _snap.MetricSnapshot, taken_at: dt.datetime, tz, prev: _snap.MetricSnapshot | None) -> None:
+    total = m.total()
+    head: list = [f"{title_of(m)}: ", (fmt_number(total), S_ERR if total and "error" in m.name else S_NAME)]
+    if prev is not None:
+        head.append(change(total, prev.total()))
+    out.line(2, *head)
+    by_type: dict[str, float] = {}
+    recent: list[dict] = []
+    for s in m.series:
+        for k, v in (s.by_type or {}).items():
+            by_type[k] = by_type.get(k, 0) + v
+        recent += s.recent or []
+    prev_types: dict[str, float] | None = None
+    if prev is not None:
+        prev_types = {}
+        for s in prev.series:
+            for k, v in (s.by_type or {}).items():
+                prev_types[k] = prev_types.get(k, 0) + v
+    if by_type and set(by_type) != {"event"}:
+        rows = _ranked(list(by_type.items()), total, "", prev_types)
+        for row in rows:
+            type_ = row[0][: -len(": ")]
+            messages = _distinct(r.get("message", "") for r in reversed(recent) if r.get("type") == type_)
+            if messages:
+                row.append((" — " + ", ".join(messages), S_DIM))
+        out.line(4, "By type:")
+        out.tree(4, rows)
+    if recent:
+        out.line(4, "Recent:")
+        for r in sorted(recent, key=lambda r: str(r.get("at", "")), reverse=True)[:MAX_RECENT]:
+            at = _snap._parse_at(r)
+            extra = {k: v for k, v in r.items() if k not in ("at", "type", "message")}
+            detail = f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else ""
+            kind = r.get("type", "")
+            msg = r.get("message", "")
+            body = f"{kind}: {msg}" if kind and kind != "event" and msg else (msg or kind)
+            out.line(6, (f"[{fmt_time(at, taken_at, tz)}] ", S_DIM), body, (detail, S_DIM))
+
+
+def _distinct(messages: Iterable[str], limit: int = 3) -> list[str]:
+    seen: list[str] = []
+    for msg in messages:
+        if msg and msg not in seen:
+            seen.append(msg)
+            if len(seen) == limit:
+                break
+    return seen
+
+
+# ---------------------------------------------------------------- the view
+
+
+def sections(snap: _snap.Snapshot, order: Sequence[str] = ()) -> list[tuple[str, list[_snap.MetricSnapshot]]]:
+    """Metrics grouped by their declared group: `order` first, then groups with a state machine,
+    counters and gauges, histograms, event logs, each by name; metrics without a group go last."""
+    groups: dict[str, list[_snap.MetricSnapshot]] = {}
+    for m in snap.metrics:
+        groups.setdefault(m.group, []).append(m)
+
+    def rank(item: tuple[str, list[_snap.MetricSnapshot]]):
+        name, metrics = item
+        if name in order:
+            return (0, order.index(name), 0, name)
+        if not name:
+            return (2, 0, 0, "")
+        kinds = {m.kind for m in metrics}
+        # a group holding a state machine reads first, one holding event logs last
+        kind_rank = 0 if "state" in kinds else 3 if "events" in kinds else max(_KIND_RANK.get(k, 9) for k in kinds)
+        return (1, 0, kind_rank, name)
+
+    out = []
+    for name, metrics in sorted(groups.items(), key=rank):
+        metrics.sort(key=lambda m: (_KIND_RANK.get(m.kind, 9), m.name))
+        out.append((name, metrics))
+    return out
+
+
+def _describe_scope(snap: _snap.Snapshot) -> str:
+    return {"all": "all sessions", "session": "this session", "past": "earlier sessions"}.get(snap.scope, snap.scope)
+
+
+def render(snap: _snap.Snapshot, *, title: str = "Metrics", previous: _snap.Snapshot | None = None,
+           tz: dt.tzinfo | None = None, order: Sequence[str] = ()) -> Group:
+    """The seed-003 style view of a snapshot as a Rich renderable (`previous`: compare against it)."""
+    out = _Out()
+    taken = snap.taken_at
+    out.line(0, (f"{title} ({_describe_scope(snap)})", S_TITLE))
+    out.line(0, ("━" * RULE_WIDTH, S_DIM))
+    out.line(0, "Taken at ", fmt_time(taken, None, tz),
+             f" · tracking since {fmt_time(snap.tracking_since, None, tz)}",
+             f" ({fmt_duration((taken - snap.tracking_since).total_seconds())})",
+             f" · this session {fmt_duration((taken - snap.session_started_at).total_seconds())}")
+    if snap.window:
+        since, until = snap.window.get("since"), snap.window.get("until")
+        if since is not None and until is not None:
+            out.line(0, f"Window: {fmt_time(since, None, tz)} → "
+                        f"{fmt_time(until, since, tz)} ({fmt_duration((until - since).total_seconds())})")
+    if previous is not None and previous.window:
+        since, until = previous.window.get("since"), previous.window.get("until")
+        if since is not None and until is not None:
+            out.line(0, f"Compared with: {fmt_time(since, None, tz)} → "
+                        f"{fmt_time(until, since, tz)} ({fmt_duration((until - since).total_seconds())})")
+    prev_by = {m.name: m for m in previous.metrics} if previous is not None else {}
+    groups = sections(snap, order)
+    if not groups:
+        out.blank()
+        out.line(0, ("No metrics match.", S_DIM))
+    for name, metrics in groups:
+        out.blank()
+        out.line(0, (humanize(name) if name else ("Other" if len(groups) > 1 else "Metrics"), S_SECTION))
+        for m in metrics:
+            prev = prev_by.get(m.name) if previous is not None else None
+            if previous is not None and prev is None:
+                prev = _snap.MetricSnapshot(name=m.name, kind=m.kind, unit=m.unit)
+            if m.kind == "counter":
+                _counter(out, m, prev)
+            elif m.kind == "gauge":
+                _gauge(out, m, prev)
+            elif m.kind == "histogram":
+                _histogram(out, m, prev)
+            elif m.kind == "state":
+                _state(out, m, taken, tz, prev)
+            elif m.kind == "events":
+                _events(out, m, taken, tz, prev)
+    return Group(*out.lines)
+
+
+def make_console(file=None, color: bool | None = None, width: int | None = None) -> Console:
+    """A console for the view: colour only on a terminal without NO_COLOR (or when `color` says so);
+    a terminal keeps cursor control either way (for --watch), a pipe gets plain unwrapped text."""
+    import os
+    import sys
+
+    file = file if file is not None else sys.stdout
+    is_tty = bool(getattr(file, "isatty", lambda: False)())
+    if color is None:
+        color = is_tty and not os.environ.get("NO_COLOR")
+    terminal = True if color else (None if is_tty else False)
+    return Console(file=file, force_terminal=terminal, no_color=not color, color_system="auto" if color else None,
+                   highlight=False, emoji=False, width=width, soft_wrap=not (is_tty or color))
+
+
+def render_text(snap: _snap.Snapshot, *, title: str = "Metrics", previous: _snap.Snapshot | None = None,
+                tz: dt.tzinfo | None = None, order: Sequence[str] = (), color: bool = False, width: int = 120) -> str:
+    """The view as text (plain unless `color`): what `vitals metrics` prints."""
+    buf = io.StringIO()
+    console = make_console(buf, color=color, width=width)
+    console.print(render(snap, title=title, previous=previous, tz=tz, order=order))
+    return buf.getvalue()

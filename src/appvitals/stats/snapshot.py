@@ -1,0 +1,398 @@
+"""The one data model of in-app stats: a point-in-time Snapshot (SPEC section 4).
+
+Used by the registry, the store, HTTP, the CLI and the tests alike. Everything here is
+pure: merging snapshots (past + session = all), windows (later minus earlier), and
+filtering by labels or metric name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import msgspec
+
+from appvitals.stats import sketch as _sketch
+
+SCHEMA = 1
+Kind = Literal["counter", "gauge", "histogram", "state", "events"]
+Scope = Literal["session", "past", "all"]
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def to_datetime(ts: float) -> dt.datetime:
+    """Unix epoch seconds as an aware UTC datetime."""
+    return _EPOCH + dt.timedelta(seconds=ts)
+
+
+def to_epoch(value: dt.datetime) -> float:
+    """An aware datetime as Unix epoch seconds."""
+    return (value - _EPOCH).total_seconds()
+
+
+class Transition(msgspec.Struct, omit_defaults=True, gc=False):
+    """One state change, as kept in a state series' history."""
+
+    at: dt.datetime
+    to: str
+    from_: str | None = msgspec.field(default=None, name="from")
+    reason: str | None = None
+
+
+class Series(msgspec.Struct, omit_defaults=True, gc=False):
+    """One labelled series; which fields are set depends on the metric kind."""
+
+    labels: dict[str, str]
+    # counter, gauge
+    value: float | None = None
+    # histogram
+    count: int | None = None
+    sum: float | None = None
+    min: float | None = None
+    max: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    sketch: _sketch.SketchData | None = None
+    # state
+    current: str | None = None
+    entered_at: dt.datetime | None = None
+    time_in_state: dict[str, float] | None = None
+    transitions: dict[str, int] | None = None
+    history: list[Transition] | None = None
+    # events
+    total: int | None = None
+    by_type: dict[str, int] | None = None
+    recent: list[dict[str, Any]] | None = None
+    # gauges: when the value was last set (decides which value a merge keeps)
+    updated_at: dt.datetime | None = None
+
+
+class MetricSnapshot(msgspec.Struct):
+    """One metric with all its series."""
+
+    name: str
+    kind: Kind
+    help: str = ""
+    unit: str = ""
+    group: str = ""
+    label_names: list[str] = []
+    capacity: int | None = None  # events: ring size; state: history size
+    series: list[Series] = []
+
+    def total(self) -> float:
+        """The metric's aggregate, derived from its series (never kept as a second count)."""
+        if self.kind in ("counter", "gauge"):
+            return sum(s.value or 0 for s in self.series)
+        if self.kind == "histogram":
+            return sum(s.count or 0 for s in self.series)
+        if self.kind == "events":
+            return sum(s.total or 0 for s in self.series)
+        return float(len(self.series))
+
+
+class Snapshot(msgspec.Struct):
+    """A consistent point-in-time view of a registry (SPEC section 4)."""
+
+    taken_at: dt.datetime
+    tracking_since: dt.datetime
+    session_started_at: dt.datetime
+    scope: str = "all"
+    metrics: list[MetricSnapshot] = []
+    schema: int = SCHEMA
+    window: dict[str, dt.datetime] | None = None
+
+    def to_json(self) -> bytes:
+        """The SPEC section 4 JSON."""
+        return encode(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (dicts, lists, ISO strings)."""
+        return msgspec.to_builtins(self)
+
+    def metric(self, name: str) -> MetricSnapshot | None:
+        """The metric of that name, or None."""
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        return None
+
+    def value(self, name: str, **labels: str) -> float:
+        """Counter/gauge value of one series (0 when absent); without labels, the metric's total."""
+        m = self.metric(name)
+        if m is None:
+            return 0.0
+        if not labels:
+            return m.total()
+        want = {k: str(v) for k, v in labels.items()}
+        for s in m.series:
+            if s.labels == want:
+                return s.value or 0.0
+        return 0.0
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Snapshot)
+
+
+def encode(snap: Snapshot) -> bytes:
+    """Snapshot -> JSON bytes."""
+    return _encoder.encode(snap)
+
+
+def decode(data: bytes | str) -> Snapshot:
+    """JSON bytes -> Snapshot (unknown fields ignored)."""
+    return _decoder.decode(data)
+
+
+def empty(now: float, tracking_since: float | None = None, session_started_at: float | None = None, scope: str = "all") -> Snapshot:
+    """A snapshot with no metrics."""
+    return Snapshot(
+        taken_at=to_datetime(now),
+        tracking_since=to_datetime(tracking_since if tracking_since is not None else now),
+        session_started_at=to_datetime(session_started_at if session_started_at is not None else now),
+        scope=scope,
+    )
+
+
+# ---------------------------------------------------------------- merging
+
+
+def _key(labels: Mapping[str, str]) -> tuple:
+    return tuple(sorted(labels.items()))
+
+
+def _later(a: dt.datetime | None, b: dt.datetime | None) -> bool:
+    """True when b is at least as recent as a."""
+    if b is None:
+        return a is None
+    return a is None or b >= a
+
+
+def merge_series(kind: str, a: Series, b: Series, capacity: int | None = None) -> Series:
+    """Combine two series of the same labels: `b` is the later one."""
+    if kind == "counter":
+        return Series(labels=a.labels, value=(a.value or 0) + (b.value or 0))
+    if kind == "gauge":
+        return b if _later(a.updated_at, b.updated_at) else a
+    if kind == "histogram":
+        return _hist_from(a.labels, (a.count or 0) + (b.count or 0), (a.sum or 0) + (b.sum or 0),
+                          _min(a.min, b.min), _max(a.max, b.max),
+                          _sketch.merge(a.sketch or _sketch.SketchData(), b.sketch or _sketch.SketchData()))
+    if kind == "state":
+        newer, older = (b, a) if _later(a.entered_at, b.entered_at) else (a, b)
+        history = sorted((a.history or []) + (b.history or []), key=lambda t: (t.at, t.to, t.from_ or ""))
+        if capacity:
+            history = history[-capacity:]
+        return Series(
+            labels=a.labels,
+            current=newer.current,
+            entered_at=newer.entered_at,
+            time_in_state=_add_maps(a.time_in_state, b.time_in_state),
+            transitions=_add_maps(a.transitions, b.transitions),
+            history=history,
+        )
+    if kind == "events":
+        recent = sorted((a.recent or []) + (b.recent or []), key=_record_order)
+        if capacity:
+            recent = recent[-capacity:]
+        return Series(labels=a.labels, total=(a.total or 0) + (b.total or 0),
+                      by_type=_add_maps(a.by_type, b.by_type), recent=recent)
+    raise ValueError(f"unknown metric kind {kind!r}")
+
+
+def _record_order(record: dict[str, Any]) -> tuple:
+    return (str(record.get("at", "")), msgspec.json.encode(record))
+
+
+def _min(a, b):
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a, b):
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _add_maps(a: dict | None, b: dict | None) -> dict:
+    out = dict(a or {})
+    for k, v in (b or {}).items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+def _hist_from(labels, count, total, lo, hi, data: _sketch.SketchData) -> Series:
+    if count <= 0:
+        return Series(labels=labels, count=0, sum=0.0, sketch=data)
+    return Series(
+        labels=labels, count=count, sum=total, min=lo, max=hi,
+        p50=_sketch.quantile(data, count, 0.5, lo, hi),
+        p90=_sketch.quantile(data, count, 0.9, lo, hi),
+        p99=_sketch.quantile(data, count, 0.99, lo, hi),
+        sketch=data,
+    )
+
+
+def merge_metric(a: MetricSnapshot, b: MetricSnapshot) -> MetricSnapshot:
+    """Combine two snapshots of one metric (b later); the later one's metadata wins."""
+    by_key = {_key(s.labels): s for s in a.series}
+    for s in b.series:
+        k = _key(s.labels)
+        by_key[k] = merge_series(b.kind, by_key[k], s, b.capacity) if k in by_key else s
+    return msgspec.structs.replace(b, series=[by_key[k] for k in sorted(by_key)])
+
+
+def merge(a: Snapshot, b: Snapshot, scope: str | None = None) -> Snapshot:
+    """Combine two snapshots, `b` being the later: counters add, histograms merge, gauges take
+    the latest value, states add times and counts, events keep the newest records. Associative."""
+    metrics = {m.name: m for m in a.metrics}
+    for m in b.metrics:
+        metrics[m.name] = merge_metric(metrics[m.name], m) if m.name in metrics else m
+    return Snapshot(
+        taken_at=max(a.taken_at, b.taken_at),
+        tracking_since=min(a.tracking_since, b.tracking_since),
+        session_started_at=max(a.session_started_at, b.session_started_at),
+        scope=scope or b.scope,
+        metrics=[metrics[n] for n in sorted(metrics)],
+    )
+
+
+# ---------------------------------------------------------------- windows
+
+
+def subtract_series(kind: str, later: Series, earlier: Series, since: dt.datetime) -> Series:
+    """What happened to one series between two cumulative snapshots of it."""
+    if kind == "counter":
+        return Series(labels=later.labels, value=max(0.0, (later.value or 0) - (earlier.value or 0)))
+    if kind == "gauge":
+        return later
+    if kind == "histogram":
+        data = _sketch.subtract(later.sketch or _sketch.SketchData(), earlier.sketch or _sketch.SketchData())
+        count = max(0, (later.count or 0) - (earlier.count or 0))
+        lo = hi = None
+        if count:
+            values = [_sketch.bucket_value(i) for i in data.pos] + [-_sketch.bucket_value(i) for i in data.neg]
+            if data.zero:
+                values.append(0.0)
+            lo, hi = min(values), max(values)
+            # the exact extremes are known when they fell inside the window
+            if later.min is not None and (earlier.min is None or later.min < earlier.min):
+                lo = later.min
+            if later.max is not None and (earlier.max is None or later.max > earlier.max):
+                hi = later.max
+        return _hist_from(later.labels, count, max(0.0, (later.sum or 0) - (earlier.sum or 0)), lo, hi, data)
+    if kind == "state":
+        times = {k: max(0.0, v - (earlier.time_in_state or {}).get(k, 0.0)) for k, v in (later.time_in_state or {}).items()}
+        trans = {k: v - (earlier.transitions or {}).get(k, 0) for k, v in (later.transitions or {}).items()}
+        return Series(
+            labels=later.labels, current=later.current, entered_at=later.entered_at,
+            time_in_state={k: v for k, v in times.items() if v > 0},
+            transitions={k: v for k, v in trans.items() if v > 0},
+            history=[t for t in (later.history or []) if t.at >= since],
+        )
+    if kind == "events":
+        by_type = {k: v - (earlier.by_type or {}).get(k, 0) for k, v in (later.by_type or {}).items()}
+        return Series(
+            labels=later.labels, total=max(0, (later.total or 0) - (earlier.total or 0)),
+            by_type={k: v for k, v in by_type.items() if v > 0},
+            recent=[r for r in (later.recent or []) if _parse_at(r) > since],
+        )
+    raise ValueError(f"unknown metric kind {kind!r}")
+
+
+def _parse_at(record: dict[str, Any]) -> dt.datetime:
+    at = record.get("at")
+    if isinstance(at, dt.datetime):
+        return at
+    try:
+        return dt.datetime.fromisoformat(str(at).replace("Z", "+00:00"))
+    except ValueError:
+        return _EPOCH
+
+
+def window(later: Snapshot, earlier: Snapshot | None) -> Snapshot:
+    """The activity between two cumulative snapshots: counters and histograms subtract,
+    gauges show the latest, states show time in state within the window, events the
+    records inside it. With no earlier snapshot, everything in `later` is the window."""
+    if earlier is None:
+        out = msgspec.structs.replace(later)
+        out.window = {"since": later.tracking_since, "until": later.taken_at}
+        return out
+    before = {m.name: {_key(s.labels): s for s in m.series} for m in earlier.metrics}
+    metrics = []
+    for m in later.metrics:
+        old = before.get(m.name, {})
+        series = []
+        for s in m.series:
+            prev = old.get(_key(s.labels))
+            series.append(s if prev is None else subtract_series(m.kind, s, prev, earlier.taken_at))
+        metrics.append(msgspec.structs.replace(m, series=series))
+    return Snapshot(
+        taken_at=later.taken_at, tracking_since=later.tracking_since, session_started_at=later.session_started_at,
+        scope=later.scope, metrics=metrics, window={"since": earlier.taken_at, "until": later.taken_at},
+    )
+
+
+# ---------------------------------------------------------------- filters
+
+
+def filter_snapshot(
+    snap: Snapshot,
+    where: Mapping[str, str] | None = None,
+    metrics: Iterable[str] | None = None,
+    groups: Iterable[str] | None = None,
+) -> Snapshot:
+    """Keep the series whose labels match `where` (metrics without such a label are dropped),
+    the metrics whose names match any glob in `metrics`, and the metrics in `groups`."""
+    patterns = list(metrics or [])
+    group_set = set(groups or [])
+    out = []
+    for m in snap.metrics:
+        if patterns and not any(fnmatch.fnmatchcase(m.name, p) for p in patterns):
+            continue
+        if group_set and m.group not in group_set:
+            continue
+        if where:
+            if m.kind == "events":
+                recent = [r for r in (m.series[0].recent or []) if all(str(r.get(k)) == v for k, v in where.items())] if m.series else []
+                if not recent and not all(k in m.label_names for k in where):
+                    continue
+                series = [msgspec.structs.replace(m.series[0], recent=recent)] if m.series else []
+            else:
+                if not all(k in m.label_names for k in where):
+                    continue
+                series = [s for s in m.series if all(s.labels.get(k) == str(v) for k, v in where.items())]
+            out.append(msgspec.structs.replace(m, series=series))
+        else:
+            out.append(m)
+    return msgspec.structs.replace(snap, metrics=out)
+
+
+def label_keys(snap: Snapshot) -> set[str]:
+    """Every label name used in a snapshot (and event record fields), for validating --where."""
+    keys: set[str] = set()
+    for m in snap.metrics:
+        keys.update(m.label_names)
+        if m.kind == "events":
+            for s in m.series:
+                for r in s.recent or []:
+                    keys.update(k for k in r if k != "at")
+    return keys
+
+
+def drop_series(snap: Snapshot, match: Mapping[str, str]) -> Snapshot:
+    """Remove every series whose labels include all of `match` (and event records that mention it)."""
+    want = {k: str(v) for k, v in match.items()}
+    out = []
+    for m in snap.metrics:
+        if m.kind == "events":
+            series = [
+                msgspec.structs.replace(s, recent=[r for r in (s.recent or []) if not all(str(r.get(k)) == v for k, v in want.items())])
+                for s in m.series
+            ]
+        else:
+            series = [s for s in m.series if not all(s.labels.get(k) == v for k, v in want.items())]
+        out.append(msgspec.structs.replace(m, series=series))
+    return msgspec.structs.replace(snap, metrics=out)

@@ -1,0 +1,589 @@
+"""The on-disk home of in-app stats: SQLite, or SQLCipher when a key is given.
+
+One file holds every run of the application (`runs`), each run's series as of its last
+completed flush (`series`), the metric definitions (`metrics`) and periodic cumulative
+snapshots for time windows (`history`). Past runs are folded into run 0 when a new run
+attaches, so the file does not grow with restarts.
+
+Guarantees:
+- every flush, forget and reset is one transaction: after a crash the file holds exactly
+  the last completed one;
+- with a key, the file (and its WAL) is encrypted: neither metric names nor label values
+  appear in its bytes; a wrong key raises StoreKeyError and leaves the file untouched;
+- `forget()` deletes with `secure_delete` on and truncates the WAL before returning, so
+  the forgotten label values are gone from disk, not just unlinked from the b-tree;
+- one writer: a second process attaching the same file gets StoreLockedError.
+
+Format evolution: `meta.format` is the format version. Rows are JSON objects decoded
+leniently (unknown fields ignored, missing ones zero), unknown metric kinds are skipped,
+and a run only ever rewrites its own rows, so an older appvitals never destroys what a
+newer one wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from appvitals.stats import snapshot as _snap
+
+FORMAT = 1
+KEY_ENV = "VITALS_STORE_KEY"
+KINDS = ("counter", "gauge", "histogram", "state", "events")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, started_at REAL NOT NULL, flushed_at REAL);
+CREATE TABLE IF NOT EXISTS metrics(
+    name TEXT PRIMARY KEY, kind TEXT NOT NULL, help TEXT NOT NULL DEFAULT '', unit TEXT NOT NULL DEFAULT '',
+    grp TEXT NOT NULL DEFAULT '', label_names TEXT NOT NULL DEFAULT '[]', capacity INTEGER);
+CREATE TABLE IF NOT EXISTS series(
+    run INTEGER NOT NULL, metric TEXT NOT NULL, labels TEXT NOT NULL, value REAL, data BLOB,
+    PRIMARY KEY(run, metric, labels)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history(ts REAL PRIMARY KEY, tier INTEGER NOT NULL, snapshot BLOB NOT NULL);
+"""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used: corrupt, not a store, missing."""
+
+
+class StoreKeyError(StoreError):
+    """The key is wrong (or missing for an encrypted store)."""
+
+
+class StoreLockedError(StoreError):
+    """Another process has this store attached."""
+
+
+class HistoryPolicy(msgspec.Struct, frozen=True):
+    """How often cumulative snapshots are kept, and for how long."""
+
+    fine_every: float = 60.0
+    fine_keep: float = 48 * 3600.0
+    coarse_every: float = 3600.0
+    coarse_keep: float = 90 * 86400.0
+    enabled: bool = True
+
+
+_series_data_decoder = msgspec.json.Decoder(_snap.Series)
+_encoder = msgspec.json.Encoder()
+_labels_decoder = msgspec.json.Decoder(dict[str, str])
+_list_decoder = msgspec.json.Decoder(list[str])
+_labels_list_decoder = msgspec.json.Decoder(list[dict[str, str]])
+
+
+def _safe_labels(text: str) -> dict[str, str] | None:
+    try:
+        return _labels_decoder.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def encode_labels(names: Iterable[str], values: Iterable[str]) -> str:
+    """Canonical JSON of a series' labels (label-name order)."""
+    return _encoder.encode(dict(zip(names, values))).decode()
+
+
+class Store:
+    """An appvitals stats file: `Store(path, key=None)`; key given (or $VITALS_STORE_KEY) -> SQLCipher."""
+
+    def __init__(self, path: str | os.PathLike, key: str | None = None, *, readonly: bool = False,
+                 history: HistoryPolicy | None = None) -> None:
+        self.path = os.fspath(path)
+        self.key = key if key is not None else (os.environ.get(KEY_ENV) or None)
+        self.readonly = readonly
+        self.history = history or HistoryPolicy()
+        self._lock_fd: int | None = None
+        self._db_lock = threading.RLock()
+        if readonly and not os.path.exists(self.path):
+            raise StoreError(f"no stats store at {self.path}")
+        if not readonly:
+            self._take_lock()
+        try:
+            self._conn = self._connect()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike, key: str | None = None) -> Store:
+        """Open for reading while an application may hold the store (no lock, no writes)."""
+        return cls(path, key, readonly=True)
+
+    # ------------------------------------------------------------ opening
+
+    def _take_lock(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"directory {directory} does not exist")
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise StoreLockedError(f"store {self.path} is attached by another process (pid {holder})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _connect(self):
+        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if self.key:
+            from appvitals.extras import require
+
+            require("crypto")
+            from sqlcipher3 import dbapi2 as driver
+        else:
+            driver = sqlite3
+        conn = driver.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        try:
+            if self.key:
+                conn.execute("PRAGMA cipher_log_level = NONE")  # errors are ours to report, in one line
+                conn.execute("PRAGMA key = '" + self.key.replace("'", "''") + "'")
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except driver.DatabaseError as exc:
+                if self.key:
+                    raise StoreKeyError(f"cannot open {self.path}: wrong key, or not an appvitals store") from exc
+                raise StoreKeyError(
+                    f"cannot open {self.path}: it is encrypted (give the key, or set ${KEY_ENV}) or it is not a "
+                    f"SQLite file"
+                ) from exc
+            if existed:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if "meta" not in tables or "series" not in tables:
+                    raise StoreError(f"{self.path} is a database but not an appvitals store")
+            if not self.readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit survives a killed process and the file is never torn; a power
+                # cut may roll back to an earlier completed flush. forget()/reset() checkpoint with a sync.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA secure_delete=ON")
+                now = repr(time.time())
+                conn.executescript(
+                    "BEGIN IMMEDIATE;" + _SCHEMA
+                    + f"INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');"
+                    + f"INSERT OR IGNORE INTO meta VALUES ('tracking_since', '{now}');"
+                    + f"INSERT OR IGNORE INTO meta VALUES ('created_at', '{now}');"
+                    + "COMMIT;"
+                )
+                if int(self._meta(conn, "format", "1")) < FORMAT:
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),))
+            return conn
+        except BaseException:
+            try:
+                conn.close()
+            except Exception:
+                pass
+            raise
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction: committed whole, or rolled back whole (caller holds _db_lock)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            # some errors (SQLITE_FULL, IOERR) already rolled the transaction back: never let a
+            # failing ROLLBACK hide the error that matters
+            with contextlib.suppress(Exception):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _meta(conn, key: str, default: str) -> str:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def close(self) -> None:
+        """Close the file and release the writer lock."""
+        with self._db_lock:
+            try:
+                self._conn.close()
+            finally:
+                self._release_lock()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ metadata
+
+    @property
+    def format(self) -> int:
+        """The format version recorded in the file."""
+        with self._db_lock:
+            return int(self._meta(self._conn, "format", "1"))
+
+    @property
+    def tracking_since(self) -> float:
+        """When tracking started (creation, or the last reset), epoch seconds."""
+        with self._db_lock:
+            return float(self._meta(self._conn, "tracking_since", "0"))
+
+    def _metric_defs(self) -> dict[str, dict[str, Any]]:
+        rows = self._conn.execute("SELECT name, kind, help, unit, grp, label_names, capacity FROM metrics").fetchall()
+        return {r[0]: {"kind": r[1], "help": r[2], "unit": r[3], "group": r[4], "label_names": r[5],
+                       "capacity": r[6]} for r in rows if r[1] in KINDS}
+
+    # ------------------------------------------------------------ runs
+
+    def begin_run(self, started_at: float) -> tuple[int, _snap.Snapshot | None, float]:
+        """Start a new run: fold earlier runs into the past (one transaction); return (run id, past, tracking_since)."""
+        with self._db_lock:
+            conn = self._conn
+            with self._transaction():
+                # fold earlier runs into run 0 so the file does not grow with restarts; a file written by a
+                # newer format is never rewritten (its rows may hold fields this version cannot carry over)
+                folded = None
+                if int(self._meta(conn, "format", "1")) <= FORMAT:
+                    folded = self._fold_locked()
+                conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
+                run = conn.execute("INSERT INTO runs(started_at) VALUES (?) RETURNING id", (started_at,)).fetchone()[0]
+            if folded is None:
+                past = self._runs_snapshot(exclude_latest=True, scope="past")
+            else:
+                past = folded
+                past.scope = "past"
+                past.tracking_since = _snap.to_datetime(self.tracking_since)
+                past.session_started_at = _snap.to_datetime(started_at)
+            return run, past, self.tracking_since
+
+    def _fold_locked(self) -> _snap.Snapshot | None:
+        """Fold every run into run 0; returns the folded past (None when there was nothing to fold)."""
+        conn = self._conn
+        if conn.execute("SELECT count(*) FROM runs WHERE id > 0").fetchone()[0] == 0:
+            return None
+        # counters add and gauges keep the latest run's value: plain SQL, no round trip through Python
+        conn.execute("DROP TABLE IF EXISTS temp.fold")
+        conn.execute(
+            "CREATE TEMP TABLE fold AS "
+            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value FROM series s "
+            "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
+        conn.execute(
+            "INSERT INTO temp.fold SELECT metric, labels, value FROM ("
+            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
+            "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
+            "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
+        # histograms, states and events merge in Python (sketches, times, ring buffers)
+        defs = self._metric_defs()
+        complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events")]
+        merged: _snap.Snapshot | None = None
+        if complex_names:
+            tracking = self.tracking_since
+            for (run_id,) in conn.execute("SELECT id FROM runs ORDER BY id").fetchall():
+                snap = self._read_run(run_id, defs, tracking, tracking, tracking, only=complex_names)
+                merged = snap if merged is None else _snap.merge(merged, snap)
+        # the folded counters and gauges are also the past this run starts from: read them from the
+        # in-memory temp table rather than the (possibly encrypted) file a second time
+        simple = conn.execute("SELECT metric, labels, value, NULL FROM temp.fold ORDER BY metric, labels").fetchall()
+        conn.execute("DELETE FROM series WHERE metric IN "
+                     "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events'))")
+        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
+        if merged is not None:
+            conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
+                             list(self._rows_for(merged, run=0)))
+        conn.execute("DROP TABLE temp.fold")
+        conn.execute("DELETE FROM runs WHERE id > 0 AND id NOT IN (SELECT DISTINCT run FROM series)")
+        tracking = self.tracking_since
+        past = self._build_run(simple, defs, tracking, tracking, tracking)
+        return past if merged is None else _snap.merge(past, merged)
+
+    def _rows_for(self, snap: _snap.Snapshot, run: int):
+        for m in snap.metrics:
+            for s in m.series:
+                labels = encode_labels(m.label_names, (s.labels.get(n, "") for n in m.label_names))
+                if m.kind in ("counter", "gauge"):
+                    yield (run, m.name, labels, s.value or 0.0, None)
+                else:
+                    yield (run, m.name, labels, None, encode_series(s))
+
+    def add_past(self, snap: _snap.Snapshot) -> None:
+        """Merge a snapshot (e.g. an imported backup) into the past, in one transaction."""
+        if self.readonly:
+            raise StoreError("store is open read-only")
+        with self._db_lock:
+            conn = self._conn
+            defs = self._metric_defs()
+            tracking = self.tracking_since
+            current = self._read_run(0, defs, tracking, tracking, tracking)
+            merged = _snap.merge(current, snap, scope="past")
+            with self._transaction():
+                conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
+                conn.executemany("INSERT OR IGNORE INTO metrics(name, kind, help, unit, grp, label_names, capacity) VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                    (m.name, m.kind, m.help, m.unit, m.group, msgspec.json.encode(m.label_names).decode(), m.capacity)
+                    for m in snap.metrics])
+                conn.execute("DELETE FROM series WHERE run = 0")
+                conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)", list(self._rows_for(merged, run=0)))
+
+    def write_flush(self, run: int, now: float, metric_defs: list[tuple], rows: list[tuple],
+                    history_point: Any = None) -> None:
+        """One flush as one transaction: metric definitions, changed rows, run time, maybe a history point."""
+        if self.readonly:
+            raise StoreError("store is open read-only")
+        with self._db_lock:
+            conn = self._conn
+            with self._transaction():
+                if metric_defs:
+                    conn.executemany("INSERT OR REPLACE INTO metrics(name, kind, help, unit, grp, label_names, capacity) VALUES (?, ?, ?, ?, ?, ?, ?)", metric_defs)
+                if rows:
+                    conn.executemany("INSERT OR REPLACE INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)", rows)
+                conn.execute("UPDATE runs SET flushed_at = ? WHERE id = ?", (now, run))
+                if history_point is not None:
+                    snap = history_point() if callable(history_point) else history_point
+                    self._add_history_locked(now, snap)
+
+    # ------------------------------------------------------------ history
+
+    def last_history_at(self) -> float | None:
+        """Time of the newest history point."""
+        with self._db_lock:
+            row = self._conn.execute("SELECT max(ts) FROM history").fetchone()
+            return row[0] if row else None
+
+    def _add_history_locked(self, now: float, snap: _snap.Snapshot) -> None:
+        policy = self.history
+        last_coarse = self._conn.execute("SELECT max(ts) FROM history WHERE tier = 1").fetchone()[0]
+        tier = 1 if last_coarse is None or now - last_coarse >= policy.coarse_every else 0
+        blob = zlib.compress(_snap.encode(snap), 6)
+        self._conn.execute("INSERT OR REPLACE INTO history(ts, tier, snapshot) VALUES (?, ?, ?)", (now, tier, blob))
+        self._conn.execute("DELETE FROM history WHERE tier = 0 AND ts < ?", (now - policy.fine_keep,))
+        self._conn.execute("DELETE FROM history WHERE ts < ?", (now - policy.coarse_keep,))
+
+    def history_times(self) -> list[float]:
+        """Times of all kept history points."""
+        with self._db_lock:
+            return [r[0] for r in self._conn.execute("SELECT ts FROM history ORDER BY ts")]
+
+    def _history_at(self, ts: float) -> _snap.Snapshot | None:
+        row = self._conn.execute("SELECT snapshot FROM history WHERE ts <= ? ORDER BY ts DESC LIMIT 1", (ts,)).fetchone()
+        return _snap.decode(zlib.decompress(row[0])) if row else None
+
+    def window(self, since: Any = None, until: Any = None, scope: str = "all") -> _snap.Snapshot:
+        """What happened between `since` and `until` (datetimes or epoch seconds; None = start / now),
+        from the difference of two cumulative snapshots; works across restarts."""
+        since_ts = _as_epoch(since)
+        until_ts = _as_epoch(until)
+        with self._db_lock:
+            later = self._history_at(until_ts) if until_ts is not None else None
+            if later is None or until_ts is None:
+                latest = self.snapshot(scope="all")
+                if until_ts is None or (later is None and _snap.to_epoch(latest.taken_at) <= until_ts):
+                    later = latest
+            if later is None:
+                raise StoreError("no history that old in this store")
+            earlier = self._history_at(since_ts) if since_ts is not None else None
+        if scope == "session":
+            # the window of the latest run only: start no earlier than that run
+            run_start = _snap.to_epoch(later.session_started_at)
+            if since_ts is None or since_ts < run_start:
+                earlier = self._history_at(run_start) if earlier is None else earlier
+        out = _snap.window(later, earlier)
+        out.scope = scope
+        if since_ts is not None:
+            # honest bounds: with no history point at or before `since`, the window starts where
+            # the data does (tracking start), not where it was asked to
+            start = since_ts if earlier is not None else min(since_ts, _snap.to_epoch(later.tracking_since))
+            out.window = {"since": _snap.to_datetime(start), "until": later.taken_at}
+        return out
+
+    # ------------------------------------------------------------ reading
+
+    def snapshot(self, scope: str = "all") -> _snap.Snapshot:
+        """The latest flushed state: "session" (most recent run), "past" (earlier runs) or "all"."""
+        if scope not in ("session", "past", "all"):
+            raise ValueError(f"scope must be 'session', 'past' or 'all', not {scope!r}")
+        with self._db_lock:
+            if scope == "all":
+                snap = self._runs_snapshot(exclude_latest=False, scope="all")
+            elif scope == "past":
+                snap = self._runs_snapshot(exclude_latest=True, scope="past")
+            else:
+                snap = self._runs_snapshot(only_latest=True, scope="session")
+            if snap is None:
+                now = time.time()
+                snap = _snap.empty(now, self.tracking_since, self._latest_run_start() or now, scope=scope)
+            return snap
+
+    def _latest_run_start(self) -> float | None:
+        row = self._conn.execute("SELECT started_at FROM runs WHERE id > 0 ORDER BY id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def _runs_snapshot(self, exclude_latest: bool = False, only_latest: bool = False,
+                       scope: str = "all") -> _snap.Snapshot | None:
+        conn = self._conn
+        runs = conn.execute("SELECT id, started_at, flushed_at FROM runs ORDER BY id").fetchall()
+        if not runs:
+            return None
+        latest = max(r[0] for r in runs)
+        if only_latest:
+            runs = [r for r in runs if r[0] == latest and r[0] > 0]
+        elif exclude_latest:
+            runs = [r for r in runs if r[0] != latest or latest == 0]
+        if not runs:
+            return None
+        defs = self._metric_defs()
+        tracking = self.tracking_since
+        out: _snap.Snapshot | None = None
+        for run_id, started, flushed in runs:
+            snap = self._read_run(run_id, defs, started or tracking, flushed or started or tracking, tracking)
+            out = snap if out is None else _snap.merge(out, snap)
+        if out is not None:
+            out.scope = scope
+            out.tracking_since = _snap.to_datetime(tracking)
+            start = self._latest_run_start()
+            if start is not None:
+                out.session_started_at = _snap.to_datetime(start)
+        return out
+
+    def _read_run(self, run: int, defs: dict, started: float, flushed: float, tracking: float,
+                  only: list[str] | None = None) -> _snap.Snapshot:
+        if only is not None:
+            marks = ",".join("?" * len(only))
+            rows = self._conn.execute(f"SELECT metric, labels, value, data FROM series WHERE run = ? AND metric IN ({marks}) "
+                                      "ORDER BY metric, labels", (run, *only)).fetchall()
+        else:
+            rows = self._conn.execute("SELECT metric, labels, value, data FROM series WHERE run = ? "
+                                      "ORDER BY metric, labels", (run,)).fetchall()
+        return self._build_run(rows, defs, started, flushed, tracking)
+
+    def _build_run(self, rows: list, defs: dict, started: float, flushed: float, tracking: float) -> _snap.Snapshot:
+        """A Snapshot from (metric, labels, value, data) rows."""
+        rows = [r for r in rows if r[0] in defs]  # kinds this version does not know stay untouched on disk
+        try:  # one decode call for every label set: much faster than one call a row
+            all_labels = _labels_list_decoder.decode("[" + ",".join(r[1] for r in rows) + "]")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            all_labels = [_safe_labels(r[1]) for r in rows]
+        by_metric: dict[str, list[_snap.Series]] = {}
+        Series = _snap.Series
+        for (metric, _, value, data), label_map in zip(rows, all_labels):
+            if label_map is None:
+                continue
+            kind = defs[metric]["kind"]
+            if kind == "counter" or kind == "gauge":
+                series = Series(labels=label_map, value=float(value or 0.0))
+            else:
+                try:
+                    series = decode_series(data, label_map)
+                except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+                    continue  # an unreadable row is skipped, never rewritten
+            by_metric.setdefault(metric, []).append(series)
+        metrics = []
+        for name in sorted(by_metric):
+            d = defs[name]
+            try:
+                label_names = _list_decoder.decode(d["label_names"])
+            except msgspec.DecodeError:
+                label_names = []
+            metrics.append(_snap.MetricSnapshot(name=name, kind=d["kind"], help=d["help"], unit=d["unit"],
+                                                group=d["group"], label_names=label_names, capacity=d["capacity"],
+                                                series=by_metric[name]))
+        return _snap.Snapshot(taken_at=_snap.to_datetime(flushed), tracking_since=_snap.to_datetime(tracking),
+                              session_started_at=_snap.to_datetime(started), scope="all", metrics=metrics)
+
+    # ------------------------------------------------------------ forgetting
+
+    def forget(self, labels: Mapping[str, Any]) -> None:
+        """Delete every series (and history entry) whose labels include `labels`, durably, now."""
+        if self.readonly:
+            raise StoreError("store is open read-only")
+        want = {k: str(v) for k, v in labels.items()}
+        if not want:
+            raise ValueError("forget() needs at least one label")
+        with self._db_lock:
+            conn = self._conn
+            with self._transaction():
+                clause = " AND ".join("json_extract(labels, ?) = ?" for _ in want)
+                params: list[Any] = []
+                for k, v in want.items():
+                    params += ["$." + _json_path_key(k), v]
+                conn.execute(f"DELETE FROM series WHERE {clause}", params)
+                # event rows keep records mentioning the label in their data: rewrite those rows
+                for run, metric, lab, data in conn.execute(
+                        "SELECT s.run, s.metric, s.labels, s.data FROM series s JOIN metrics m ON m.name = s.metric "
+                        "WHERE m.kind = 'events'").fetchall():
+                    series = decode_series(data, _labels_decoder.decode(lab))
+                    keep = [r for r in series.recent or [] if not all(str(r.get(k)) == v for k, v in want.items())]
+                    if len(keep) != len(series.recent or []):
+                        series.recent = keep
+                        conn.execute("UPDATE series SET data = ? WHERE run = ? AND metric = ? AND labels = ?",
+                                     (encode_series(series), run, metric, lab))
+                for ts, blob in conn.execute("SELECT ts, snapshot FROM history").fetchall():
+                    snap = _snap.decode(zlib.decompress(blob))
+                    cleaned = _snap.drop_series(snap, want)
+                    conn.execute("UPDATE history SET snapshot = ? WHERE ts = ?",
+                                 (zlib.compress(_snap.encode(cleaned), 6), ts))
+            self._scrub()
+
+    def reset(self, now: float | None = None) -> None:
+        """Delete everything; tracking starts at `now`."""
+        if self.readonly:
+            raise StoreError("store is open read-only")
+        now = time.time() if now is None else now
+        with self._db_lock:
+            conn = self._conn
+            with self._transaction():
+                conn.execute("DELETE FROM series")
+                conn.execute("DELETE FROM history")
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('tracking_since', ?)", (str(now),))
+            self._scrub()
+
+    def _scrub(self) -> None:
+        # secure_delete zeroed the freed content; moving the WAL into the file and truncating it
+        # removes the older page images that still held the deleted values.
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+def _json_path_key(key: str) -> str:
+    return '"' + key.replace('"', '\\"') + '"'
+
+
+def encode_series(series: _snap.Series) -> bytes:
+    """A complex series (histogram, state, events) as stored: JSON without its labels."""
+    return _encoder.encode(msgspec.structs.replace(series, labels={}))
+
+
+def decode_series(data: bytes | str | None, labels: dict[str, str]) -> _snap.Series:
+    """Inverse of encode_series; unknown fields ignored, missing ones empty."""
+    series = _series_data_decoder.decode(data or b'{"labels":{}}')
+    series.labels = labels
+    return series
+
+
+def _as_epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        from appvitals.timeparse import parse_epoch
+
+        return parse_epoch(value)
+    raise TypeError(f"cannot use {value!r} as a time")

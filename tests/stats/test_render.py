@@ -1,0 +1,204 @@
+"""The `vitals metrics` view on fixed data: golden text (tests/golden/) and the formatters.
+
+Regenerate the golden files after an intended layout change with
+`VITALS_UPDATE_GOLDEN=1 pytest tests/test_render.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appvitals.stats import render as R
+from appvitals.stats import snapshot as S
+from appvitals.stats.query import Query, apply
+from appvitals.stats.sketch import SketchData, bucket_index
+
+GOLDEN = Path(__file__).parent / "golden"
+UTC = dt.timezone.utc
+T = dt.datetime(2025, 10, 23, 14, 0, 0, tzinfo=UTC)  # "now" of the fixed snapshot
+
+
+def _ago(seconds: float) -> dt.datetime:
+    return T - dt.timedelta(seconds=seconds)
+
+
+def _hist(labels: dict, values: list[float]) -> S.Series:
+    pos: dict[int, int] = {}
+    for v in values:
+        i = bucket_index(v)
+        pos[i] = pos.get(i, 0) + 1
+    return S._hist_from(labels, len(values), float(sum(values)), min(values), max(values), SketchData(pos=pos))
+
+
+def sync_snapshot(scale: float = 1.0) -> S.Snapshot:
+    """A sync engine's stats at a fixed time, shaped like seed 003's example."""
+    def c(v: float) -> float:
+        return float(round(v * scale))
+
+    M = S.MetricSnapshot
+    metrics = [
+        M(name="sync_state", kind="state", help="Sync state", group="state", capacity=20, series=[S.Series(
+            labels={}, current="Ready", entered_at=_ago(4980),
+            time_in_state={"Ready": 4980.0, "CatchingUp": 2820.0, "Backfilling": 1440.0, "Uninitialized": 12.0},
+            transitions={"Uninitialized->Backfilling": 1, "Backfilling->CatchingUp": 1, "CatchingUp->Ready": 1},
+            history=[S.Transition(at=_ago(9252), from_="Uninitialized", to="Backfilling", reason="peer connected"),
+                     S.Transition(at=_ago(7800), from_="Backfilling", to="CatchingUp", reason="backfill complete"),
+                     S.Transition(at=_ago(4980), from_="CatchingUp", to="Ready", reason="caught up")])]),
+        M(name="broadcasts_sent", kind="counter", help="Broadcasts sent", group="operations", label_names=["kind"],
+          series=[S.Series(labels={"kind": "state"}, value=c(547)), S.Series(labels={"kind": "shared"}, value=c(687))]),
+        M(name="changes_received", kind="counter", help="Changes received", group="operations",
+          label_names=["peer", "model"], series=[
+              S.Series(labels={"peer": "A", "model": "entry"}, value=c(2000)),
+              S.Series(labels={"peer": "A", "model": "tag"}, value=c(63)),
+              S.Series(labels={"peer": "B", "model": "entry"}, value=c(500)),
+              S.Series(labels={"peer": "B", "model": "location"}, value=c(4))]),
+        M(name="changes_rejected", kind="counter", help="Changes rejected", group="operations", series=[
+            S.Series(labels={}, value=c(4))]),
+        M(name="buffer_queue_depth", kind="gauge", help="Buffer queue depth", group="operations", series=[
+            S.Series(labels={}, value=0.0, updated_at=_ago(3))]),
+        M(name="entries_synced", kind="counter", help="Records synced", group="data", label_names=["model"], series=[
+            S.Series(labels={"model": "entries"}, value=c(105000)),
+            S.Series(labels={"model": "content_identities"}, value=c(345)),
+            S.Series(labels={"model": "locations"}, value=c(12)),
+            S.Series(labels={"model": "tags"}, value=c(75))]),
+        M(name="bytes_transferred", kind="counter", help="Bandwidth", unit="bytes", group="data",
+          label_names=["direction"], series=[
+              S.Series(labels={"direction": "sent"}, value=c(45_200_000)),
+              S.Series(labels={"direction": "received"}, value=c(127_800_000))]),
+        M(name="peer_online", kind="gauge", help="Peer online", group="data", label_names=["peer"], series=[
+            S.Series(labels={"peer": "A"}, value=1.0, updated_at=_ago(5)),
+            S.Series(labels={"peer": "B"}, value=0.0, updated_at=_ago(5))]),
+        M(name="apply_latency", kind="histogram", help="Apply latency", unit="ms", group="performance",
+          label_names=["model"], series=[
+              _hist({"model": "entry"}, [5, 8, 10, 12, 12, 15, 20, 89]),
+              _hist({"model": "tag"}, [3, 4])]),
+        M(name="backfill_request_latency", kind="histogram", help="Backfill request latency", unit="seconds",
+          group="performance", series=[_hist({}, [0.12, 0.3, 0.342, 2.1])]),
+        M(name="sync_errors", kind="events", help="Sync errors", group="errors", capacity=100, series=[S.Series(
+            labels={}, total=int(c(3)), by_type={"network": int(c(2)), "apply": int(c(1))}, recent=[
+                {"type": "network", "message": "connection reset by peer", "device": "B", "at": _ago(1265).isoformat()},
+                {"type": "apply", "message": "missing parent entry", "entry_id": 12345, "at": _ago(1070).isoformat()},
+                {"type": "network", "message": "timeout", "device": "B", "at": _ago(877).isoformat()}])]),
+        M(name="retry_queue_depth", kind="gauge", help="", series=[S.Series(labels={}, value=0.0, updated_at=_ago(1))]),
+    ]
+    return S.Snapshot(taken_at=T, tracking_since=_ago(86400 + 9252), session_started_at=_ago(9252), scope="all",
+                      metrics=metrics)
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("VITALS_UPDATE_GOLDEN") == "1":
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} is missing: run with VITALS_UPDATE_GOLDEN=1 once and review it"
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs; see the diff above"
+
+
+def test_full_view_matches_golden():
+    _golden("sync_all.txt", R.render_text(sync_snapshot(), title="Sync Metrics", tz=UTC))
+
+
+def test_window_and_filter_view_matches_golden():
+    snap = msgspec.structs.replace(sync_snapshot(), window={"since": _ago(3600), "until": T})
+    snap = apply(snap, Query(where={"peer": "B"}))
+    _golden("sync_peer_b_window.txt", R.render_text(snap, title="Sync Metrics", tz=UTC))
+
+
+def test_compare_view_matches_golden():
+    now = msgspec.structs.replace(sync_snapshot(), window={"since": _ago(86400), "until": T})
+    before = msgspec.structs.replace(sync_snapshot(0.8), window={"since": _ago(2 * 86400), "until": _ago(86400)})
+    text = R.render_text(now, title="Sync Metrics", previous=before, tz=UTC)
+    assert "▲" in text
+    _golden("sync_compare.txt", text)
+
+
+def test_groups_order_and_default_section():
+    snap = sync_snapshot()
+    names = [name for name, _ in R.sections(snap)]
+    assert names[0] == "state" and names[-1] == ""
+    assert [n for n, _ in R.sections(snap, order=("errors",))][0] == "errors"
+    text = R.render_text(apply(snap, Query(metrics=("retry_*",))), tz=UTC)
+    assert "\nMetrics\n" in text and "Retry queue depth: 0" in text
+
+
+def test_empty_and_color():
+    empty = S.empty(T.timestamp())
+    assert "No metrics match." in R.render_text(empty, tz=UTC)
+    colored = R.render_text(sync_snapshot(), tz=UTC, color=True)
+    assert "\x1b[" in colored
+    assert "\x1b[" not in R.render_text(sync_snapshot(), tz=UTC)
+
+
+@pytest.mark.parametrize("value,text", [(0.045, "45ms"), (8.4, "8.4s"), (2832, "47m 12s"), (4980, "1h 23m"),
+                                        (9252, "2h 34m"), (93600, "1d 2h"), (0, "0s"), (0.0021, "2.1ms")])
+def test_fmt_duration(value, text):
+    assert R.fmt_duration(value) == text
+
+
+@pytest.mark.parametrize("value,text", [(45_200_000, "45.2 MB"), (173_000_000, "173.0 MB"), (512, "512 B"),
+                                        (1_500, "1.5 kB"), (2_000_000_000, "2.0 GB")])
+def test_fmt_bytes(value, text):
+    assert R.fmt_bytes(value) == text
+
+
+@pytest.mark.parametrize("part,whole,text", [(58, 100, "58%"), (998, 1000, "99.8%"), (2, 1000, "0.2%"),
+                                             (1, 10000, "0.01%"), (94, 1000, "9.4%"), (0, 5, "0%"), (1, 0, "-")])
+def test_fmt_percent(part, whole, text):
+    assert R.fmt_percent(part, whole) == text
+
+
+def test_fmt_number_and_value():
+    assert R.fmt_number(1234567) == "1,234,567"
+    assert R.fmt_number(53.666) == "53.67"
+    assert R.fmt_value(2100, "ms") == "2.1s"
+    assert R.fmt_value(12, "widgets") == "12 widgets"
+
+
+# ---------------------------------------------------------------- any snapshot renders
+
+_names = st.sampled_from(["a", "b_total", "latency", "queue", "errors"])
+_label_sets = st.lists(st.fixed_dictionaries({"peer": st.sampled_from(["A", "B", "é", "x y"])}), max_size=12)
+_numbers = st.floats(min_value=0, max_value=1e15, allow_nan=False) | st.integers(0, 10**12).map(float)
+
+
+@st.composite
+def _metric(draw):
+    kind = draw(st.sampled_from(["counter", "gauge", "histogram", "state", "events"]))
+    unit = draw(st.sampled_from(["", "bytes", "ms", "seconds", "things"]))
+    labels = draw(_label_sets)
+    series = []
+    for lab in {tuple(sorted(d.items())): d for d in labels}.values():
+        if kind in ("counter", "gauge"):
+            series.append(S.Series(labels=lab, value=draw(_numbers)))
+        elif kind == "histogram":
+            values = draw(st.lists(st.floats(min_value=0.001, max_value=1e6), max_size=5))
+            series.append(_hist(lab, values) if values else S.Series(labels=lab, count=0, sum=0.0))
+        elif kind == "state":
+            times = draw(st.dictionaries(st.sampled_from(["Idle", "Busy"]), st.floats(0, 1e7), max_size=2))
+            series.append(S.Series(labels=lab, current=draw(st.sampled_from([None, "Idle", "Busy"])),
+                                   entered_at=_ago(draw(st.integers(0, 10**6))), time_in_state=times,
+                                   transitions={"Idle->Busy": 1} if times else {},
+                                   history=[S.Transition(at=_ago(5), from_=None, to="Busy")] if times else []))
+    if kind == "events":
+        n = draw(st.integers(0, 4))
+        series = [S.Series(labels={}, total=n, by_type={"net": n} if n else {}, recent=[
+            {"type": "net", "message": draw(st.text(max_size=20)), "at": _ago(i).isoformat()} for i in range(n)])]
+    return S.MetricSnapshot(name=draw(_names) + "_" + kind, kind=kind, unit=unit,
+                            group=draw(st.sampled_from(["", "ops", "state"])),
+                            label_names=["peer"] if kind != "events" and labels else [], series=series)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_metric(), max_size=6, unique_by=lambda m: m.name), st.booleans())
+def test_any_snapshot_renders(metrics, compare):
+    snap = S.Snapshot(taken_at=T, tracking_since=_ago(100), session_started_at=_ago(50), metrics=metrics)
+    text = R.render_text(snap, previous=snap if compare else None, tz=UTC)
+    assert text.startswith("Metrics (all sessions)\n")
+    for m in metrics:
+        assert R.title_of(m) in text
