@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.services import free_port, require_binary
 
 import appvitals
+from appvitals.stats import snapshot
 from appvitals.stats.prometheus import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 
 
@@ -65,7 +66,7 @@ def test_snapshot_json_and_filters(served):
     assert [s["labels"] for s in doc["metrics"][0]["series"]] == [{"peer": "B", "model": "entry"}]
     doc = httpx.get(h.url + "/v1/snapshot", params=[("group", "state"), ("group", "errors")]).json()
     assert sorted(m["name"] for m in doc["metrics"]) == ["sync_errors", "sync_state"]
-    decoded = appvitals.snapshot.decode(httpx.get(h.url + "/v1/snapshot").content)
+    decoded = snapshot.decode(httpx.get(h.url + "/v1/snapshot").content)
     assert decoded.value("changes_received", peer="A", model="entry") == 5
 
 
