@@ -177,7 +177,7 @@ def test_duckdb_memory_file(tmp_path):
     w.close()
 
 
-def test_duckdb_dedup_skips_only_tables_outside_the_ts_range(tmp_path):
+def test_duckdb_finds_repeats_in_every_table_also_after_a_restart(tmp_path):
     # the DuckDB writer keeps each table's ts range in memory and looks a batch's keys up only
     # in tables whose range meets the batch's: a repeat must still be found, also after a restart
     path = tmp_path / "r.duckdb"
