@@ -168,7 +168,7 @@ class DuckDBWarehouse(Warehouse):
         stored: list[tuple] = []
         with self._write_lock:
             script = ["BEGIN TRANSACTION"]
-            span = None if known_new else self.keys.search_span(write.sessions)
+            span = None if known_new else self.keys.search_span(write.keys)
             if span is not None:  # rare: a key at or below its session's highest seq
                 script.append("DELETE FROM _stored; INSERT INTO _stored " + found_sql(list(tables), *span))
             insert = _INSERT_SQL if span is None else _INSERT_NEW_SQL

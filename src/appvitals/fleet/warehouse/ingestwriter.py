@@ -151,7 +151,7 @@ class IngestLogWriter:
         with self._admit_lock:
             if self._closing:
                 raise IngestLogFull("the warehouse is closing")
-            span = self._store.keys.search_span(write.sessions)
+            span = self._store.keys.search_span(write.keys)
             if span is not None:  # rare: a key at or below its session's highest seq
                 self._drop_stored(write, *span)
             if not write.tables:

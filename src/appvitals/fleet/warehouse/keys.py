@@ -25,7 +25,10 @@ import pyarrow.compute as pc
 from appvitals.fleet.wire.schema import NO_SEQ, SCHEMA
 
 _NO_SEQ = pa.scalar(NO_SEQ, pa.int64())
-_AGGREGATES = [("seq", "min"), ("seq", "max"), ("ts", "min"), ("ts", "max")]
+_I64 = pa.int64()
+# an empty range: no seq is >= _EMPTY_LOW and <= _EMPTY_HIGH
+_EMPTY_LOW, _EMPTY_HIGH = pa.scalar(2**63 - 1, pa.int64()), pa.scalar(-(2**63), pa.int64())
+_EMPTY = (_EMPTY_LOW, _EMPTY_HIGH, _EMPTY_LOW, _EMPTY_HIGH)  # bottom, top, lo, hi of a session with no line
 
 
 def keyed(arrow: pa.Table) -> pa.Table:
@@ -38,14 +41,6 @@ def key_rows(tables: dict[str, pa.Table]) -> pa.Table | None:
     """The (ts, seq, session_id) of the keyed rows of some tables (zero-copy in the usual case)."""
     parts = [keys for keys in (keyed(a.select(["ts", "seq", "session_id"])) for a in tables.values()) if keys.num_rows]
     return None if not parts else parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-
-
-def session_summary(tables: dict[str, pa.Table]) -> pa.Table | None:
-    """Per session of the keyed rows: seq_min, seq_max, ts_min, ts_max (computed in C)."""
-    keys = key_rows(tables)
-    if keys is None:
-        return None
-    return keys.group_by("session_id", use_threads=False).aggregate(_AGGREGATES)
 
 
 def found_sql(incoming: list[str], lo: int, hi: int, pending: bool = False) -> str:
@@ -63,61 +58,104 @@ def found_sql(incoming: list[str], lo: int, hi: int, pending: bool = False) -> s
     return f"WITH _keys AS ({keys}) {found}"
 
 
-_LOAD_SQL = "SELECT session_id, max(seq), min(ts), max(ts) FROM ({}) GROUP BY session_id".format(
+_LOAD_SQL = "SELECT session_id, min(seq), max(seq), min(ts), max(ts) FROM ({}) GROUP BY session_id".format(
     " UNION ALL ".join(f"SELECT session_id, seq, ts FROM {t} WHERE seq <> {NO_SEQ}" for t in SCHEMA))
 
 
 class StoredKeys:
-    """Per session: (highest seq, lowest ts, highest ts) of its stored (or logged) keyed lines.
+    """Per session: the lowest and highest seq of its stored (or logged) keyed lines, and their
+    lowest and highest ts.
 
     A superset of the truth is safe (it only costs a lookup); the writer updates it for every
-    write it stores, so it never misses a key."""
+    write it stores, so it never misses a key. A session is a slot (found through one dict)
+    in four Arrow int64 arrays, read and rewritten with Arrow kernels: there is no
+    Python-level step per line, except for the sessions seen for the first time."""
+
+    _COLUMNS = ("bottom", "top", "lo", "hi")
 
     def __init__(self) -> None:
-        self._sessions: dict[str, tuple[int, int, int]] = {}
+        self._ids: dict[str, int] = {}  # session_id -> slot
+        self._sids: list[str | None] = []  # slot -> session_id (None: forgotten)
+        self._state: dict[str, pa.Array] = {name: pa.array([], _I64) for name in self._COLUMNS}
+        self._slot_numbers = pa.array([], _I64)  # 0 .. capacity - 1
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._ids)
 
     def load(self, con: duckdb.DuckDBPyConnection) -> None:
         """Read every session's entry from the tables (once, at open)."""
         arrow = con.sql(_LOAD_SQL).to_arrow_table()
-        columns = [arrow.column(i).to_pylist() for i in range(4)]
         with self._lock:
-            self._sessions = {sid: (q, lo, hi) for sid, q, lo, hi in zip(*columns)}
+            self._sids = arrow.column(0).to_pylist()
+            self._ids = {sid: slot for slot, sid in enumerate(self._sids)}
+            self._state = {name: arrow.column(i + 1).combine_chunks().cast(_I64)
+                           for i, name in enumerate(self._COLUMNS)}
+            self._slot_numbers = pa.array(range(len(self._sids)), _I64)
 
-    def search_span(self, summary: pa.Table | None, remember: bool = True) -> tuple[int, int] | None:
-        """The ts span to look the write's keys up in, or None when no key of it can be stored
-        yet (every session's lowest incoming seq is above its highest stored one). With
-        `remember`, the write's sessions are then counted as stored (call it under the lock
-        that orders writes: the entries must not miss a write that got past this check)."""
-        if summary is None:
+    def _slots(self, sessions: pa.ChunkedArray | pa.Array) -> pa.Array:
+        """The slot of each line's session (a new session gets one, with an empty range)."""
+        sids = sessions.to_pylist()
+        slots = pa.array(list(map(self._ids.get, sids)), _I64)  # null: a session not seen yet
+        if slots.null_count:
+            fresh = pc.unique(pc.filter(sessions, pc.is_null(slots))).to_pylist()
+            start = len(self._sids)
+            self._ids.update(zip(fresh, range(start, start + len(fresh))))
+            self._sids.extend(fresh)
+            capacity = len(self._slot_numbers)
+            if len(self._sids) > capacity:  # grow by half at least: rebuilding costs O(capacity)
+                more = max(len(self._sids) - capacity, capacity // 2, 1024)
+                for name, empty in zip(self._COLUMNS, _EMPTY):
+                    self._state[name] = pa.concat_arrays([self._state[name], pa.repeat(empty, more)])
+                self._slot_numbers = pa.array(range(capacity + more), _I64)
+            slots = pa.array(list(map(self._ids.get, sids)), _I64)
+        return slots
+
+    def search_span(self, keys: pa.Table | None, remember: bool = True) -> tuple[int, int] | None:
+        """The ts span to look the write's keyed lines (`key_rows`) up in, or None when none can
+        be stored yet: each line's seq lies outside its session's stored [lowest, highest].
+        With `remember`, the lines are then counted as stored (call it under the lock that
+        orders writes: the entries must not miss a write that got past this check)."""
+        if keys is None or not keys.num_rows:
             return None
-        sids = summary.column("session_id").to_pylist()
-        seq_min = summary.column("seq_min").to_pylist()
-        seq_max = summary.column("seq_max").to_pylist()
-        ts_min = summary.column("ts_min").to_pylist()
-        ts_max = summary.column("ts_max").to_pylist()
-        lo = hi = None
+        seq, ts = keys.column("seq"), keys.column("ts")
         with self._lock:
-            sessions = self._sessions
-            for sid, q0, q1, t0, t1 in zip(sids, seq_min, seq_max, ts_min, ts_max):
-                known = sessions.get(sid)
-                if known is None:
-                    if remember:
-                        sessions[sid] = (q1, t0, t1)
-                    continue
-                top, k0, k1 = known
-                if q0 <= top:  # maybe stored: look it up where this session's lines are
-                    lo = k0 if lo is None else min(lo, k0)
-                    hi = k1 if hi is None else max(hi, k1)
-                if remember:
-                    sessions[sid] = (max(top, q1), min(k0, t0), max(k1, t1))
-        return None if lo is None else (lo, hi)
+            state = self._state
+            slots = self._slots(keys.column("session_id"))
+            maybe = pc.and_(pc.greater_equal(seq, pc.take(state["bottom"], slots)),
+                            pc.less_equal(seq, pc.take(state["top"], slots)))
+            span = None
+            if pc.any(maybe).as_py():  # rare: a resend, or lines out of order inside a session's range
+                near = pc.filter(slots, maybe)
+                span = (pc.min(pc.take(state["lo"], near)).as_py(), pc.max(pc.take(state["hi"], near)).as_py())
+            if remember:
+                self._remember(slots, seq, ts)
+        return span
+
+    def _remember(self, slots: pa.Array, seq, ts) -> None:
+        per_slot = pa.table({"slot": slots, "seq": seq, "ts": ts}).group_by("slot", use_threads=False).aggregate(
+            [("seq", "min"), ("seq", "max"), ("ts", "min"), ("ts", "max")])
+        per_slot = per_slot.take(pc.sort_indices(per_slot.column("slot")))  # replace_with_mask fills in slot order
+        where = per_slot.column("slot").combine_chunks()
+        mask = pc.is_in(self._slot_numbers, value_set=where)
+        for name, column, pick in (("bottom", "seq_min", pc.min_element_wise), ("top", "seq_max", pc.max_element_wise),
+                                   ("lo", "ts_min", pc.min_element_wise), ("hi", "ts_max", pc.max_element_wise)):
+            current = self._state[name]
+            merged = pick(pc.take(current, where), per_slot.column(column).combine_chunks())
+            self._state[name] = pc.replace_with_mask(current, mask, merged)
 
     def forget_before(self, cutoff_ms: int, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         """Drop the sessions whose every line is older than `cutoff_ms` (retention deleted
         them), except those in `keep` (lines of theirs are still on their way in)."""
         with self._lock:
-            self._sessions = {sid: v for sid, v in self._sessions.items() if v[2] >= cutoff_ms or sid in keep}
+            old = pc.indices_nonzero(pc.less(self._state["hi"], pa.scalar(cutoff_ms, _I64))).to_pylist()
+            gone = [slot for slot in old if slot < len(self._sids) and self._sids[slot] is not None
+                    and self._sids[slot] not in keep]
+            if not gone:
+                return
+            for slot in gone:
+                del self._ids[self._sids[slot]]  # type: ignore[arg-type]
+                self._sids[slot] = None
+            mask = pc.is_in(self._slot_numbers, value_set=pa.array(gone, _I64))
+            for name, empty in zip(self._COLUMNS, _EMPTY):
+                self._state[name] = pc.replace_with_mask(self._state[name], mask, pa.repeat(empty, len(gone)))

@@ -1,8 +1,7 @@
 """One DuckDB write on its way in: the batches of an insert_many() as per-table Arrow tables.
 
 `Write.prepare` concatenates the batches' tables, leaves out a line whose (session_id, seq)
-an earlier batch of the same write holds, and summarizes the keyed lines per session for the
-duplicate check (keys.py). After the check, `count_found` charges each key found already
+an earlier batch of the same write holds, and collects the keyed lines for the duplicate check (keys.py). After the check, `count_found` charges each key found already
 stored to the batch that sent it first, and `results` gives one InsertResult per batch.
 """
 
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from appvitals.fleet.warehouse.base import Batch, InsertResult
-from appvitals.fleet.warehouse.keys import keyed, session_summary
+from appvitals.fleet.warehouse.keys import key_rows, keyed
 from appvitals.fleet.wire.arrow import ArrowBatch
 from appvitals.fleet.wire.schema import NO_SEQ
 
@@ -59,7 +58,7 @@ class Write:
     """One insert_many() on its way in: its batches, their rows per table (repeats inside the
     write left out), and how many lines of each batch were dropped as duplicates."""
 
-    __slots__ = ("batches", "pieces", "tables", "dropped", "samples_lo", "sessions", "lo", "hi")
+    __slots__ = ("batches", "pieces", "tables", "dropped", "samples_lo", "keys", "lo", "hi")
 
     def __init__(self, batches: list[ArrowBatch]):
         self.batches = batches
@@ -67,7 +66,7 @@ class Write:
         self.tables: dict[str, pa.Table] = {}
         self.dropped = [0] * len(batches)
         self.samples_lo: int | None = None  # the lowest ts of its samples
-        self.sessions: pa.Table | None = None  # per session of its keyed lines: seq and ts ranges
+        self.keys: pa.Table | None = None  # (ts, seq, session_id) of its keyed lines
         self.lo = self.hi = 0  # ts range of the whole write
 
     @classmethod
@@ -93,7 +92,7 @@ class Write:
         if "samples" in spans:
             write.samples_lo = spans["samples"]["min"]
         if check_repeats:  # the background insert of logged lines needs no duplicate check
-            write.sessions = session_summary(write.tables)
+            write.keys = key_rows(write.tables)
         return write
 
     def count_found(self, found: set[tuple]) -> None:
