@@ -260,3 +260,14 @@ def test_every_value_the_protocol_accepts_is_stored(wh):
     assert (got.accepted, got.duplicates) == (5, 0)
     assert wh.query("SELECT max(seq), max(ts), max(cpu), min(ts) FROM samples") == [(SEQ_MAX, TS_MAX - 1, CPU_MAX, 0)]
     assert count(wh, "sessions") == 1 and count(wh, "events") == 1 and count(wh, "ends") == 1
+
+
+def test_a_backlog_sent_newest_first_is_stored_and_its_resends_found(wh):
+    # a spool drained newest first: each write lies below the stored range of its session
+    sample = '{"kind":"sample","session_id":"b%d","ts":%d,"seq":%d,"cpu":1}'
+    for start in (40, 30, 20, 10, 0):
+        got = wh.insert([L(sample, (k, NOW + i, i)) for k in range(3) for i in range(start, start + 10)])
+        assert (got.accepted, got.duplicates) == (30, 0)
+    again = wh.insert([L(sample, (k, NOW + 7 * DAY + i, i)) for k in range(3) for i in (0, 25, 49, 50)])
+    assert (again.accepted, again.duplicates) == (3, 9)
+    assert count(wh, "samples") == 153

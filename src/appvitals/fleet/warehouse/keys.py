@@ -2,16 +2,17 @@
 
 SPEC makes `(session_id, seq)` unique whatever the ts, and DuckDB has no index that finds a
 key without scanning every row of the table (an ART primary key was 3-5x slower per line and
-grew in memory with the table). So the warehouse keeps, per session, the highest seq it has
-stored and the ts span of that session's keyed lines. Clients number a session's lines in
-increasing order, so a new line's seq is above its session's highest: such a write needs no
-lookup at all. Only a line at or below its session's highest seq (a resend, or lines that
-arrive out of order) is looked up in DuckDB -- joined on (session_id, seq), restricted to
-the stored ts span of the sessions concerned, which DuckDB's zone maps turn into a read of
-those row groups only. The same key sent again with another ts is found like any other.
+grew in memory with the table). So the warehouse keeps, per session, the lowest and highest
+seq it has stored and the lowest and highest ts of that session's keyed lines. Clients number
+a session's lines in increasing order, so a new line's seq lies above its session's highest
+(or, for a backlog sent newest first, below its lowest): a write made of such lines needs no
+lookup at all. Only a line inside its session's stored seq range (a resend, or lines that
+fill a gap) is looked up in DuckDB -- joined on (session_id, seq), restricted to the stored
+ts span of the sessions concerned, which DuckDB's zone maps turn into a read of those row
+groups only. The same key sent again with another ts is found like any other.
 
-Memory: one entry per session of the file (about 200 bytes), read at open with one pass
-over the tables, and dropped by retention once all of a session's lines are gone.
+Memory: one entry per session of the file (a dict entry and 32 bytes of arrays), read at
+open with one pass over the tables, and dropped by retention once a session's lines are gone.
 """
 
 from __future__ import annotations
