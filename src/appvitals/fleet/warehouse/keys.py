@@ -95,11 +95,17 @@ class StoredKeys:
             self._slot_numbers = pa.array(range(len(self._sids)), _I64)
 
     def _slots(self, sessions: pa.ChunkedArray | pa.Array) -> pa.Array:
-        """The slot of each line's session (a new session gets one, with an empty range)."""
-        sids = sessions.to_pylist()
-        slots = pa.array(list(map(self._ids.get, sids)), _I64)  # null: a session not seen yet
+        """The slot of each line's session (a new session gets one, with an empty range).
+
+        The dict is asked once per distinct session of the write: a request usually carries
+        the lines of one or two sessions."""
+        if isinstance(sessions, pa.ChunkedArray):
+            sessions = sessions.combine_chunks()
+        encoded = pc.dictionary_encode(sessions)
+        distinct = encoded.dictionary.to_pylist()
+        slots = pa.array(list(map(self._ids.get, distinct)), _I64)  # null: a session not seen yet
         if slots.null_count:
-            fresh = pc.unique(pc.filter(sessions, pc.is_null(slots))).to_pylist()
+            fresh = [sid for sid, slot in zip(distinct, slots.to_pylist()) if slot is None]
             start = len(self._sids)
             self._ids.update(zip(fresh, range(start, start + len(fresh))))
             self._sids.extend(fresh)
@@ -109,8 +115,8 @@ class StoredKeys:
                 for name, empty in zip(self._COLUMNS, _EMPTY):
                     self._state[name] = pa.concat_arrays([self._state[name], pa.repeat(empty, more)])
                 self._slot_numbers = pa.array(range(capacity + more), _I64)
-            slots = pa.array(list(map(self._ids.get, sids)), _I64)
-        return slots
+            slots = pa.array(list(map(self._ids.get, distinct)), _I64)
+        return pc.take(slots, encoded.indices)
 
     def search_span(self, keys: pa.Table | None, remember: bool = True) -> tuple[int, int] | None:
         """The ts span to look the write's keyed lines (`key_rows`) up in, or None when none can
