@@ -105,7 +105,8 @@ class StoredKeys:
         distinct = encoded.dictionary.to_pylist()
         slots = pa.array(list(map(self._ids.get, distinct)), _I64)  # null: a session not seen yet
         if slots.null_count:
-            fresh = [sid for sid, slot in zip(distinct, slots.to_pylist()) if slot is None]
+            missing = pc.is_null(slots)
+            fresh = pc.filter(encoded.dictionary, missing).to_pylist()
             start = len(self._sids)
             self._ids.update(zip(fresh, range(start, start + len(fresh))))
             self._sids.extend(fresh)
@@ -115,7 +116,7 @@ class StoredKeys:
                 for name, empty in zip(self._COLUMNS, _EMPTY):
                     self._state[name] = pa.concat_arrays([self._state[name], pa.repeat(empty, more)])
                 self._slot_numbers = pa.array(range(capacity + more), _I64)
-            slots = pa.array(list(map(self._ids.get, distinct)), _I64)
+            slots = pc.replace_with_mask(slots, missing, pa.array(range(start, start + len(fresh)), _I64))
         return pc.take(slots, encoded.indices)
 
     def search_span(self, keys: pa.Table | None, remember: bool = True) -> tuple[int, int] | None:
