@@ -1,21 +1,32 @@
-"""Ingest benchmark: the same fleet workload into `vitals serve` (DuckDB) and into InfluxDB 1.6, in one run.
+"""Ingest benchmark: the same fleet into `vitals serve` (DuckDB) and into what a user would
+pick instead of a collector -- InfluxDB 1.6, ClickHouse, VictoriaMetrics -- in one run.
 
 Workload (default 1,000,000 samples): client_id (10,000 distinct), session_id (50,000),
-app_version (8), os (3), stage (6) and cpu; batches of 5,000 lines; 2 connections.
-The collector gets SPEC section-3 lines: one `session` line per session (client_id,
-app_version, os) and one `sample` line per sample (session_id, seq, stage, cpu). InfluxDB
-gets what seed 002 stored: one point per sample with every attribute as a tag and cpu as
-the field. Bodies are encoded before the clock starts; both servers are started here on
-127.0.0.1 with temp dirs, and both fsync their write-ahead log before answering. The
-collector answers from its ingest log and inserts into DuckDB in the background: its clock
-stops when the last line is in DuckDB (queryable), not at the last answer.
+app_version (8), os (3), stage (6) and cpu; batches of 5,000 lines; 2 connections. Two
+shapes: "easy" (each sample carries stage only) and "wide" (also a peer id of 5,000, a
+queue of 100 and a file size in KiB: many distinct attr sets, as real apps send them).
 
-Then a drill-down query on both: the share of samples with cpu > 30 per app_version and stage.
+- the collector gets SPEC section-3 lines: one `session` line per session (client_id,
+  app_version, os) and one `sample` line per sample (session_id, seq, attrs, cpu). It
+  answers from its fsynced ingest log and inserts into DuckDB in the background: its clock
+  stops when the last line is in DuckDB (queryable), not at the last answer.
+- InfluxDB 1.6 gets one point per sample, every attribute a tag and cpu a field; it fsyncs
+  its WAL before answering.
+- ClickHouse (Debian's server, started here) gets flat JSON rows, the session's attributes
+  copied onto each sample, posted over HTTP into a MergeTree table with
+  `INSERT ... FORMAT JSONEachRow`; it answers once the part is written, without fsync.
+- VictoriaMetrics (/usr/bin/victoria-metrics, temp storage dir) gets the InfluxDB lines on
+  /write; it answers before the rows reach disk, so its clock stops when a query sees them all.
+
+Every server runs on 127.0.0.1 with a temp dir; CPU and peak RSS are the server's own (with
+its child processes). Then a drill-down on each: the share of samples with cpu > 30 per
+app_version and stage. Every ratio is collector / peer (samples/s above 1: the collector is
+faster; CPU seconds and RSS below 1: it uses less).
 
 Prints one JSON object and writes it to bench/results/ingest.json. Not a test.
 
-    python bench/bench_ingest.py              # full size
-    python bench/bench_ingest.py --samples 100000
+    python bench/bench_ingest.py                      # full size, both shapes, every peer
+    python bench/bench_ingest.py --samples 20000 --output /tmp/ingest.json   # a quick check
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ SRC = ROOT / "src"
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 
 CLIENTS, SESSIONS, VERSIONS, OSES, STAGES = 10_000, 50_000, 8, 3, 6
+PEERS, QUEUES = 5_000, 100  # the "wide" shape's extra sample attrs
+SHAPES = ("easy", "wide")
 BATCH = 5_000
 CONNECTIONS = 2
 
@@ -55,8 +68,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def workload(samples: int, seed: int = 7):
-    """(collector bodies, influx bodies, sample count, session-line count)."""
+def workload(samples: int, shape: str = "easy", seed: int = 7) -> dict:
+    """Per system, the bodies of one fleet workload, plus the sample and session counts.
+
+    easy: each sample has one attr (stage). wide: as real apps send them, also a peer id
+    (5,000 distinct), a queue (100) and a file size in KiB (any integer up to 100,000):
+    many distinct attr sets, which no cache of attr texts holds."""
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000) - 2 * 3_600_000
     sessions = min(SESSIONS, samples)
@@ -65,6 +82,7 @@ def workload(samples: int, seed: int = 7):
     session_os = [("windows", "macos", "linux")[rng.randrange(OSES)] for _ in range(sessions)]
     stages = [f"stage{k}" for k in range(STAGES)]
     enc = msgspec.json.encode
+    wide = shape == "wide"
 
     collector_lines: list[bytes] = [
         enc({"kind": "session", "session_id": f"s{i}", "client_id": session_client[i], "ts": now_ms, "seq": 0,
@@ -72,6 +90,7 @@ def workload(samples: int, seed: int = 7):
         for i in range(sessions)
     ]
     influx_lines: list[bytes] = []
+    flat_rows: list[bytes] = []
     next_seq = [1] * sessions
     for n in range(samples):
         i = rng.randrange(sessions)
@@ -80,17 +99,29 @@ def workload(samples: int, seed: int = 7):
         ts = now_ms + n  # unique: InfluxDB keeps one point per series and timestamp
         stage = stages[rng.randrange(STAGES)]
         cpu = round(rng.random() ** 2 * 100, 2)
+        attrs: dict = {"stage": stage}
+        tags, fields = f"stage={stage}", f"cpu={cpu}"
+        if wide:
+            peer, queue, size = f"p{rng.randrange(PEERS)}", f"q{rng.randrange(QUEUES)}", rng.randrange(100_000)
+            attrs.update(peer=peer, queue=queue, file_size_kb=size)
+            tags += f",peer={peer},queue={queue}"
+            fields += f",file_size_kb={size}i"
         collector_lines.append(enc({"kind": "sample", "session_id": f"s{i}", "ts": ts, "seq": seq, "cpu": cpu,
-                                    "attrs": {"stage": stage}}))
+                                    "attrs": attrs}))
         influx_lines.append(
             (f"samples,app_version={session_version[i]},client_id={session_client[i]},os={session_os[i]},"
-             f"session_id=s{i},stage={stage} cpu={cpu} {ts}").encode()
+             f"session_id=s{i},{tags} {fields} {ts}").encode()
         )
+        # what a user posting straight into ClickHouse sends: one flat row per sample, the
+        # session's attributes copied onto it (there is no join at ingest)
+        flat_rows.append(enc({"ts": ts, "session_id": f"s{i}", "client_id": session_client[i],
+                              "app_version": session_version[i], "os": session_os[i], "cpu": cpu, **attrs}))
 
     def batches(lines: list[bytes]) -> list[bytes]:
         return [b"\n".join(lines[k:k + BATCH]) + b"\n" for k in range(0, len(lines), BATCH)]
 
-    return batches(collector_lines), batches(influx_lines), samples, sessions
+    return {"collector": batches(collector_lines), "influx": batches(influx_lines),
+            "flat": batches(flat_rows), "samples": samples, "sessions": sessions}
 
 
 def send_all(host: str, port: int, path: str, bodies: list[bytes], headers: dict[str, str],
@@ -379,46 +410,224 @@ def bench_influx(bodies: list[bytes], tmp: Path, samples: int) -> dict | None:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run both sides and print the figures as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=1_000_000, help="samples to send (default 1,000,000)")
-    parser.add_argument("--skip-influx", action="store_true", help="only measure the collector")
-    args = parser.parse_args(argv)
+def _figures(elapsed: float, samples: int, bodies: list[bytes], retries: int, cpu: float, peak: int,
+             query_seconds: float, groups: int, **extra) -> dict:
+    return {
+        "seconds": round(elapsed, 3),
+        "lines": samples,
+        "lines_per_second": round(samples / elapsed),
+        "samples_per_second": round(samples / elapsed),
+        "megabytes_per_second": round(sum(map(len, bodies)) / elapsed / 1e6, 2),
+        "retries_503": retries,
+        "server_cpu_seconds": round(cpu, 2),
+        "cores_busy": round(cpu / elapsed, 2),
+        "cpu_us_per_line": round(cpu / samples * 1e6, 2),
+        "peak_rss_mib": round(peak / 2**20, 1),
+        "drill_down_seconds": round(query_seconds, 4),
+        "drill_down_groups": groups,
+        **extra,
+    }
 
-    print(f"encoding {args.samples:,} samples ...", file=sys.stderr)
-    collector_bodies, influx_bodies, samples, sessions = workload(args.samples)
-    tmp = Path(tempfile.mkdtemp(prefix="vitals-bench-"))
+
+def _http(port: int, method: str, path: str, body: bytes | None = None) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     try:
-        print("collector (vitals serve, DuckDB) ...", file=sys.stderr)
-        collector = bench_collector(collector_bodies, tmp, samples)
-        influx = None
-        if not args.skip_influx:
-            print("InfluxDB 1.6 ...", file=sys.stderr)
-            influx = bench_influx(influx_bodies, tmp, samples)
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    if resp.status not in (200, 204):
+        raise RuntimeError(f"{method} {path[:80]}: {resp.status} {data[:300]!r}")
+    return data
+
+
+def _clickhouse_table(wide: bool) -> str:
+    extra = ", peer String, queue String, file_size_kb Int64" if wide else ""
+    return ("CREATE TABLE bench.samples (ts Int64, session_id String, client_id String, app_version String, "
+            f"os String, stage String, cpu Float64{extra}) ENGINE = MergeTree() "
+            "PARTITION BY toYYYYMMDD(toDateTime(intDiv(ts, 1000), 'UTC')) ORDER BY (session_id, ts)")
+
+
+def bench_clickhouse(bodies: list[bytes], samples: int, wide: bool) -> dict | None:
+    """Flat JSON rows posted straight into a MergeTree table over ClickHouse's HTTP interface."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.clickhouse import ClickHouseServer, find_binary
+
+    command = find_binary()
+    if command is None:
+        return None
+    with ClickHouseServer(command) as server:
+        port = server.http_port
+        _http(port, "POST", "/", b"CREATE DATABASE bench")
+        _http(port, "POST", "/", _clickhouse_table(wide).encode())
+        assert server.proc is not None
+        rss = PeakRSS(server.proc.pid)
+        cpu0 = cpu_seconds(server.proc.pid)
+        insert = "/?" + urllib.parse.urlencode({"query": "INSERT INTO bench.samples FORMAT JSONEachRow"})
+        elapsed, retries = send_all("127.0.0.1", port, insert, bodies, {"Content-Type": "application/x-ndjson"})
+        cpu = cpu_seconds(server.proc.pid) - cpu0
+        peak = rss.stop()
+        stored = int(_http(port, "POST", "/", b"SELECT count() FROM bench.samples"))
+        started = time.perf_counter()
+        rows = _http(port, "POST", "/", b"SELECT app_version, stage, avg(cpu > 30), count() FROM bench.samples "
+                                        b"GROUP BY app_version, stage ORDER BY app_version, stage").splitlines()
+        query_seconds = time.perf_counter() - started
+    if stored != samples:
+        raise RuntimeError(f"ClickHouse stored {stored} samples, expected {samples}")
+    # ClickHouse answers an insert once its part is written, without fsync (18.16 has no setting for it)
+    return _figures(elapsed, samples, bodies, retries, cpu, peak, query_seconds, len(rows),
+                    last_answer_seconds=round(elapsed, 3), fsync=False)
+
+
+def bench_victoria(bodies: list[bytes], tmp: Path, samples: int, now_ms: int) -> dict | None:
+    """InfluxDB line protocol posted to VictoriaMetrics' /write."""
+    binary = shutil.which("victoria-metrics") or ("/usr/bin/victoria-metrics"
+                                                  if os.path.exists("/usr/bin/victoria-metrics") else None)
+    if binary is None:
+        return None
+    port = free_port()
+    data = tmp / "victoria"
+    log = open(tmp / "victoria.log", "wb")
+    proc = subprocess.Popen([binary, f"-storageDataPath={data}", f"-httpListenAddr=127.0.0.1:{port}",
+                             "-retentionPeriod=1y", "-search.latencyOffset=0s", "-loggerLevel=ERROR",
+                             "-search.disableCache"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+        rss = PeakRSS(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
+        started = time.perf_counter()
+        answered, retries = send_all("127.0.0.1", port, "/write?precision=ms", bodies, {"Content-Type": "text/plain"})
+        # VictoriaMetrics buffers rows in memory and answers at once: its clock stops when a
+        # query sees every sample (as the collector's stops when DuckDB has every line); its
+        # documented /internal/force_flush makes the buffered rows searchable now
+        _http(port, "GET", "/internal/force_flush")
+        window = f"{int((time.time() * 1000 - now_ms) / 1000) + 3600}s"
+        count_query = "/api/v1/query?" + urllib.parse.urlencode(
+            {"query": f"sum(count_over_time(samples_cpu[{window}]))", "nocache": "1"})
+        stored = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            result = json.loads(_http(port, "GET", count_query))["data"]["result"]
+            stored = int(float(result[0]["value"][1])) if result else 0
+            if stored >= samples:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(proc.pid) - cpu0
+        peak = rss.stop()
+        started = time.perf_counter()
+        share = (f"sum by (app_version, stage) (count_gt_over_time(samples_cpu[{window}], 30)) / "
+                 f"sum by (app_version, stage) (count_over_time(samples_cpu[{window}]))")
+        groups = json.loads(_http(port, "GET", "/api/v1/query?" + urllib.parse.urlencode({"query": share})))
+        query_seconds = time.perf_counter() - started
+    finally:
+        stop(proc)
+        log.close()
+    if stored != samples:
+        raise RuntimeError(f"VictoriaMetrics shows {stored} samples, expected {samples}")
+    # VictoriaMetrics answers before its rows reach disk (it flushes them about every second)
+    return _figures(elapsed, samples, bodies, retries, cpu, peak, query_seconds, len(groups["data"]["result"]),
+                    last_answer_seconds=round(answered, 3), fsync=False)
+
+
+def ratios(collector: dict, peer: dict | None) -> dict | None:
+    """collector / peer, for samples/s (above 1: the collector is faster), server CPU seconds and
+    peak RSS (below 1: the collector uses less)."""
+    if peer is None:
+        return None
+    answered = peer.get("last_answer_seconds", peer["seconds"])  # InfluxDB: its answers are its clock
+    return {
+        "samples_per_second": round(collector["samples_per_second"] / peer["samples_per_second"], 2),
+        # the same, counting both to their last answer (not until queryable)
+        "answered_samples_per_second": round(answered / collector["last_answer_seconds"], 2),
+        "server_cpu_seconds": round(collector["server_cpu_seconds"] / max(peer["server_cpu_seconds"], 0.01), 2),
+        "peak_rss_mib": round(collector["peak_rss_mib"] / max(peer["peak_rss_mib"], 0.1), 2),
+        "drill_down_seconds": round(collector["drill_down_seconds"] / max(peer["drill_down_seconds"], 1e-4), 3),
+    }
+
+
+PEER_NAMES = {"influxdb": "InfluxDB 1.6", "clickhouse": "ClickHouse (flat rows, JSONEachRow)",
+              "victoriametrics": "VictoriaMetrics (Influx line protocol)"}
+
+
+def run_shape(shape: str, samples: int, skip: set[str]) -> dict:
+    """The collector and each peer on one fleet workload."""
+    print(f"[{shape}] encoding {samples:,} samples ...", file=sys.stderr)
+    work = workload(samples, shape)
+    now_ms = int(time.time() * 1000) - 2 * 3_600_000
+    tmp = Path(tempfile.mkdtemp(prefix="vitals-bench-"))
+    peers: dict[str, dict | None] = {}
+    try:
+        print(f"[{shape}] collector (vitals serve, DuckDB) ...", file=sys.stderr)
+        collector = bench_collector(work["collector"], tmp, samples)
+        if "influxdb" not in skip:
+            print(f"[{shape}] InfluxDB 1.6 ...", file=sys.stderr)
+            peers["influxdb"] = bench_influx(work["influx"], tmp, samples)
+        if "clickhouse" not in skip:
+            print(f"[{shape}] ClickHouse ...", file=sys.stderr)
+            peers["clickhouse"] = bench_clickhouse(work["flat"], samples, shape == "wide")
+        if "victoriametrics" not in skip:
+            print(f"[{shape}] VictoriaMetrics ...", file=sys.stderr)
+            peers["victoriametrics"] = bench_victoria(work["influx"], tmp, samples, now_ms)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "samples": samples,
+        "sessions": work["sessions"],
+        "collector": collector,
+        **peers,
+        "collector_vs": {name: ratios(collector, peer) for name, peer in peers.items()},
+    }
 
+
+def print_ratios(result: dict) -> None:
+    """One line per shape and peer: every ratio, collector / peer."""
+    for shape, run in result["shapes"].items():
+        for name, r in run["collector_vs"].items():
+            if r is None:
+                print(f"[{shape}] {PEER_NAMES[name]}: not installed", file=sys.stderr)
+                continue
+            print(f"[{shape}] collector / {PEER_NAMES[name]}: samples/s x{r['samples_per_second']} "
+                  f"(to the last answer x{r['answered_samples_per_second']}), "
+                  f"server CPU x{r['server_cpu_seconds']}, peak RSS x{r['peak_rss_mib']}, "
+                  f"drill-down time x{r['drill_down_seconds']}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the collector and its peers on each shape and print the figures as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1_000_000, help="samples to send (default 1,000,000)")
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help=f"comma-separated workload shapes, of {', '.join(SHAPES)} (default: all)")
+    parser.add_argument("--skip", default="", help="comma-separated peers not to run: influxdb, clickhouse, victoriametrics")
+    parser.add_argument("--skip-influx", action="store_true", help="same as --skip influxdb")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"where to write the JSON (default {RESULTS})")
+    args = parser.parse_args(argv)
+    shapes = [s for s in args.shapes.split(",") if s]
+    if any(s not in SHAPES for s in shapes):
+        parser.error(f"--shapes: choose among {', '.join(SHAPES)}")
+    skip = {s for s in args.skip.split(",") if s} | ({"influxdb"} if args.skip_influx else set())
+
+    runs = {shape: run_shape(shape, args.samples, skip) for shape in shapes}
+    first = runs[shapes[0]]
     result = {
         "benchmark": "ingest",
-        "samples": samples,
-        "sessions": sessions,
+        "samples": args.samples,
         "batch_lines": BATCH,
         "connections": CONNECTIONS,
         "cpus": os.cpu_count(),
         "machine": machine(),
-        "collector": collector,
-        "influxdb": influx,
-        "samples_per_second_ratio": (
-            round(collector["samples_per_second"] / influx["samples_per_second"], 2) if influx else None
-        ),
-        "drill_down_speedup": (
-            round(influx["drill_down_seconds"] / collector["drill_down_seconds"], 1) if influx else None
-        ),
+        "shapes": runs,
+        # the figures of the first shape at the top level, as before
+        "collector": first["collector"],
+        "influxdb": first.get("influxdb"),
+        "samples_per_second_ratio": (first["collector_vs"].get("influxdb") or {}).get("samples_per_second"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    print_ratios(result)
     return result
 
 

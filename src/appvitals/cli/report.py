@@ -70,18 +70,18 @@ def _open(db: str | None, clickhouse: str | None):
         import logging
 
         logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
-        from appvitals.fleet.warehouse.clickhouse import ClickHouseWarehouse
+        from appvitals.fleet.warehouse import open_warehouse
 
         try:
-            return ClickHouseWarehouse(clickhouse)
+            return open_warehouse(clickhouse)
         except Exception as exc:
             raise VitalsError(f"cannot open ClickHouse {clickhouse}: {exc}")
     if not os.path.exists(db):
         raise VitalsError(f"no such warehouse file: {db}")
-    from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
+    from appvitals.fleet.warehouse import open_warehouse
 
     try:
-        return DuckDBWarehouse(db)
+        return open_warehouse(db)
     except Exception as exc:
         msg = str(exc).splitlines()[0]
         if "lock" in msg.lower():

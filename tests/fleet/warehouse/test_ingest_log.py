@@ -1,4 +1,4 @@
-"""The collector's ingest log (warehouse/_ingestlog.py and DuckDBWarehouse(ingest_log=True)):
+"""The collector's ingest log (warehouse/ingestlog.py, ingestwriter.py and DuckDBWarehouse(ingest_log=True)):
 lines acknowledged once logged survive a killed process and a damaged DuckDB WAL, are never
 stored twice, and the log-backed warehouse answers exactly as the plain one does."""
 
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appvitals.fleet.warehouse import duckdb as duckdb_module
+from appvitals.fleet.warehouse import ingestwriter as writer_module
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse, IngestLogFull
 from appvitals.fleet.warehouse.ingestlog import DamagedLog, IngestLog
 from appvitals.fleet.wire.protocol import decode_line
@@ -96,10 +96,11 @@ def test_ipc_parts_short_writes_and_records_of_the_older_form(tmp_path, monkeypa
 
 def _as_if_killed(wh: DuckDBWarehouse) -> None:
     """Stop the background insert without inserting or checkpointing: what a SIGKILL leaves."""
-    wh._closing = True
-    with wh._cond:
-        wh._cond.notify_all()
-    wh._drainer.join()
+    writer = wh._log
+    writer._closing = True
+    with writer._cond:
+        writer._cond.notify_all()
+    writer._drainer.join()
     wh._con.close()
 
 
@@ -151,22 +152,24 @@ def test_lines_are_queryable_at_once_and_counted_once(tmp_path):
     assert not list((tmp_path / "w.duckdb.ingest").glob("*.log"))  # closed cleanly: nothing left to replay
 
 
-def test_lines_stored_before_the_open_and_lines_forgotten_by_the_window_are_duplicates(tmp_path, monkeypatch):
+def test_lines_stored_before_the_open_and_pending_lines_are_duplicates_whatever_their_ts(tmp_path, monkeypatch):
     path = tmp_path / "w.duckdb"
     plain = DuckDBWarehouse(path)
     plain.insert(batch(40))
     plain.close()
-    monkeypatch.setattr(duckdb_module, "_WINDOW_LINES", 25)  # forget old lines' hashes quickly
     wh = DuckDBWarehouse(path, ingest_log=True)
+    release = _hold_background_insert(wh, monkeypatch)
     try:
         assert wh.insert(batch(40)).duplicates == 40  # known only to DuckDB
-        for k in range(4):  # 4 writes of 20 new lines; the older ones leave the window once inserted
-            assert wh.insert(batch(20, session="b", ts0=T0 + 1000 * k, start=20 * k)).accepted == 20
-            wh.sync()
-        assert len(wh._window) < 4
-        exact = [sample("b", 20 * k + i, T0 + 1000 * k + 20 * k + i) for k in range(4) for i in range(20)]
-        assert wh.insert(exact).duplicates == 80
+        assert wh.insert(batch(40, ts0=T0 + 86_400_000)).duplicates == 40  # another ts: the same keys
+        assert wh.insert(batch(20, session="b")).accepted == 20  # pending in the log
+        assert wh.insert(batch(20, session="b", ts0=T0 - 5_000)).duplicates == 20
+        release.set()
+        assert wh.sync()
+        assert wh.insert(batch(60, session="b", ts0=T0 + 999)).accepted == 40
+        assert len(rows(wh)) == 100
     finally:
+        release.set()
         wh.close()
 
 
@@ -210,12 +213,12 @@ def test_a_write_waiting_for_room_does_not_hold_the_admit_lock(tmp_path, monkeyp
         assert wh.insert(batch(150)).accepted == 150
         writer.start()
         for _ in range(1000):  # until the writer waits for room
-            if wh._cond._waiters:  # type: ignore[attr-defined]
+            if wh._log._cond._waiters:  # type: ignore[attr-defined]
                 break
             time.sleep(0.01)
-        assert wh._cond._waiters, "the writer never waited for room"  # type: ignore[attr-defined]
-        assert wh._admit_lock.acquire(timeout=10), "a writer waiting for room holds the admit lock"
-        wh._admit_lock.release()
+        assert wh._log._cond._waiters, "the writer never waited for room"  # type: ignore[attr-defined]
+        assert wh._log._admit_lock.acquire(timeout=10), "a writer waiting for room holds the admit lock"
+        wh._log._admit_lock.release()
         release.set()
         writer.join(30)
         assert [r.accepted for r in results] == [10]
@@ -317,10 +320,10 @@ def test_a_quiet_spell_checkpoints_and_empties_the_log(tmp_path):
         assert wh.sync(timeout=0.01)
         wh.insert(batch(10))
         assert wh.sync()
-        deadline = time.monotonic() + duckdb_module._IDLE_CHECKPOINT_S + 10
+        deadline = time.monotonic() + writer_module._IDLE_CHECKPOINT_S + 10
         while list((tmp_path / "w.duckdb.ingest").glob("*.log")) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not wh._unsynced
+        assert not wh._log._unsynced
         assert not list((tmp_path / "w.duckdb.ingest").glob("*.log"))  # all in a synced checkpoint
         assert wh.insert(batch(5, start=10)).accepted == 5  # a new segment
         assert len(rows(wh)) == 15
@@ -368,8 +371,8 @@ def test_duckdb_runs_on_one_thread_while_ingesting_and_on_every_core_for_a_read(
         assert wh.query("SELECT current_setting('threads')") == [(os.cpu_count() or 1,)]
         assert wh._settings_con.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
         if sys.platform.startswith("linux"):  # and the background insert yields to the requests
-            stat = Path(f"/proc/self/task/{wh._drainer.native_id}/stat").read_text()
-            assert int(stat.rsplit(")", 1)[1].split()[16]) == duckdb_module._DRAIN_NICE
+            stat = Path(f"/proc/self/task/{wh._log._drainer.native_id}/stat").read_text()
+            assert int(stat.rsplit(")", 1)[1].split()[16]) == writer_module._DRAIN_NICE
     finally:
         wh.close()
     memory = DuckDBWarehouse(":memory:", ingest_log=True)  # no log for a memory database: as before

@@ -1,13 +1,9 @@
-"""The Warehouse contract (base.py), run against both backends: DuckDB and a real ClickHouse 18.16 server."""
+"""DuckDB-specific warehouse behaviour; what every backend must do is in test_conformance.py."""
 
 from __future__ import annotations
 
 import time
 
-import pytest
-from support.clickhouse import clickhouse_url, fresh_database  # noqa: F401 (fixture)
-
-from appvitals.fleet.warehouse import open_warehouse
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 from appvitals.fleet.wire.protocol import decode_line
 from appvitals.fleet.wire.schema import SCHEMA, attr_text
@@ -20,27 +16,6 @@ def L(template: str, values=()):
     return decode_line(template % values)
 
 
-@pytest.fixture(params=["duckdb", "duckdb+log", "clickhouse"])
-def backend(request, tmp_path):
-    """(opener, kind): opener() opens the same warehouse again, as a restarted collector would.
-
-    duckdb+log: as the collector opens it, writes acknowledged from the ingest log."""
-    if request.param.startswith("duckdb"):
-        path = str(tmp_path / "w.duckdb")
-        with_log = request.param == "duckdb+log"
-        return (lambda: open_warehouse(path, ingest_log=with_log)), "duckdb"
-    url = fresh_database(request.getfixturevalue("clickhouse_url"))
-    return (lambda: open_warehouse(url)), "clickhouse"
-
-
-@pytest.fixture
-def wh(backend):
-    opener, _ = backend
-    w = opener()
-    yield w
-    w.close()
-
-
 def fleet_lines():
     return [
         L('{"kind":"sample","session_id":"s1","ts":%d,"seq":1,"cpu":83.5,"attrs":{"stage":"login"},"values":{"rss":12}}', (NOW + 1)),
@@ -49,122 +24,6 @@ def fleet_lines():
         L('{"kind":"end","session_id":"s1","ts":%d,"seq":3,"reason":"quit"}', (NOW + 3)),
         L('{"kind":"sample","session_id":"s2","ts":%d,"cpu":5}', (NOW + 4)),
     ]
-
-
-def test_schema_columns_in_order(wh):
-    for table, cols in SCHEMA.items():
-        if wh.dialect == "duckdb":
-            names = [r[0] for r in wh.query(f"DESCRIBE {table}")]
-        else:
-            names = [r[0] for r in wh.query(f"DESCRIBE TABLE {table}")]
-        assert tuple(names) == cols
-
-
-def test_rows_as_the_schema_says(wh):
-    assert wh.insert(fleet_lines()).accepted == 5
-    assert wh.query("SELECT session_id, client_id, ts, seq, attr_keys, attr_values FROM sessions") == [
-        ("s1", "c9", NOW, 0, ["app_version", "os"], ["7.0.0", "windows"])
-    ]
-    rows = wh.query("SELECT session_id, ts, seq, cpu, attrs, vals FROM samples ORDER BY ts")
-    assert rows == [
-        ("s1", NOW + 1, 1, 83.5, '{"stage":"login"}', '{"rss":12.0}'),
-        ("s2", NOW + 4, -1, 5.0, "{}", "{}"),
-    ]
-    assert wh.query("SELECT name, attr_keys, attr_values FROM events") == [
-        ("file_received", ["file_name_length", "ok", "r"], ["57", "true", "0.5"])
-    ]
-    assert wh.query("SELECT session_id, seq, reason FROM ends") == [("s1", 3, "quit")]
-
-
-def test_session_attrs_join_at_query_time(wh):
-    # the sample arrives before its session line, in an earlier write; it still gets the session's attrs
-    lines = fleet_lines()
-    wh.insert([lines[0]])
-    wh.insert([lines[1]])
-    if wh.dialect == "duckdb":
-        sql = ("SELECT s.cpu, x.attr_values[list_position(x.attr_keys, 'app_version')] FROM samples s "
-               "JOIN sessions x USING (session_id)")
-    else:
-        sql = ("SELECT s.cpu, x.attr_values[indexOf(x.attr_keys, 'app_version')] FROM samples AS s "
-               "ANY INNER JOIN (SELECT session_id, attr_keys, attr_values FROM sessions) AS x USING (session_id)")
-    assert wh.query(sql) == [(83.5, "7.0.0")]
-
-
-def test_duplicates_within_across_batches_and_restarts(backend):
-    opener, _ = backend
-    w = opener()
-    lines = fleet_lines()
-    first, second = w.insert_many([lines[:3], lines[2:] + lines[:1]])
-    assert (first.accepted, first.duplicates) == (3, 0)
-    assert (second.accepted, second.duplicates) == (2, 2)  # event seq 2 again (same write), sample seq 1 again
-    w.close()
-    w = opener()  # a restarted collector
-    try:
-        again = w.insert(fleet_lines())
-        # every keyed line is a duplicate; the line without seq is stored again (it has no identity)
-        assert (again.accepted, again.duplicates) == (1, 4)
-        assert w.query("SELECT count(*) FROM samples WHERE seq >= 0")[0][0] == 1
-        assert w.query("SELECT count(*) FROM events")[0][0] == 1
-    finally:
-        w.close()
-
-
-def test_a_line_repeated_in_one_write_and_already_stored_counts_once(backend):
-    # two requests carrying the same stored lines land in one write: each line is one duplicate
-    opener, _ = backend
-    w = opener()
-    lines = [line for line in fleet_lines() if line.seq is not None]  # lines without seq are never duplicates
-    assert w.insert(lines).accepted == len(lines)
-    first, second = w.insert_many([lines, lines])
-    assert (first.accepted, first.duplicates) == (0, len(lines))
-    assert (second.accepted, second.duplicates) == (0, len(lines))
-    fresh = [decode_line(b'{"kind":"sample","session_id":"s9","ts":%d,"seq":1,"cpu":1}' % (NOW + 9))]
-    first, second = w.insert_many([fresh + lines, fresh])
-    assert (first.accepted, first.duplicates) == (1, len(lines))
-    assert (second.accepted, second.duplicates) == (0, 1)
-
-
-def test_other_sessions_sharing_ts_and_seq_are_not_duplicates(backend):
-    # many sessions sample at the same ms with the same seq: only the same session's line is a repeat
-    opener, _ = backend
-    w = opener()
-    try:
-        line = '{"kind":"sample","session_id":"s%d","ts":%d,"seq":7,"cpu":1}'
-        assert w.insert([L(line, (i, NOW)) for i in range(50)]).accepted == 50
-        got = w.insert([L(line, (i, NOW)) for i in range(40, 60)])
-        assert (got.accepted, got.duplicates) == (10, 10)
-        assert w.query("SELECT count(*) FROM samples")[0][0] == 60
-    finally:
-        w.close()
-
-
-def test_query_parameters(wh):
-    wh.insert(fleet_lines())
-    if wh.dialect == "duckdb":
-        rows = wh.query("SELECT count(*) FROM samples WHERE cpu > $t", {"t": 30})
-    else:
-        rows = wh.query("SELECT count() FROM samples WHERE cpu > %(t)s", {"t": 30})
-    assert rows[0][0] == 1
-
-
-def test_retention_in_days(wh):
-    old = NOW - 10 * 86_400_000
-    wh.insert([
-        L('{"kind":"sample","session_id":"old","ts":%d,"seq":1,"cpu":1}', old),
-        L('{"kind":"event","session_id":"old","ts":%d,"seq":2,"name":"x"}', old),
-        L('{"kind":"sample","session_id":"new","ts":%d,"seq":1,"cpu":2}', NOW),
-    ])
-    wh.apply_retention(3)
-    assert wh.query("SELECT session_id FROM samples") == [("new",)]
-    assert wh.query("SELECT count(*) FROM events")[0][0] == 0
-
-
-def test_many_days_in_one_write(wh):
-    # current ClickHouse refuses >100 partitions per insert block; the backend splits such writes
-    lines = [L('{"kind":"sample","session_id":"d","ts":%d,"seq":%d,"cpu":1}', (NOW - i * 86_400_000, i))
-             for i in range(150)]
-    assert wh.insert(lines).accepted == 150
-    assert wh.query("SELECT count(*) FROM samples")[0][0] == 150
 
 
 def test_attr_text():
@@ -177,7 +36,7 @@ def test_duckdb_memory_file(tmp_path):
     w.close()
 
 
-def test_duckdb_dedup_skips_only_tables_outside_the_ts_range(tmp_path):
+def test_duckdb_finds_repeats_in_every_table_also_after_a_restart(tmp_path):
     # the DuckDB writer keeps each table's ts range in memory and looks a batch's keys up only
     # in tables whose range meets the batch's: a repeat must still be found, also after a restart
     path = tmp_path / "r.duckdb"

@@ -52,7 +52,7 @@ from appvitals.fleet.collector.decode import (
     use_system_allocator,
 )
 from appvitals.fleet.collector.metrics import CollectorMetrics
-from appvitals.fleet.warehouse.base import InsertResult, Warehouse, open_warehouse
+from appvitals.fleet.warehouse import InsertResult, Warehouse, open_warehouse
 from appvitals.fleet.wire.protocol import MAX_LINE_BYTES, AnyLine
 from appvitals.stats.prometheus import exposition
 from appvitals.stats.registry import Registry
@@ -125,8 +125,8 @@ class Collector:
         self._tasks.append(asyncio.create_task(self._write_loop(), name="vitals-writer"))
         if self.retention_days:
             self._tasks.append(asyncio.create_task(self._retention_loop(), name="vitals-retention"))
-        if hasattr(self.warehouse, "roll_up"):
-            self._tasks.append(asyncio.create_task(self._rollup_loop(), name="vitals-rollup"))
+        # a backend without rollups returns 0 from roll_up(): the loop then wakes once a minute
+        self._tasks.append(asyncio.create_task(self._rollup_loop(), name="vitals-rollup"))
         self.healthy = True
 
     async def stop(self) -> None:
@@ -235,7 +235,7 @@ class Collector:
         while True:
             more = 0
             try:  # one bounded step at a time, so queued writes go in between
-                more = await loop.run_in_executor(self._executor, self.warehouse.roll_up)  # type: ignore[attr-defined]
+                more = await loop.run_in_executor(self._executor, self.warehouse.roll_up)
             except Exception as exc:
                 log.error("rollup failed: %s", exc)
             await asyncio.sleep(0.2 if more else every)
@@ -599,7 +599,7 @@ def create_app(
         if holder["warehouse"] is None:
             holder["warehouse"] = await asyncio.to_thread(open_warehouse, warehouse, ingest_log)  # type: ignore[arg-type]
         pool = None
-        if decode_workers > 0 and getattr(holder["warehouse"], "takes_arrow", False):
+        if decode_workers > 0 and holder["warehouse"].takes_arrow:
             pool = DecodePool(decode_workers)
             await pool.start()  # now (spawned processes import the package), not on the first request
         collector = Collector(
@@ -630,9 +630,7 @@ def create_app(
         if collector is not None:
             metrics.queue_depth.set(collector.depth())
             metrics.queue_lines.set(collector.queued_lines)
-            pending = getattr(collector.warehouse, "pending_lines", None)
-            if pending is not None:
-                metrics.log_pending_lines.set(pending())
+            metrics.log_pending_lines.set(collector.warehouse.pending_lines())
         body, content_type = exposition(metrics.registry, request.headers.get("accept"))
         return Response(body, media_type=content_type)
 

@@ -1,4 +1,4 @@
-"""The one small interface the collector and the report talk to.
+"""The one interface the collector and the report talk to: `Warehouse`.
 
 Schema, identical in every backend (column types are the backend's nearest match):
 
@@ -16,20 +16,31 @@ Schema, identical in every backend (column types are the backend's nearest match
   group by than two arrays (docs/warehouse.md, "Why samples differ").
 - Session attrs are never copied onto samples: they are joined at query time, so samples
   that arrive before their session line still count.
-- `(session_id, seq)` is unique across all four tables: a line seen again is a duplicate.
+- `(session_id, seq)` is unique across all four tables, whatever the ts: a line whose key is
+  stored already is a duplicate, counted and not stored again.
 
-A third backend is one new module implementing `Warehouse`.
+Every ability a caller may use is declared here, with a default for a backend that lacks
+it (`takes_arrow`, `roll_up`, `rollup_state`, `pending_lines`, `sync`): callers never probe
+a warehouse with hasattr/getattr. A third backend is one new module implementing the
+abstract methods and passing tests/fleet/warehouse/test_conformance.py.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Union
 
 import msgspec
 
 from appvitals.fleet.wire.protocol import AnyLine
+
+if TYPE_CHECKING:  # pyarrow is the collector extra's; a ClickHouse-only reader needs none of it
+    from appvitals.fleet.wire.arrow import ArrowBatch
+
+#: What `insert_many` takes per batch: decoded wire lines, or (only when the backend's
+#: `takes_arrow` is True) an `ArrowBatch` the collector's decode workers built from them.
+Batch = Union[Sequence[AnyLine], "ArrowBatch"]
 
 
 class InsertResult(msgspec.Struct):
@@ -39,18 +50,34 @@ class InsertResult(msgspec.Struct):
     duplicates: int = 0
 
 
+class RollupState(NamedTuple):
+    """Which sample buckets a backend keeps rolled up (see docs/warehouse.md, "Rollup")."""
+
+    bucket_ms: int  # the width of a bucket
+    watermark: int  # buckets below this one are rolled up ...
+    dirty: list[int]  # ... except these (late samples since; redone at the next roll_up)
+
+
 class Warehouse(abc.ABC):
     """Where the collector stores wire lines and where reports read them."""
 
-    dialect: Literal["duckdb", "clickhouse"]
+    #: the SQL dialect `query` speaks
+    dialect: ClassVar[str]
+    #: True when `insert_many` also accepts `ArrowBatch` batches (the collector then runs
+    #: decode worker processes that build them); False: it gets lists of lines only
+    takes_arrow: ClassVar[bool] = False
 
     def insert(self, lines: Sequence[AnyLine]) -> InsertResult:
-        """Store lines durably (committed/fsynced before return), skipping duplicates by (session_id, seq)."""
+        """Store lines durably, skipping lines whose (session_id, seq) is stored already."""
         return self.insert_many([lines])[0]
 
     @abc.abstractmethod
-    def insert_many(self, batches: Sequence[Sequence[AnyLine]]) -> list[InsertResult]:
-        """Store several batches in one durable write; one result per batch, in order."""
+    def insert_many(self, batches: Sequence[Batch]) -> list[InsertResult]:
+        """Store several batches in one durable write; one result per batch, in order.
+
+        Each batch is a list of decoded lines, or an `ArrowBatch` when `takes_arrow`. A
+        line whose (session_id, seq) is stored already, or appears earlier in the same
+        write, is a duplicate: counted, not stored. Lines without seq have no key."""
 
     @abc.abstractmethod
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
@@ -64,16 +91,20 @@ class Warehouse(abc.ABC):
     def close(self) -> None:
         """Release connections and files."""
 
+    def roll_up(self, now_ms: int | None = None) -> int:
+        """One bounded step of rolling samples up for the report; how many buckets it did
+        (0: nothing to do, or this backend keeps no rollup). The collector calls it from
+        its writer thread every minute, and again at once while it returns more than 0."""
+        return 0
 
-def open_warehouse(url: str, ingest_log: bool = False) -> Warehouse:
-    """Open a warehouse from a URL: a DuckDB file path, or clickhouse://host:port/database.
+    def rollup_state(self) -> RollupState | None:
+        """The rolled-up buckets the report may read, or None when this backend keeps none."""
+        return None
 
-    `ingest_log` (DuckDB files): acknowledge writes once in the collector's own fsynced log and
-    insert them into DuckDB in the background (see warehouse/_ingestlog.py)."""
-    if url.startswith("clickhouse://"):
-        from appvitals.fleet.warehouse.clickhouse import ClickHouseWarehouse
+    def pending_lines(self) -> int:
+        """Lines acknowledged but not yet readable (a backend with a write-behind log); 0 here."""
+        return 0
 
-        return ClickHouseWarehouse(url)
-    from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
-
-    return DuckDBWarehouse(url, ingest_log=ingest_log)
+    def sync(self, timeout: float = 10.0) -> bool:
+        """Wait until every acknowledged line is readable; False after `timeout` seconds."""
+        return True

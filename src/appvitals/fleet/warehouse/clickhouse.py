@@ -7,12 +7,16 @@ Map, no TTL (retention drops daily partitions), and for the samples' JSON attrs 
 Tables are `ReplacingMergeTree` ordered by `(session_id, seq, ts)` and partitioned by UTC
 day. Exactly-once has two layers:
 
-1. Before each insert the collector asks ClickHouse which of the batch's keys are already
-   stored (one query, the keys sent as an external table, the primary key narrows the
-   read to those sessions) and skips them, reporting them as duplicates.
+1. Before each insert the collector asks ClickHouse which of the batch's (session_id, seq)
+   keys are already stored, whatever their ts (one query, the keys sent as an external
+   table; the primary key narrows the read to those sessions in every partition), and
+   skips them, reporting them as duplicates.
 2. Two collectors that receive the same line at the same instant can both pass step 1;
    the ReplacingMergeTree key then collapses the copies at the next background merge, and
-   `SELECT ... FINAL` (or `OPTIMIZE TABLE ... FINAL`) gives exact answers before it.
+   `SELECT ... FINAL` (or `OPTIMIZE TABLE ... FINAL`) gives exact answers before it. The
+   key holds ts because lines without seq (seq -1) must not collapse into one: so two
+   copies of one (session_id, seq) with different ts that race through two collectors at
+   the same instant both stay (a misbehaving client; one collector never stores them).
 
 See docs/warehouse.md for the trade-offs and the cluster layout.
 """
@@ -22,10 +26,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
 
-from appvitals.fleet.warehouse.base import InsertResult, Warehouse
+from appvitals.fleet.warehouse.base import Batch, InsertResult, Warehouse
 from appvitals.fleet.wire.protocol import AnyLine
 from appvitals.fleet.wire.schema import SCHEMA, Columns, KeyedBatch
 
@@ -70,7 +74,8 @@ def parse_url(url: str) -> dict[str, Any]:
 class ClickHouseWarehouse(Warehouse):
     """The warehouse in a ClickHouse database (one server, or a cluster's local tables)."""
 
-    dialect = "clickhouse"
+    dialect: ClassVar[str] = "clickhouse"
+    takes_arrow: ClassVar[bool] = False  # insert_many gets lists of lines
 
     def __init__(self, url: str, create: bool = True):
         from appvitals.extras import require
@@ -117,7 +122,7 @@ class ClickHouseWarehouse(Warehouse):
                 self._readers.append(client)
         return client
 
-    def insert_many(self, batches: Sequence[Sequence[AnyLine]]) -> list[InsertResult]:
+    def insert_many(self, batches: Sequence[Batch]) -> list[InsertResult]:
         """Store several batches with one duplicate check and one insert per table; one result per batch."""
         sizes = [len(b) for b in batches]
         lines: list[AnyLine] = [line for batch in batches for line in batch]
@@ -136,13 +141,13 @@ class ClickHouseWarehouse(Warehouse):
         return [InsertResult(accepted=size - d, duplicates=d) for size, d in zip(sizes, dups)]
 
     def _stored_keys(self, client, keyed: KeyedBatch) -> list[tuple[str, int]]:
-        # a line sent again carries the same ts: the ts range prunes partitions, session_id uses the primary key
-        sids, seqs, tss = keyed.key_columns()
-        lo, hi = int(min(tss)), int(max(tss))
+        # no ts condition: the same key sent again with another ts is a duplicate too (SPEC);
+        # session_id leads the primary key, so each partition reads only those sessions' marks
+        sids, seqs, _ = keyed.key_columns()
         keys = [{"session_id": s, "seq": q} for s, q in zip(sids, seqs)]
         union = " UNION ALL ".join(
             f"SELECT session_id, seq FROM {self.database}.{table} "
-            f"WHERE ts BETWEEN {lo} AND {hi} AND session_id IN (SELECT session_id FROM _keys) "
+            "WHERE session_id IN (SELECT session_id FROM _keys) "
             "AND (session_id, seq) IN (SELECT session_id, seq FROM _keys)"
             for table in SCHEMA
         )

@@ -75,7 +75,10 @@ class _Canonical:
         if len(self.cache) + len(new) > self.size:
             self.cache = {b"{}": EMPTY_JSON}
         for key in new:
-            value = self.decoder.decode(key)
+            try:
+                value = self.decoder.decode(key)
+            except RecursionError:  # refused like any text over a limit: the caller decodes line by line
+                raise msgspec.ValidationError("nested too deep")
             self.cache[key] = json_encode(value).decode() if value else EMPTY_JSON
         return list(map(self.cache.__getitem__, keys))
 
