@@ -29,7 +29,7 @@ class TokenError(ValueError):
     """A token that cannot be used: empty, or a token file that cannot be read."""
 
 
-def json_error(status: int, message: str, headers: Mapping[str, str] | None = None, **extra) -> JSONResponse:
+def json_error(status: int, message: str, headers: Mapping[str, str] | None = None, /, **extra) -> JSONResponse:
     """The error answer of every route: `{"error": message, **extra}` with `status`."""
     from starlette.responses import JSONResponse
 

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from appvitals.fleet.collector.body import MAX_OUTPUT
+from appvitals.fleet.collector.body import MAX_OUTPUT, MAX_RATIO
 from appvitals.fleet.collector.ingest import IngestRoute
 from appvitals.fleet.collector.metrics import CollectorMetrics
 from appvitals.fleet.collector.writer import Writer
@@ -47,6 +47,7 @@ def create_app(
     group_lines: int = 20_000,
     max_line_bytes: int = MAX_LINE_BYTES,
     max_body_bytes: int = MAX_OUTPUT,
+    max_body_ratio: float = MAX_RATIO,
     max_wait: float = 5.0,
     retry_after: int = 2,
     flush_interval: float = 1.0,
@@ -67,7 +68,7 @@ def create_app(
         max_wait=max_wait, retry_after=retry_after, retention_days=retention_days,
     )
     ingest = IngestRoute(writer, write_tokens, chunk_lines=chunk_lines, max_line_bytes=max_line_bytes,
-                         flush_interval=flush_interval, max_body_bytes=max_body_bytes,
+                         flush_interval=flush_interval, max_body_bytes=max_body_bytes, max_body_ratio=max_body_ratio,
                          allowed_origins=allow_origins)
 
     def warehouse_getter() -> Warehouse:

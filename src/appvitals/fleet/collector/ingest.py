@@ -102,13 +102,15 @@ class IngestRoute:
     """POST /v1/ingest."""
 
     def __init__(self, writer: Writer, tokens: Tokens, *, chunk_lines: int, max_line_bytes: int,
-                 flush_interval: float, max_body_bytes: int, allowed_origins: Iterable[str] = ()):
+                 flush_interval: float, max_body_bytes: int, max_body_ratio: float,
+                 allowed_origins: Iterable[str] = ()):
         self.writer = writer
         self.tokens = tokens
         self.chunk_lines = chunk_lines
         self.max_line_bytes = max_line_bytes
         self.flush_interval = flush_interval
         self.max_body_bytes = max_body_bytes
+        self.max_body_ratio = max_body_ratio
         self.allowed_origins = tuple(allowed_origins)
 
     async def endpoint(self, request: Request) -> Response:
@@ -141,7 +143,8 @@ class IngestRoute:
         if denied is not None:
             return denied
         try:
-            decompressor = Decompressor(request.headers.get("content-encoding"), max_output=self.max_body_bytes)
+            decompressor = Decompressor(request.headers.get("content-encoding"), max_output=self.max_body_bytes,
+                                        max_ratio=self.max_body_ratio)
         except UnsupportedEncoding as exc:
             return json_error(415, str(exc))
         if not writer.running:
