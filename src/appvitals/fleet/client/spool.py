@@ -15,8 +15,9 @@ Layout of a spool directory:
   every earlier line survives, because segments only ever grow by whole lines.
 - Bounded: past `max_bytes`, whole oldest segments are dropped and their unsent lines
   counted in `dropped_total`; the agent reports the count to the collector later. A
-  `session` line is never dropped while lines of its session remain: it moves to the end
-  of the spool (the collector applies a session's attrs whenever they arrive).
+  `session` line is never dropped while lines of its session remain, nor while it is the
+  newest one (its session is being recorded): it moves to the end of the spool (the
+  collector applies a session's attrs whenever they arrive).
 """
 
 from __future__ import annotations
@@ -268,7 +269,11 @@ class Spool:
             self._delete_segment(oldest)
             self.committed = max(self.committed, Position(min(self._sizes), 0))
         if carried:
+            # kept: the session lines of sessions with lines left, and the newest session line
+            # when no other is left (the session being recorded now: its samples come next)
             keep = [line for line in carried if self._holds_session(_session_id(line))]  # type: ignore[arg-type]
+            if carried[-1] not in keep and not self._holds_session(None):
+                keep.append(carried[-1])
             dropped += len(carried) - len(keep)
             if keep:
                 data = b"".join(line + b"\n" for line in keep)
@@ -284,10 +289,13 @@ class Spool:
             f.seek(start)
             return f.read().split(b"\n")[:-1]
 
-    def _holds_session(self, session_id: str) -> bool:
-        """True when an uncommitted line of `session_id` is in the spool."""
-        key = json.dumps(session_id).encode()
-        needles = (b'"session_id":' + key, b'"session_id": ' + key)
+    def _holds_session(self, session_id: str | None) -> bool:
+        """True when an uncommitted line of `session_id` is in the spool (None: a session line)."""
+        if session_id is None:
+            needles: tuple[bytes, ...] = (b'"kind":"session"', b'"kind": "session"')
+        else:
+            key = json.dumps(session_id).encode()
+            needles = (b'"session_id":' + key, b'"session_id": ' + key)
         for n in sorted(self._sizes):
             if n < self.committed.segment:
                 continue

@@ -39,6 +39,9 @@ _BODY_TYPES = {
 }
 
 
+IN_PROCESS_SLICE = 64 << 10  # plain bytes decoded in the event loop between two looks around
+
+
 class IngestResult(msgspec.Struct):
     """The body of a 200 answer to POST /v1/ingest."""
 
@@ -161,9 +164,16 @@ class IngestRoute:
             reader.check()
             if chunk.blocks:  # the decode workers split the lines
                 await chunk.add_block(*splitter.feed_block(plain))
-            else:
-                await chunk.add(splitter.feed(plain))
-            await asyncio.sleep(0)  # let the reader see a client that hung up
+                await asyncio.sleep(0)  # let the reader see a client that hung up
+                return
+            # decoded here, in the event loop: small slices, so other requests and a client
+            # that hung up are seen between them (a slice of bad lines costs ~0.1 s at most)
+            for start in range(0, len(plain), IN_PROCESS_SLICE):
+                await chunk.add(splitter.feed(plain[start:start + IN_PROCESS_SLICE]))
+                await asyncio.sleep(0)
+                reader.check()
+                if splitter.too_long:
+                    return
 
         try:
             async with contextlib.aclosing(reader.chunks()) as chunks:

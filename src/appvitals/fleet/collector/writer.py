@@ -2,11 +2,13 @@
 commits them to the warehouse in groups (one write, one commit, for several requests).
 
 A group that fails is never all-or-nothing for the requests in it. When the store itself
-failed (a full disk, a lost server: `StorageFailure`), every request in the group is
-answered 503 and `/healthz` says the collector cannot store data until a write succeeds
-again. Any other failure comes from the data: each chunk is written alone, and a chunk that
-still fails is cut in halves until the lines the warehouse cannot hold are found; those are
-rejected by line number and every other line is stored.
+failed (a full disk, a lost server: `StorageFailure`, told by the exception's class), every
+request in the group is answered 503 and `/healthz` says the collector cannot store data
+until a write succeeds again. Any other failure is taken to come from the data: each chunk
+is written alone, and a chunk that still fails is cut in halves until the lines the
+warehouse cannot hold are found; those are rejected by line number and every other line is
+stored. When every line of a chunk fails on its own, the store is blamed after all (503,
+nothing rejected), so a failure of an unknown kind never makes clients drop good lines.
 """
 
 from __future__ import annotations
@@ -298,6 +300,9 @@ class Writer:
         lines, numbers = job.lines()
         stored = Stored()
         self._bisect(lines, numbers, stored, first_error)
+        if len(lines) > 1 and len(stored.errors) == len(lines):
+            # every line failed on its own: more likely the store than the data; keep them all
+            raise StorageFailure(f"{type(first_error).__name__}: {first_error}")
         return stored
 
     def _bisect(self, lines: list[AnyLine], numbers: list[int], stored: Stored, error: BaseException | None) -> None:
