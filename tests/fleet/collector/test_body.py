@@ -145,3 +145,13 @@ def test_feed_block_says_what_feed_says(lengths, cuts, limit, newline_at_end):
     assert count == len(lines) == joined.count(b"\n")
     assert joined == b"".join(line + b"\n" for line in lines)
     assert by_block.finish() == by_line.finish()
+
+
+def test_a_piece_of_blank_lines_is_passed_over_whole():
+    s = LineSplitter(100)
+    assert s.feed(b"a\n") == [b"a"] and s.skipped == 0
+    assert s.feed(b"\n \r\n\t\n" * 2000 + b"b") == [] and s.skipped == 6000  # no object a line
+    assert s.feed(b"c\nd\n") == [b"bc", b"d"] and s.skipped == 0
+    blocks = LineSplitter(100)
+    assert blocks.feed_block(b"\n" * 5000) == (b"", 0) and blocks.skipped == 5000
+    assert blocks.feed_block(b"x\n" + b"\n" * 5000) == (b"x\n" + b"\n" * 5000, 5001)  # starts with a line

@@ -268,3 +268,13 @@ def test_the_answer_to_a_refused_request_has_the_one_error_shape(warehouse):
     with running_app(create_app(warehouse, tokens=["t"])) as base:
         for r in (post(base, b"x\n"), post(base, b"x\n", {"Authorization": "Bearer t", "Content-Encoding": "br"})):
             assert set(json.loads(r.text)) == {"error"}
+
+
+def test_line_numbers_count_the_blank_lines_passed_over(url, warehouse):
+    data = sample("num", 1) + b"\n" + b"\n" * 100_000 + b"not json\n" + b" \n" * 50_000 + sample("num", 2) + b"\nbad\n"
+    for headers in ({}, {"Content-Encoding": "gzip"}):
+        body = gzip.compress(data) if headers else data
+        answer = post(url, body, headers).json()
+        assert [e["line"] for e in answer["errors"]] == [100_002, 150_004], answer
+        assert answer["rejected"] == 2
+    assert stored(warehouse, "num") == {("num", 1), ("num", 2)}

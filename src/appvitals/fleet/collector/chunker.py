@@ -104,8 +104,10 @@ class Chunker:
         self.first = 1
         self.tasks: list[asyncio.Task] = []
 
-    async def add(self, raws: list[bytes]) -> None:
-        """Take the next raw lines of the body."""
+    async def add(self, raws: list[bytes], skipped: int = 0) -> None:
+        """Take the next raw lines of the body (after `skipped` blank lines passed over)."""
+        if skipped:
+            await self.skip(skipped)
         if not raws:
             return
         if self.blocks:
@@ -123,8 +125,16 @@ class Chunker:
         numbers, self.numbers = self.numbers[:count], self.numbers[count:]
         self.state.track(await self.writer.submit(part, numbers=numbers))
 
-    async def add_block(self, block: bytes, count: int) -> None:
+    async def skip(self, count: int) -> None:
+        """Pass over `count` blank lines: they only move the line numbers on."""
+        if self.parts:  # a block's lines are numbered from its first: send it before the gap
+            await self._dispatch()
+        self.line_no += count
+
+    async def add_block(self, block: bytes, count: int, skipped: int = 0) -> None:
         """Take the next `count` raw lines of the body as one bytes object (decode workers only)."""
+        if skipped:
+            await self.skip(skipped)
         if not count:
             return
         if not self.parts:

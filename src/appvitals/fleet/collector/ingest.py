@@ -163,13 +163,13 @@ class IngestRoute:
         async def take(plain: bytes) -> None:
             reader.check()
             if chunk.blocks:  # the decode workers split the lines
-                await chunk.add_block(*splitter.feed_block(plain))
+                await chunk.add_block(*splitter.feed_block(plain), skipped=splitter.skipped)
                 await asyncio.sleep(0)  # let the reader see a client that hung up
                 return
             # decoded here, in the event loop: small slices, so other requests and a client
             # that hung up are seen between them (a slice of bad lines costs ~0.1 s at most)
             for start in range(0, len(plain), IN_PROCESS_SLICE):
-                await chunk.add(splitter.feed(plain[start:start + IN_PROCESS_SLICE]))
+                await chunk.add(splitter.feed(plain[start:start + IN_PROCESS_SLICE]), splitter.skipped)
                 await asyncio.sleep(0)
                 reader.check()
                 if splitter.too_long:
