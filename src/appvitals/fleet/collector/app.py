@@ -105,14 +105,14 @@ def create_app(
     async def healthz(request: Request) -> Response:
         """GET /healthz: 200 when the collector can accept data; 503 and why otherwise."""
         if not writer.running:
-            return JSONResponse({"status": "starting or stopping"}, 503)
+            return json_error(503, "the collector is starting or stopping", status="starting or stopping")
         depth = writer.depth()
         if writer.write_error is not None:  # until a write succeeds again
             return json_error(503, f"the warehouse cannot store data: {writer.write_error}",
                               {"Retry-After": str(retry_after)}, status="failing", queue_depth=depth)
         if writer.full():
-            return JSONResponse({"status": "overloaded", "queue_depth": depth}, 503,
-                                headers={"Retry-After": str(retry_after)})
+            return json_error(503, "overloaded: the write queue is full", {"Retry-After": str(retry_after)},
+                              status="overloaded", queue_depth=depth)
         return JSONResponse({"status": "ok", "queue_depth": depth, "dialect": writer.warehouse.dialect})  # type: ignore[union-attr]
 
     from appvitals.fleet.collector.web.routes import read_routes
