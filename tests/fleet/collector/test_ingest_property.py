@@ -97,7 +97,7 @@ def bodies(draw) -> tuple[str, list[bytes]]:
     return prefix, [draw(wire_lines(prefix, i)) for i in range(n)]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies(), gz=st.booleans())
 def test_arbitrary_json_lines(collector, body, gz):
     url, wh = collector
