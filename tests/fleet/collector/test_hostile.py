@@ -262,6 +262,7 @@ def test_serve_reads_tokens_from_the_environment_and_files(tmp_path, monkeypatch
         assert httpx.get(proc.url + "/metrics").status_code == 401
         assert httpx.get(proc.url + "/metrics", headers={"Authorization": "Bearer r-file"}).status_code == 200
         assert "t-env" not in open(f"/proc/{proc.pid}/cmdline", "rb").read().decode(errors="replace")
+        assert "collector listening on http://0.0.0.0:" in proc.log() and "(token required)" in proc.log()
 
 
 def test_the_answer_to_a_refused_request_has_the_one_error_shape(warehouse):

@@ -99,24 +99,38 @@ def serve(
         timeout_graceful_shutdown=10,  # a client streaming forever must not block a restart
         http=header_guard(header_timeout),
     )
-    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    server = _Server(config, on_ready, f"http://{shown}:{port}")
     _tune_gc()
-    if on_ready is not None:
-        shown = f"[{host}]" if ":" in host else host
-        original_startup = server.startup
-
-        async def startup(sockets=None):
-            """uvicorn's startup, then tell the caller where we listen."""
-            await original_startup(sockets)
-            on_ready(f"http://{shown}:{port}")
-
-        server.startup = startup  # type: ignore[method-assign]
     try:
         server.run()
     except SystemExit:  # uvicorn exits the process when it cannot start
         server.started = False
     if not server.started:
         raise RuntimeError(f"could not start the collector on {host}:{port}")
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling the caller where it listens once it does."""
+
+        def __init__(self, config, on_ready: Callable[[str], None] | None, url: str):
+            super().__init__(config)
+            self.on_ready = on_ready
+            self.url = url
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.on_ready is not None and self.started:
+                self.on_ready(self.url)
+
+    return Server
+
+
+def _Server(config, on_ready, url):  # noqa: N802 - builds the subclass above (uvicorn loads late)
+    return _server_class()(config, on_ready, url)
 
 
 def _tune_gc() -> None:
