@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.services import free_port, require_binary
 
 import appvitals
-from appvitals.stats import snapshot
+from appvitals.stats import snapshot as snapshot_module
 from appvitals.stats.prometheus import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 
 
@@ -66,7 +66,7 @@ def test_snapshot_json_and_filters(served):
     assert [s["labels"] for s in doc["metrics"][0]["series"]] == [{"peer": "B", "model": "entry"}]
     doc = httpx.get(h.url + "/v1/snapshot", params=[("group", "state"), ("group", "errors")]).json()
     assert sorted(m["name"] for m in doc["metrics"]) == ["sync_errors", "sync_state"]
-    decoded = snapshot.decode(httpx.get(h.url + "/v1/snapshot").content)
+    decoded = snapshot_module.decode(httpx.get(h.url + "/v1/snapshot").content)
     assert decoded.value("changes_received", peer="A", model="entry") == 5
 
 
@@ -244,3 +244,42 @@ def test_transitions_are_pushed_not_polled():
         events = _read_events(h.url + "/v1/events", lambda ev: {"state", "record"} <= {n for n, _ in ev}, timeout=30)
         names = {n for n, _ in events}
         assert {"state", "record"} <= names  # within 30 s, while the poll would take 60
+
+
+# ---- the collector's rules for who may connect, and bounded cost ---------------------------
+
+
+def test_public_bind_needs_a_token_and_empty_tokens_are_refused():
+    reg = appvitals.Registry()
+    with pytest.raises(ValueError, match="without a token"):
+        appvitals.serve(reg, host="0.0.0.0", port=0)
+    with pytest.raises(ValueError, match="empty token"):
+        appvitals.serve(reg, port=0, token="")
+    with appvitals.serve(reg, host="0.0.0.0", port=0, token="t") as h:
+        url = f"http://127.0.0.1:{h.port}"
+        assert httpx.get(url + "/metrics").status_code == 401
+        assert httpx.get(url + "/metrics", headers={"Authorization": "Bearer t"}).status_code == 200
+
+
+def test_loopback_server_refuses_other_host_names():
+    reg = appvitals.Registry()
+    reg.counter("c", "c").inc()
+    with appvitals.serve(reg, port=0) as h:
+        assert httpx.get(h.url + "/metrics").status_code == 200
+        assert httpx.get(h.url + "/metrics", headers={"Host": f"localhost:{h.port}"}).status_code == 200
+        r = httpx.get(h.url + "/v1/snapshot", headers={"Host": f"attacker.example:{h.port}"})
+        assert r.status_code == 421 and set(r.json()) == {"error"}
+
+
+def test_a_costly_metric_glob_is_refused_at_once():
+    reg = appvitals.Registry()
+    for i in range(50):
+        reg.counter(f"metric_{'a' * 100}_{i}", "c").inc()
+    with appvitals.serve(reg, port=0) as h:
+        r = httpx.get(h.url + "/v1/snapshot", params={"metric": "*a" * 3000 + "b"}, timeout=30)
+        assert r.status_code == 400 and "glob" in r.json()["error"]
+        r = httpx.get(h.url + "/v1/snapshot", params={"metric": "*a*a*a*a*a*b"})
+        assert r.status_code == 400 and "wildcards" in r.json()["error"]
+        r = httpx.get(h.url + "/v1/snapshot", params=[("metric", f"m{i}") for i in range(100)])
+        assert r.status_code == 400
+        assert httpx.get(h.url + "/v1/snapshot", params={"metric": "metric_*_1"}).status_code == 200

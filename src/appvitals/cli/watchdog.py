@@ -32,13 +32,16 @@ def _attr(text: str) -> tuple[str, str | int | float | bool]:
 @click.option("--app-version", default="", help="The watched app's version (a session attr).")
 @click.option("--attr", "attrs", multiple=True, help="Extra session attr key=value (repeatable).")
 @click.option("--interval", default=1.0, show_default=True, type=float, help="Seconds between CPU samples.")
-@click.option("--token", default=None, help="Bearer token for the collector.")
+@click.option("--token", default=None, help="Bearer token for the collector (also $VITALS_TOKEN or --token-file; "
+              "on the command line it shows in ps).")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="File holding the bearer token (its first token line).")
 @click.option("--home", default=None, type=click.Path(file_okay=False),
               help="Where the spool and client id live (default: the user cache dir).")
 @click.option("--replay", type=click.Choice(["ask", "yes", "no"]), default="ask", show_default=True,
               help="A big spool left by an earlier run: ask (on a terminal), always replay, or drop it.")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
-def command(pid, url, port, app_version, attrs, interval, token, home, replay, cmd) -> None:
+def command(pid, url, port, app_version, attrs, interval, token, token_file, home, replay, cmd) -> None:
     """Measure process PID's CPU from outside and report it, with the stages and events it sends.
 
     Or start the app yourself: `vitals watchdog --url URL -- ./app --flag`; the app finds the
@@ -46,6 +49,7 @@ def command(pid, url, port, app_version, attrs, interval, token, home, replay, c
     """
     from appvitals.fleet.client.uploader import ingest_url
     from appvitals.fleet.client.watchdog import Watchdog
+    from appvitals.httpauth import TokenError, gather_tokens
 
     if interval <= 0:
         raise BadUsage("--interval must be > 0")
@@ -56,6 +60,12 @@ def command(pid, url, port, app_version, attrs, interval, token, home, replay, c
     except ValueError as exc:
         raise BadUsage(f"--url: {exc}")
     session_attrs = dict(_attr(a) for a in attrs)
+    try:  # the command line first, then $VITALS_TOKEN, then the file
+        tokens = gather_tokens([token] if token is not None else [], "VITALS_TOKEN",
+                               [token_file] if token_file else [])
+    except TokenError as exc:
+        raise BadUsage(str(exc))
+    token = tokens[0] if tokens else None
 
     def consent(nbytes: int, nlines: int) -> bool:
         if replay != "ask":

@@ -7,8 +7,14 @@ Routes (SPEC sections 2 and 4):
 - `GET /v1/events`    a live Server-Sent Events stream: `state` (a transition) and `record` (a new
                       event/error record) as soon as they are seen, `deltas` (counter increments,
                       gauge changes, new histogram samples) at a steady pace
-Bad parameters answer 400 with `{"error": "..."}`; with a token, every route wants
-`Authorization: Bearer TOKEN` (401 otherwise).
+Bad parameters answer 400 with `{"error": "..."}` (the error shape of `appvitals.httpauth`);
+with a token, every route wants `Authorization: Bearer TOKEN` (401 otherwise).
+
+The collector's rules: loopback by default; a public address only with a token (or
+`insecure=True`); while bound to loopback, a request whose Host header names anything else
+is refused (a web page that points its own name at 127.0.0.1, DNS rebinding, cannot read
+the stats); a request's cost is bounded (at most `MAX_PATTERNS` metric/where/group
+parameters, globs of at most `MAX_GLOB` characters and `MAX_STARS` wildcards).
 
 The server is a Starlette app run by uvicorn in a daemon thread; the listening socket is bound
 before `serve()` returns, so `port=0` picks a free port and a busy port fails at once.
@@ -17,7 +23,6 @@ before `serve()` returns, so `port=0` picks a free port and a busy port fails at
 from __future__ import annotations
 
 import asyncio
-import hmac
 import socket
 import threading
 import time
@@ -37,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from appvitals.httpauth import Tokens, host_header_ok, is_loopback, json_error, unauthorized
 from appvitals.stats import query as _query
 from appvitals.stats import snapshot as _snap
 from appvitals.stats.prometheus import exposition
@@ -44,6 +50,9 @@ from appvitals.stats.registry import Registry
 
 POLL_INTERVAL = 1.0  # the longest the live stream waits between looks (changes wake it at once)
 DELTA_INTERVAL = 1.0  # how often it reports counter deltas
+MAX_PATTERNS = 32  # metric=, where= and group= parameters of one request
+MAX_GLOB = 200  # characters of one metric= glob
+MAX_STARS = 4  # wildcards (* ? [) in one glob: fnmatch's cost grows with their number
 _json = msgspec.json.Encoder()
 
 
@@ -53,21 +62,39 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return json_error(status, message)
+
+
+def _bounded(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The query parameters, or QueryError when one request would cost too much."""
+    if sum(1 for key, _ in params if key in ("metric", "where", "group")) > MAX_PATTERNS:
+        raise _query.QueryError(f"at most {MAX_PATTERNS} metric/where/group parameters a request")
+    for key, value in params:
+        if key != "metric" and len(value) > 2 * MAX_GLOB:
+            raise _query.QueryError(f"{key}: longer than {2 * MAX_GLOB} characters")
+        if key == "metric":
+            if len(value) > MAX_GLOB:
+                raise _query.QueryError(f"metric: a glob of at most {MAX_GLOB} characters")
+            if sum(value.count(c) for c in "*?[") > MAX_STARS:
+                raise _query.QueryError(f"metric: at most {MAX_STARS} wildcards in a glob")
+    return params
 
 
 def create_app(registry: Registry, token: str | None = None, stopping: threading.Event | None = None,
-               poll_interval: float = POLL_INTERVAL, delta_interval: float = DELTA_INTERVAL) -> Starlette:
-    """The Starlette app behind `serve()` (usable on its own, e.g. mounted in a bigger app)."""
+               poll_interval: float = POLL_INTERVAL, delta_interval: float = DELTA_INTERVAL,
+               loopback_hosts_only: bool = False) -> Starlette:
+    """The Starlette app behind `serve()` (usable on its own, e.g. mounted in a bigger app).
+
+    `loopback_hosts_only`: refuse requests whose Host header is not a loopback name or address
+    (`serve()` turns it on when bound to loopback). An empty token is refused (TokenError)."""
     stopping = stopping or threading.Event()
-    expected = f"Bearer {token}".encode() if token else None
+    tokens = Tokens([token] if token is not None else [])
 
     def denied(request: Request) -> Response | None:
-        if expected is None:
-            return None
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            return _error(401, "missing or wrong token (send Authorization: Bearer TOKEN)")
+        if loopback_hosts_only and not host_header_ok(request):
+            return json_error(421, "this server answers only requests addressed to localhost")
+        if not tokens.allows(request):
+            return unauthorized()
         return None
 
     async def metrics(request: Request) -> Response:
@@ -80,7 +107,7 @@ def create_app(registry: Registry, token: str | None = None, stopping: threading
         if (bad := denied(request)) is not None:
             return bad
         try:
-            q = _query.from_params(request.query_params.multi_items())
+            q = _query.from_params(_bounded(request.query_params.multi_items()))
             snap = await run_in_threadpool(_query.read_registry, registry, q)
         except (_query.QueryError, ValueError) as exc:
             return _error(400, _one_line(exc))
@@ -92,7 +119,7 @@ def create_app(registry: Registry, token: str | None = None, stopping: threading
         if (bad := denied(request)) is not None:
             return bad
         try:
-            q = _query.from_params(request.query_params.multi_items())
+            q = _query.from_params(_bounded(request.query_params.multi_items()))
             if q.windowed:
                 raise _query.QueryError("the live stream has no time window: drop since/until")
             first = _query.apply(await run_in_threadpool(registry.snapshot, "session"), q)
@@ -103,6 +130,8 @@ def create_app(registry: Registry, token: str | None = None, stopping: threading
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     async def index(request: Request) -> Response:
+        if (bad := denied(request)) is not None:
+            return bad
         return JSONResponse({"routes": ["/metrics", "/v1/snapshot", "/v1/events"]})
 
     return Starlette(routes=[
@@ -274,14 +303,22 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def serve(registry: Registry, host: str = "127.0.0.1", port: int = 9464, token: str | None = None,
-          poll_interval: float = POLL_INTERVAL, delta_interval: float = DELTA_INTERVAL) -> ServerHandle:
+          poll_interval: float = POLL_INTERVAL, delta_interval: float = DELTA_INTERVAL,
+          insecure: bool = False) -> ServerHandle:
     """Serve /metrics, /v1/snapshot and /v1/events in a daemon thread; returns a handle with `.stop()`.
 
-    `port=0` picks a free port (see `handle.port`); a busy port raises OSError here."""
+    `port=0` picks a free port (see `handle.port`); a busy port raises OSError here. Listening
+    beyond loopback needs a `token` (ValueError otherwise), unless `insecure=True`; an empty
+    token is refused."""
+    tokens = Tokens([token] if token is not None else [])  # TokenError (a ValueError) when empty
+    loopback = is_loopback(host)
+    if not loopback and not tokens and not insecure:
+        raise ValueError(f"appvitals.serve: refusing to listen on {host} without a token (anyone could read "
+                         "the stats); pass token=..., or insecure=True to allow it")
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     stopping = threading.Event()
-    app = create_app(registry, token, stopping, poll_interval, delta_interval)
+    app = create_app(registry, token, stopping, poll_interval, delta_interval, loopback_hosts_only=loopback)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=2, loop="asyncio")
     server = uvicorn.Server(config)

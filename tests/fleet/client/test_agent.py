@@ -147,9 +147,11 @@ def test_lines_dropped_over_the_bound_are_reported_when_the_collector_is_back(tm
     ev = [x for x in lines if isinstance(x, EventLine) and x.name == "spool_dropped"]
     assert ev and ev[0].attrs["count"] == dropped
     assert len(lines) == 1001 - dropped + 2  # + the spool_dropped event and the end line
-    # what arrived is the newest lines, in order, with no gaps
-    seqs = [x.seq for x in lines]
-    assert seqs == list(range(dropped, 1003))
+    # what arrived is the session line (kept: its samples remain, they need its attrs) and
+    # the newest lines, in order, with no gaps
+    seqs = sorted(x.seq for x in lines)
+    assert isinstance(lines[0], SessionLine) and seqs[0] == 0
+    assert seqs[1:] == list(range(dropped + 1, 1003))
 
 
 def test_bad_use_is_a_clear_error(tmp_path):

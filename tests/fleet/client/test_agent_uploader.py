@@ -115,3 +115,31 @@ def test_urls_and_retry_after_parsing():
         ingest_url("ftp://x")
     assert parse_retry_after("5") == 5 and parse_retry_after(None) is None and parse_retry_after("soon") is None
     assert 9 <= parse_retry_after("Tue, 24 Nov 2026 07:00:10 GMT", now=1795503600.0) <= 10
+
+
+def test_a_batch_the_collector_refuses_is_dropped_counted_and_logged(tmp_path, server, caplog):
+    with Spool(tmp_path) as spool:
+        spool.append([_line(i) for i in range(5)])
+        server.script = [(400, {})]
+        up = Uploader(server.url, spool, batch_bytes=200)  # two lines a batch
+        with caplog.at_level("WARNING", logger="appvitals.agent"):
+            assert up.flush(timeout=10)  # not retried forever
+        assert up.stats.rejected == 2 and spool.pending_bytes() == 0
+        assert len(server.lines) == 3 and len(server.requests) == 3
+        assert "refused a batch of 2 line(s)" in caplog.text
+
+
+def test_lines_the_real_collector_cannot_store_are_dropped_and_the_rest_stored(tmp_path, caplog):
+    from support.collector import running_app
+
+    from appvitals.fleet.collector.app import create_app
+
+    bad = json.dumps({"kind": "sample", "session_id": "s1", "ts": 1764000000000, "seq": 2**64 - 1,
+                      "cpu": 1.0}).encode()
+    with running_app(create_app(":memory:")) as url, Spool(tmp_path) as spool:
+        spool.append([_line(0), bad, _line(2)])
+        up = Uploader(url, spool)
+        with caplog.at_level("WARNING", logger="appvitals.agent"):
+            assert up.flush(timeout=20)
+        assert up.stats.accepted == 2 and up.stats.rejected == 1 and spool.pending_bytes() == 0
+        assert "line 2 of the batch" in caplog.text

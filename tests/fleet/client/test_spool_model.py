@@ -2,7 +2,9 @@
 
 Invariant: the lines that come out (committed reads) are exactly the appended lines, in
 order, each once -- except lines dropped over the bound (counted in dropped_total, always
-the oldest) and a torn line cut at reopen (never fully written, so never appended).
+the oldest) and a torn line cut at reopen (never fully written, so never appended). A
+`session` line is never dropped while lines of its session remain: it may come out later
+than the lines after it, but every session with a delivered sample has its session line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from appvitals.fleet.client.spool import Spool
 
 op = st.one_of(
     st.tuples(st.just("append"), st.integers(1, 30), st.integers(0, 120)),
+    st.tuples(st.just("session"), st.integers(0, 120), st.just(0)),
     st.tuples(st.just("send"), st.integers(1, 2000), st.booleans()),
     st.tuples(st.just("reopen"), st.booleans(), st.just(0)),
 )
@@ -31,12 +34,24 @@ def test_spool_delivers_every_line_once_in_order(ops, bounded):
         spool = Spool(d, max_bytes=max_bytes, segment_bytes=400)
         appended: list[int] = []
         delivered: list[int] = []
+        sessions: dict[int, int] = {}  # the n of each session line -> its session
+        session_of: dict[int, int] = {}  # the n of each sample -> its session
         n = 0
+        current = -1
         for kind, a, b in ops:
-            if kind == "append":
+            if kind == "session":
+                current += 1
+                spool.append([json.dumps({"kind": "session", "session_id": f"s{current}", "n": n,
+                                          "pad": "x" * a}).encode()])
+                sessions[n] = current
+                appended.append(n)
+                n += 1
+            elif kind == "append":
                 lines = []
                 for _ in range(a):
-                    lines.append(json.dumps({"n": n, "pad": "x" * b}).encode())
+                    lines.append(json.dumps({"kind": "sample", "session_id": f"s{current}", "n": n,
+                                             "pad": "x" * b}).encode())
+                    session_of[n] = current
                     appended.append(n)
                     n += 1
                 spool.append(lines)
@@ -61,9 +76,13 @@ def test_spool_delivers_every_line_once_in_order(ops, bounded):
             spool.commit(batch.end)
         dropped = spool.dropped_total
         spool.close()
-    # delivered is appended minus some dropped lines, in order, without repeats
-    assert delivered == sorted(set(delivered))
+    # delivered is appended minus some dropped lines, in order (session lines aside), without repeats
+    assert len(delivered) == len(set(delivered))
+    others = [x for x in delivered if x not in sessions]
+    assert others == sorted(others)
     assert set(delivered) <= set(appended)
     assert len(appended) - len(delivered) == dropped
+    started = {sessions[x] for x in delivered if x in sessions}
+    assert {session_of[x] for x in others if session_of[x] >= 0} <= started
     if not bounded:
         assert delivered == appended

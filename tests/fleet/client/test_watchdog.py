@@ -123,3 +123,28 @@ def test_watchdog_needs_a_pid_or_a_command(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "watchdog", "--url", "http://127.0.0.1:9"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--pid" in r.stderr
+
+
+@pytest.mark.parametrize("source", ["env", "file", "empty"])
+def test_watchdog_reads_its_token_from_the_environment_or_a_file(tmp_path, server, source):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("VITALS_TOKEN", None)
+    extra: list[str] = []
+    if source == "env":
+        env["VITALS_TOKEN"] = "from-env"
+    elif source == "file":
+        (tmp_path / "token").write_text("from-file\n")
+        extra = ["--token-file", str(tmp_path / "token")]
+    else:
+        extra = ["--token", ""]
+    code = "import sys; from appvitals.cli import main; main(sys.argv[1:])"
+    r = subprocess.run(
+        [sys.executable, "-c", code, "watchdog", "--url", server.url, "--port", "0", "--interval", "0.1",
+         "--home", str(tmp_path / "home"), *extra, "--", sys.executable, "-c", "import time; time.sleep(0.3)"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    if source == "empty":
+        assert r.returncode == 2 and "empty token" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    assert server.requests and {q.get("Authorization") for q in server.requests} == {f"Bearer from-{source}"}

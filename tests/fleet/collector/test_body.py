@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from appvitals.fleet.collector.body import (
     BadCompression,
+    BodyTooLarge,
     Decompressor,
     LineSplitter,
     LineTooLong,
@@ -19,13 +20,16 @@ from appvitals.fleet.collector.body import (
 )
 
 
-def inflate(encoding, data: bytes, step: int = 1000) -> tuple[bytes, int]:
-    d = Decompressor(encoding)
+def inflate(encoding, data: bytes, step: int = 1000, **bounds) -> tuple[bytes, int]:
+    d = Decompressor(encoding, **bounds)
     out, biggest = [], 0
     for i in range(0, len(data), step):
         for piece in d.feed(data[i:i + step]):
             biggest = max(biggest, len(piece))
             out.append(piece)
+    for piece in d.finish():
+        biggest = max(biggest, len(piece))
+        out.append(piece)
     return b"".join(out), biggest
 
 
@@ -49,22 +53,49 @@ def test_bombs_come_out_in_bounded_pieces(encoding):
     zeros = b"0" * (64 << 20)
     packed = gzip.compress(zeros, 9) if encoding == "gzip" else zstandard.ZstdCompressor(level=19).compress(zeros)
     assert len(packed) < 200_000
-    d = Decompressor(encoding)
-    total = biggest = 0
-    for piece in d.feed(packed):  # the whole bomb handed over in one call
-        total += len(piece)
-        biggest = max(biggest, len(piece))
-    assert total == len(zeros)
+    out, biggest = inflate(encoding, packed, step=len(packed), max_output=80 << 20, max_ratio=1e9)
+    assert out == zeros
     assert biggest <= 16 << 20
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd"])
+def test_a_body_that_expands_too_far_is_refused(encoding):
+    blank = b"\n" * (20 << 20)  # 20 MiB of blank lines from a few KB
+    packed = {"gzip": gzip.compress(blank, 9), "deflate": zlib.compress(blank, 9),
+              "zstd": zstandard.ZstdCompressor(level=19).compress(blank)}[encoding]
+    assert len(packed) < 40_000
+    with pytest.raises(BodyTooLarge, match="fold"):  # by ratio, long before 20 MiB
+        inflate(encoding, packed, step=len(packed))
+    with pytest.raises(BodyTooLarge, match="more than 1048576 bytes"):  # by size
+        inflate(encoding, packed, step=len(packed), max_output=1 << 20, max_ratio=1e9)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd"])
+@pytest.mark.parametrize("cut", ["half", "trailer"])
+def test_a_compressed_body_cut_short_gives_nothing(encoding, cut):
+    raw = b"".join(b'{"n":%d}\n' % i for i in range(5000))
+    packed = {"gzip": gzip.compress(raw), "deflate": zlib.compress(raw),
+              "zstd": zstandard.ZstdCompressor(write_checksum=True).compress(raw)}[encoding]
+    packed = packed[:len(packed) // 2] if cut == "half" else packed[:-4]
+    d = Decompressor(encoding)
+    assert list(d.feed(packed)) == []  # nothing handed over before the body is whole
+    with pytest.raises(BadCompression, match="cut short"):
+        d.finish()
+
+
+def test_a_second_gzip_member_cut_short_spoils_the_first():
+    packed = gzip.compress(b"a\n") + gzip.compress(b"b\n" * 1000)[:-10]
+    with pytest.raises(BadCompression):
+        inflate("gzip", packed)
 
 
 def test_unknown_and_broken():
     with pytest.raises(UnsupportedEncoding):
         Decompressor("br")
     with pytest.raises(BadCompression):
-        list(Decompressor("gzip").feed(b"not gzip at all"))
+        inflate("gzip", b"not gzip at all")
     with pytest.raises(BadCompression):
-        list(Decompressor("zstd").feed(b"not zstd at all"))
+        inflate("zstd", b"not zstd at all")
 
 
 def test_splitter_joins_lines_across_chunks():
@@ -114,3 +145,13 @@ def test_feed_block_says_what_feed_says(lengths, cuts, limit, newline_at_end):
     assert count == len(lines) == joined.count(b"\n")
     assert joined == b"".join(line + b"\n" for line in lines)
     assert by_block.finish() == by_line.finish()
+
+
+def test_a_piece_of_blank_lines_is_passed_over_whole():
+    s = LineSplitter(100)
+    assert s.feed(b"a\n") == [b"a"] and s.skipped == 0
+    assert s.feed(b"\n \r\n\t\n" * 2000 + b"b") == [] and s.skipped == 6000  # no object a line
+    assert s.feed(b"c\nd\n") == [b"bc", b"d"] and s.skipped == 0
+    blocks = LineSplitter(100)
+    assert blocks.feed_block(b"\n" * 5000) == (b"", 0) and blocks.skipped == 5000
+    assert blocks.feed_block(b"x\n" + b"\n" * 5000) == (b"x\n" + b"\n" * 5000, 5001)  # starts with a line

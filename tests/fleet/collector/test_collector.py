@@ -13,7 +13,8 @@ import pytest
 import zstandard
 from support.collector import running_app
 
-from appvitals.fleet.collector.app import check_bind, create_app
+from appvitals.fleet.collector.app import create_app
+from appvitals.fleet.collector.runner import check_bind
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 from appvitals.fleet.wire.protocol import MAX_LINE_BYTES, decode_line
 

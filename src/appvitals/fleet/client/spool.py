@@ -14,7 +14,10 @@ Layout of a spool directory:
 - A torn last line (SIGKILL or power loss mid-write) is cut off when the spool is opened;
   every earlier line survives, because segments only ever grow by whole lines.
 - Bounded: past `max_bytes`, whole oldest segments are dropped and their unsent lines
-  counted in `dropped_total`; the agent reports the count to the collector later.
+  counted in `dropped_total`; the agent reports the count to the collector later. A
+  `session` line is never dropped while lines of its session remain, nor while it is the
+  newest one (its session is being recorded): it moves to the end of the spool (the
+  collector applies a session's attrs whenever they arrive).
 """
 
 from __future__ import annotations
@@ -34,6 +37,19 @@ except ImportError:  # pragma: no cover - Windows: no advisory lock, one process
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 _SUFFIX = ".seg"
+
+
+def _session_id(line: bytes) -> str | None:
+    """The session_id of a `session` line, None for any other line."""
+    if b'"session"' not in line:  # cheap: most lines are samples
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and obj.get("kind") == "session" and isinstance(obj.get("session_id"), str):
+        return obj["session_id"]
+    return None
 
 
 class SpoolBusy(RuntimeError):
@@ -234,19 +250,61 @@ class Spool:
             self._sync_locked()
 
     def _enforce_bound(self) -> None:
+        # whole oldest segments go; their `session` lines are kept (moved to the end) while
+        # lines of that session remain, so surviving samples keep the session's attrs
         dropped = 0
-        while self.total_bytes() > self.max_bytes:
+        carried: list[bytes] = []
+        while self.total_bytes() + sum(len(c) + 1 for c in carried) > self.max_bytes:
             oldest = min(self._sizes)
             if oldest == self._active:
+                if self._sizes[oldest] == 0:  # nothing left to drop but the carried lines
+                    break
                 self._roll()
             start = self.committed.offset if oldest == self.committed.segment else 0
             if oldest >= self.committed.segment:
-                dropped += self._count_lines(oldest, start)
+                lines = self._read_lines(oldest, start)
+                sessions = [line for line in lines if _session_id(line) is not None]
+                dropped += len(lines) - len(sessions)
+                carried.extend(sessions)
             self._delete_segment(oldest)
             self.committed = max(self.committed, Position(min(self._sizes), 0))
+        if carried:
+            # kept: the session lines of sessions with lines left, and the newest session line
+            # when no other is left (the session being recorded now: its samples come next)
+            keep = [line for line in carried if self._holds_session(_session_id(line))]  # type: ignore[arg-type]
+            if carried[-1] not in keep and not self._holds_session(None):
+                keep.append(carried[-1])
+            dropped += len(carried) - len(keep)
+            if keep:
+                data = b"".join(line + b"\n" for line in keep)
+                os.write(self._fd, data)  # type: ignore[arg-type]
+                self._sizes[self._active] += len(data)
+                self._sync_locked()
         if dropped:
             self.dropped_total += dropped
             self._write_state()
+
+    def _read_lines(self, n: int, start: int) -> list[bytes]:
+        with open(self._segment_path(n), "rb") as f:
+            f.seek(start)
+            return f.read().split(b"\n")[:-1]
+
+    def _holds_session(self, session_id: str | None) -> bool:
+        """True when an uncommitted line of `session_id` is in the spool (None: a session line)."""
+        if session_id is None:
+            needles: tuple[bytes, ...] = (b'"kind":"session"', b'"kind": "session"')
+        else:
+            key = json.dumps(session_id).encode()
+            needles = (b'"session_id":' + key, b'"session_id": ' + key)
+        for n in sorted(self._sizes):
+            if n < self.committed.segment:
+                continue
+            with open(self._segment_path(n), "rb") as f:
+                f.seek(self.committed.offset if n == self.committed.segment else 0)
+                data = f.read()
+            if any(needle in data for needle in needles):
+                return True
+        return False
 
     def _count_lines(self, n: int, start: int) -> int:
         with open(self._segment_path(n), "rb") as f:

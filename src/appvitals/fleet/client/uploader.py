@@ -194,9 +194,13 @@ class Uploader:
                 answer = json.loads(data)
                 self.stats.accepted += int(answer.get("accepted", 0))
                 self.stats.duplicates += int(answer.get("duplicates", 0))
-                self.stats.rejected += int(answer.get("rejected", 0))
+                rejected = int(answer.get("rejected", 0))
             except (ValueError, AttributeError, TypeError):
-                pass
+                rejected, answer = 0, {}
+            if rejected:  # the collector keeps the good lines; the bad ones are dropped, said once
+                self.stats.rejected += rejected
+                log.warning("collector rejected %d line(s) of a batch (dropped): %s", rejected,
+                            _first_error(answer))
             self._maybe_recover()
             return Outcome("sent", lines=len(batch.lines), http_status=200)
         self.last_error = f"HTTP {status}: {data[:200].decode('utf-8', 'replace').strip()}"
@@ -207,6 +211,13 @@ class Uploader:
             wait = parse_retry_after(headers.get("retry-after"))
             delay = self._backoff() if wait is None else wait + self.rng.uniform(0, min(1.0, wait / 4 + 0.05))
             return Outcome("pushback", delay, http_status=status, error=self.last_error)
+        if status == 400:
+            # the collector refused the body as a whole and says why (a corrupt body): sending
+            # it again gets the same answer, so drop it rather than stall the spool behind it
+            self.spool.commit(batch.end)
+            self.stats.rejected += len(batch.lines)
+            log.warning("collector refused a batch of %d line(s) (dropped): %s", len(batch.lines), self.last_error)
+            return Outcome("sent", lines=len(batch.lines), http_status=400, error=self.last_error)
         if status == 413:
             if len(batch.lines) == 1:
                 # one line the collector will never take: skip it rather than block the spool
@@ -238,3 +249,11 @@ class Uploader:
                 sleep(outcome.delay)
             if deadline is not None and self.monotonic() >= deadline:
                 return self.spool.pending_bytes() == 0
+
+
+def _first_error(answer: object) -> str:
+    try:
+        first = answer["errors"][0]  # type: ignore[index]
+        return f"line {int(first['line'])} of the batch: {str(first['error'])[:200]}"
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "no detail given"

@@ -30,27 +30,71 @@ log = logging.getLogger("appvitals.collector")
 
 
 def decode_lines(raws: list[bytes], first_line: int, into: list[AnyLine],
-                 errors: list[dict[str, Any]]) -> int:
+                 errors: list[dict[str, Any]], numbers: list[int] | None = None) -> int:
     """Decode `raws` (line numbers from `first_line`) into `into`; bad lines go to `errors`
-    (at most MAX_ERRORS kept). Returns how many lines were rejected."""
-    good = decode_many(raws)
+    (at most MAX_ERRORS kept), the number of each good line to `numbers` when given.
+    Returns how many lines were rejected. Blank lines are skipped (they still count for
+    line numbers) before any decoding is tried, so they cost next to nothing."""
+    try:
+        good = decode_many(raws)
+    except Exception:  # e.g. RecursionError on very deep nesting: find the line below
+        good = None
     if good is not None:  # the usual case: every line valid, decoded without a Python loop
         into.extend(good)
+        if numbers is not None:
+            numbers.extend(range(first_line, first_line + len(raws)))
         return 0
     append = into.append
     rejected = 0
     line_no = first_line - 1
     for raw in raws:
         line_no += 1
+        if not raw or raw.isspace():  # blank lines are allowed and ignored
+            continue
         try:
             append(decode_line(raw))
-        except LineError as exc:
-            if not raw.strip():  # blank lines are allowed and ignored
-                continue
+        except Exception as exc:  # LineError; RecursionError on deep nesting: this line only
             rejected += 1
             if len(errors) < MAX_ERRORS:
-                errors.append({"line": line_no, "error": str(exc)})
+                message = str(exc) if isinstance(exc, LineError) else f"cannot decode this line ({type(exc).__name__})"
+                errors.append({"line": line_no, "error": message})
+            continue
+        if numbers is not None:
+            numbers.append(line_no)
     return rejected
+
+
+def decode_numbered(raws: list[bytes], first_line: int) -> tuple[list[AnyLine], list[int], int, list[dict[str, Any]]]:
+    """`decode_lines` returning (good lines, their numbers, rejected, errors)."""
+    lines: list[AnyLine] = []
+    numbers: list[int] = []
+    errors: list[dict[str, Any]] = []
+    rejected = decode_lines(raws, first_line, lines, errors, numbers)
+    return lines, numbers, rejected, errors
+
+
+def arrow_or_reject(lines: list[AnyLine], numbers: list[int], errors: list[dict[str, Any]]):
+    """The lines as one ArrowBatch, and how many had to be left out: a line whose values the
+    columns cannot hold (an integer beyond 64 bits) is rejected by number, not the block."""
+    from appvitals.fleet.wire.arrow import ArrowBatch
+
+    try:
+        return ArrowBatch.from_lines(lines), 0
+    except Exception:  # find the lines that cannot be built, one by one
+        pass
+    kept: list[AnyLine] = []
+    rejected = 0
+    for line, number in zip(lines, numbers):
+        try:
+            ArrowBatch.from_lines([line])
+        except Exception as exc:
+            rejected += 1
+            if len(errors) < MAX_ERRORS:
+                errors.append({"line": number, "error": f"a value is out of range ({type(exc).__name__}: {exc})"[:300]})
+            continue
+        kept.append(line)
+    errors.sort(key=lambda e: e["line"])
+    return ArrowBatch.from_lines(kept), rejected
 
 
 def decode_chunk(data: bytes, first_line: int) -> tuple[Any, int, list[dict[str, Any]]]:
@@ -60,16 +104,18 @@ def decode_chunk(data: bytes, first_line: int) -> tuple[Any, int, list[dict[str,
     distinct text; any bad line sends the whole block down the line-by-line path, which names it."""
     from appvitals.fleet.wire.arrow import ArrowBatch
 
-    block = decode_block(data, data.count(b"\n") + 1) if data else None
+    try:
+        block = decode_block(data, data.count(b"\n") + 1) if data else None
+    except Exception:  # e.g. RecursionError on very deep nesting: the line-by-line path names it
+        block = None
     if block is not None:
         try:
             return ArrowBatch.from_lines(block).to_ipc(), 0, []
-        except (msgspec.ValidationError, msgspec.DecodeError):  # sample attrs over a limit
+        except Exception:  # sample attrs over a limit, a value the columns cannot hold
             pass
-    lines: list[AnyLine] = []
-    errors: list[dict[str, Any]] = []
-    rejected = decode_lines(data.split(b"\n"), first_line, lines, errors)
-    return ArrowBatch.from_lines(lines).to_ipc(), rejected, errors
+    lines, numbers, rejected, errors = decode_numbered(data.split(b"\n"), first_line)
+    batch, left_out = arrow_or_reject(lines, numbers, errors)
+    return batch.to_ipc(), rejected + left_out, errors[:MAX_ERRORS]
 
 
 class DecodeWorkerLost(RuntimeError):
