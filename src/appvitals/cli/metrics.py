@@ -131,6 +131,8 @@ def command(db, key, url, token, since, until, where, metrics, groups, scope, as
 def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: bool, title: str, groups,
           comparing: bool = False) -> None:
     if as_json:
+        current = _query.without_distinct_sketches(current)
+        previous = _query.without_distinct_sketches(previous) if previous is not None else None
         doc = {"current": current, "previous": previous} if comparing else current
         sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
         sys.stdout.flush()

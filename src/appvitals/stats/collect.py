@@ -124,6 +124,10 @@ def metric_snapshot(m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
             for r in recent:
                 r["at"] = _snap.to_datetime(r["at"]).isoformat()
             series.append(_snap.Series(labels=dict(zip(names, key)), total=total, by_type=by_type, recent=recent))
+    elif kind == "distinct":
+        for key, (data, last) in rows:
+            series.append(_snap.distinct_series(dict(zip(names, key)), data, now,
+                                                _snap.to_datetime(last) if last else None))
     series.sort(key=lambda s: tuple(s.labels.values()))
     return _snap.MetricSnapshot(name=m.name, kind=kind, help=m.help, unit=m.unit, group=m.group,
                                 label_names=list(names), capacity=capacity, series=series)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from appvitals.stats import hll as _hll
 from appvitals.stats.sketch import INV_LOG_GAMMA, MIN_POSITIVE
 
 MUTATION_LOCK = threading.Lock()
@@ -45,11 +46,13 @@ class Hooks:
     limit (`overflow(name)`, called with MUTATION_LOCK held), or a state/event changed
     (`changed()`, called after the lock is released, from the mutating thread)."""
 
-    __slots__ = ("changed", "overflow")
+    __slots__ = ("changed", "overflow", "past")
 
-    def __init__(self, overflow: Callable[[str], None] | None = None, changed: Callable[[], None] | None = None) -> None:
+    def __init__(self, overflow: Callable[[str], None] | None = None, changed: Callable[[], None] | None = None,
+                 past: Callable[[str, tuple], Any] | None = None) -> None:
         self.overflow = overflow or _ignore
         self.changed = changed
+        self.past = past  # past(name, key): earlier sessions' distinct sketches of that series, or None
 
 
 def _ignore(name: str) -> None:
@@ -266,6 +269,109 @@ class _EventsChild:
 
     def _read(self):
         return (self.total, dict(self.by_type), [dict(r) for r in self.recent])
+
+
+class _DistinctChild:
+    """One distinct series. `add()` keeps only the keyed 8-byte hash, in a set (one C call:
+    thread-safe without a lock, and a repeated id costs no register work); at most every
+    20th of a second, at a day change or on a read, the pending hashes are folded into the
+    day's HyperLogLog registers under the mutation lock."""
+
+    __slots__ = ("_a", "_closed", "_d", "_day", "_key", "_last", "_m", "_next", "_pending", "_retired", "_retired_n", "_w", "_base")
+
+    def __init__(self, key) -> None:
+        self._key = key  # the registry's DistinctKey (shared: a re-key reaches every child)
+        self._pending: set[bytes] = set()
+        self._retired: set[bytes] = set()
+        self._retired_n = 0
+        self._base = key.base  # the keyed hasher, copied per id
+        self._next = 0.0
+        self._last = 0.0  # when add() was last called
+        self._day = ""
+        self._d = bytearray()
+        self._w = b""  # week, month and all time, without the current day (folded in on read)
+        self._m = b""
+        self._a = b""
+        self._closed: dict[str, float] = {}
+
+    def add(self, id: str | bytes, _now=_now) -> None:
+        """Count `id` (str or bytes) as active now; only its keyed hash is kept."""
+        h = self._base.copy()
+        h.update(id.encode() if type(id) is str else id)
+        self._pending.add(h.digest())
+        t = self._last = _now()
+        if t >= self._next:
+            with MUTATION_LOCK:
+                self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        now = _now()
+        day = _hll.day_of(now)
+        if day != self._day:
+            self._roll_locked(day)
+        # swap in a fresh set (a set never shrinks); an add() that fetched the old set just before the
+        # swap lands in it after this drain: the retired set is drained again next time
+        retired, pending = self._retired, self._pending
+        self._pending = set()
+        late = list(retired) if len(retired) != self._retired_n else ()  # rare: added into a set already drained
+        items = list(pending)  # one C call: atomic against add()
+        self._retired, self._retired_n = pending, len(items)
+        if items or late:
+            if not self._d:
+                self._d = bytearray(_hll.M)
+            _hll.fold(self._d, items)
+            if late:
+                _hll.fold(self._d, late)
+        self._next = min(now + 0.05, _hll.next_day_start(now))
+
+    def _roll_locked(self, day: str) -> None:
+        if not self._day:
+            self._day = day
+            return
+        data = _hll.roll(self._data_locked(), day)
+        self._load_locked(data)
+
+    def _data_locked(self) -> _hll.DistinctData:
+        d = bytes(self._d) if self._d and any(self._d) else b""
+        return _hll.DistinctData(day=self._day, d=d, w=_hll.union(self._w, d), m=_hll.union(self._m, d),
+                                 a=_hll.union(self._a, d), closed=dict(self._closed))
+
+    def _load_locked(self, data: _hll.DistinctData) -> None:
+        # the registers of the day are folded into week/month/all on read: keep those without it
+        self._day = data.day
+        self._d = bytearray(data.d) if data.d else bytearray()
+        self._w, self._m, self._a = data.w, data.m, data.a
+        self._closed = dict(data.closed)
+
+    def _seed_locked(self, data: _hll.DistinctData) -> None:
+        """Union earlier sessions' sketches in (seeding twice changes nothing)."""
+        self._drain_locked()
+        self._load_locked(_hll.merge(self._data_locked(), data))
+
+    def get(self) -> float:
+        """Distinct ids since tracking started (an estimate, <= 2 % off)."""
+        with MUTATION_LOCK:
+            self._drain_locked()
+            data = self._data_locked()
+        return _hll.count(data.a)
+
+    def used_locked(self) -> bool:
+        """True when this series has seen an id (caller holds MUTATION_LOCK)."""
+        return bool(self._pending or self._retired or self._a or (self._d and any(self._d)))
+
+    def _zero(self) -> None:
+        self._pending = set()
+        self._retired = set()
+        self._retired_n = 0
+        self._last = 0.0
+        self._day = ""
+        self._d = bytearray()
+        self._w = self._m = self._a = b""
+        self._closed = {}
+
+    def _read(self):
+        self._drain_locked()
+        return self._data_locked(), self._last
 
 
 # ---------------------------------------------------------------- families
@@ -556,6 +662,56 @@ class Events(Metric):
         return dropped
 
 
+class Distinct(Metric):
+    """Distinct active ids (queues, clients) per UTC day, ISO week, month and all time: a
+    HyperLogLog sketch of keyed hashes (estimates, <= 2 % off); ids are never kept."""
+
+    kind = "distinct"
+
+    def __init__(self, *args: Any, key=None, **kwargs: Any) -> None:
+        self._key = key if key is not None else _hll.DistinctKey()
+        super().__init__(*args, **kwargs)
+
+    def _bind_solo(self, child: _DistinctChild) -> None:
+        self.add, self.get = child.add, child.get  # type: ignore[method-assign]
+
+    def add(self, id: str | bytes) -> None:
+        """Count `id` in the unlabelled distinct metric."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).add()")
+
+    def get(self) -> float:
+        """The unlabelled metric's distinct count since tracking started."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).get()")
+
+    def _new_child(self) -> _DistinctChild:
+        return _DistinctChild(self._key)
+
+    def _add_series_locked(self, key: tuple[str, ...]):
+        child = super()._add_series_locked(key)
+        data = self._hooks.past(self.name, key) if self._hooks.past is not None else None
+        if data is not None:
+            child._seed_locked(data)
+        return child
+
+    def seed_existing_locked(self) -> None:
+        """Union earlier sessions' sketches into every existing series (caller holds MUTATION_LOCK)."""
+        if self._hooks.past is None:
+            return
+        for key, child in zip(self._keys, self._cells):
+            data = self._hooks.past(self.name, key)
+            if data is not None:
+                child._seed_locked(data)
+
+    def rekey_locked(self) -> None:
+        """Hash with the (changed) registry key from now on (caller holds MUTATION_LOCK)."""
+        for child in self._cells:
+            child._base = self._key.base
+
+    def used_locked(self) -> bool:
+        """True when any series has seen an id (caller holds MUTATION_LOCK)."""
+        return any(c.used_locked() for c in self._cells)
+
+
 _MISSING = object()
 
 
@@ -580,7 +736,7 @@ def _compile_labels(names: tuple[str, ...], children: dict, miss):
     return fn
 
 
-KINDS: dict[str, type[Metric]] = {c.kind: c for c in (Counter, Gauge, Histogram, State, Events)}
+KINDS: dict[str, type[Metric]] = {c.kind: c for c in (Counter, Gauge, Histogram, State, Events, Distinct)}
 
 
 # ---------------------------------------------------------------- disabled registry
@@ -609,6 +765,9 @@ class _NoOp:
         pass
 
     def record(self, type: str = "event", message: str = "", **fields: Any) -> None:
+        pass
+
+    def add(self, id: Any = None) -> None:
         pass
 
     def get(self) -> float:

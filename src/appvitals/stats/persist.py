@@ -55,6 +55,7 @@ class Persister:
     def start(self) -> None:
         """Restore earlier runs into the registry's past and start flushing."""
         reg = self.registry
+        reg.use_distinct_key(self.store.distinct_key(reg.distinct_key()))
         run, past, tracking_since = self.store.begin_run(reg.session_started_at)
         self.run_id = run
         reg.restore_past(past, tracking_since)

@@ -10,12 +10,14 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from appvitals.stats import collect as _collect
+from appvitals.stats import hll as _hll
 from appvitals.stats import snapshot as _snap
 from appvitals.stats.instruments import (
     KINDS,
     MUTATION_LOCK,
     NOOP,
     Counter,
+    Distinct,
     Events,
     Gauge,
     Histogram,
@@ -49,7 +51,8 @@ class Registry:
         self._persister = None
         self._backup_unknown: dict[str, str] = {}
         self._listeners: tuple = ()
-        self._hooks = Hooks(overflow=self._note_overflow, changed=self._notify_change)
+        self._hooks = Hooks(overflow=self._note_overflow, changed=self._notify_change, past=self._past_distinct)
+        self._distinct_key = _hll.DistinctKey()
 
     # ------------------------------------------------------------ factories
 
@@ -76,6 +79,14 @@ class Registry:
     def events(self, name: str, help: str = "", capacity: int = 100, group: str = "") -> Events:
         """A ring buffer of the last `capacity` records with totals per type."""
         return self._define(Events, name, help, "", (), group, None, capacity=capacity)
+
+    def distinct(self, name: str, help: str = "", labels: Sequence[str] = (), group: str = "",
+                 max_series: int | None = None) -> Distinct:
+        """Distinct active ids (`.add(id)`, str or bytes) per UTC day, ISO week, month and all time.
+
+        Only a keyed hash of each id is kept (the key lives in the attached store); counts are
+        HyperLogLog estimates with at most 2 % relative error."""
+        return self._define(Distinct, name, help, "", labels, group, max_series, key=self._distinct_key)
 
     def _define(self, cls, name, help, unit, labels, group, max_series, **options):
         if not self.enabled:
@@ -281,6 +292,41 @@ class Registry:
         with MUTATION_LOCK:
             self._past = past
             self.tracking_since = tracking_since
+            # a distinct series carries the earlier sessions' sketches (a union, so merging the past
+            # again on read changes nothing): a day that spans a restart counts each id once
+            for m in self._metrics.values():
+                if isinstance(m, Distinct):
+                    m.seed_existing_locked()
+
+    def _past_distinct(self, name: str, key: tuple[str, ...]) -> _hll.DistinctData | None:
+        past = self._past
+        metric = past.metric(name) if past is not None else None
+        if metric is None or metric.kind != "distinct":
+            return None
+        labels = dict(zip(metric.label_names, key))
+        for s in metric.series:
+            if s.labels == labels:
+                return s.hll
+        return None
+
+    def distinct_key(self) -> bytes:
+        """The key distinct ids are hashed with."""
+        return self._distinct_key.key
+
+    def use_distinct_key(self, key: bytes) -> None:
+        """Hash distinct ids with `key` (the attached store's), so sketches merge across runs."""
+        if key == self._distinct_key.key:
+            return
+        with MUTATION_LOCK:
+            used = any(m.used_locked() for m in self._metrics.values() if isinstance(m, Distinct))
+        if used:
+            warnings.warn("appvitals: distinct ids added before attach() were hashed with another key; an id "
+                          "seen both before and after attaching may be counted twice", RuntimeWarning, stacklevel=3)
+        with MUTATION_LOCK:
+            self._distinct_key.set(key)
+            for m in self._metrics.values():
+                if isinstance(m, Distinct):
+                    m.rekey_locked()
 
 
 def value_of(snapshot: _snap.Snapshot, name: str, **labels: Any) -> float:

@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from appvitals.stats import hll as _hll
 from appvitals.stats import sketch as _sketch
 
 SCHEMA = 1
-Kind = Literal["counter", "gauge", "histogram", "state", "events"]
+Kind = Literal["counter", "gauge", "histogram", "state", "events", "distinct"]
 Scope = Literal["session", "past", "all"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -69,6 +70,12 @@ class Series(msgspec.Struct, omit_defaults=True, gc=False):
     recent: list[dict[str, Any]] | None = None
     # gauges: when the value was last set (decides which value a merge keeps)
     updated_at: dt.datetime | None = None
+    # distinct: estimated distinct ids this UTC day, ISO week, month, and since tracking_since
+    day: float | None = None
+    week: float | None = None
+    month: float | None = None
+    all: float | None = None
+    hll: _hll.DistinctData | None = None
 
 
 class MetricSnapshot(msgspec.Struct):
@@ -91,6 +98,11 @@ class MetricSnapshot(msgspec.Struct):
             return sum(s.count or 0 for s in self.series)
         if self.kind == "events":
             return sum(s.total or 0 for s in self.series)
+        if self.kind == "distinct":
+            data = _hll.DistinctData()
+            for s in self.series:
+                data = _hll.merge(data, s.hll or _hll.DistinctData())
+            return _hll.count(data.a)
         return float(len(self.series))
 
 
@@ -201,7 +213,17 @@ def merge_series(kind: str, a: Series, b: Series, capacity: int | None = None) -
             recent = recent[-capacity:]
         return Series(labels=a.labels, total=(a.total or 0) + (b.total or 0),
                       by_type=_add_maps(a.by_type, b.by_type), recent=recent)
+    if kind == "distinct":
+        data = _hll.merge(a.hll or _hll.DistinctData(), b.hll or _hll.DistinctData())
+        return distinct_series(a.labels, data, None, _max(a.updated_at, b.updated_at))
     raise ValueError(f"unknown metric kind {kind!r}")
+
+
+def distinct_series(labels: dict[str, str], data: _hll.DistinctData, now: float | None,
+                    updated_at: dt.datetime | None = None) -> Series:
+    """A distinct series with its day/week/month/all counts as of `now` (None: as of its own day)."""
+    day, week, month, total = _hll.counts(data, now)
+    return Series(labels=labels, day=day, week=week, month=month, all=total, hll=data, updated_at=updated_at)
 
 
 def _record_order(record: dict[str, Any]) -> tuple:
@@ -299,6 +321,8 @@ def subtract_series(kind: str, later: Series, earlier: Series, since: dt.datetim
             by_type={k: v for k, v in by_type.items() if v > 0},
             recent=[r for r in (later.recent or []) if _parse_at(r) > since],
         )
+    if kind == "distinct":  # a distinct count cannot be subtracted: the counts as of the window's end
+        return later
     raise ValueError(f"unknown metric kind {kind!r}")
 
 

@@ -39,7 +39,7 @@ from appvitals.stats import snapshot as _snap
 
 FORMAT = 1
 KEY_ENV = "VITALS_STORE_KEY"
-KINDS = ("counter", "gauge", "histogram", "state", "events")
+KINDS = ("counter", "gauge", "histogram", "state", "events", "distinct")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -249,6 +249,14 @@ class Store:
         return {r[0]: {"kind": r[1], "help": r[2], "unit": r[3], "group": r[4], "label_names": r[5],
                        "capacity": r[6]} for r in rows if r[1] in KINDS}
 
+    def distinct_key(self, proposed: bytes) -> bytes:
+        """The key of the keyed hash of distinct ids kept in this store (`proposed` when it has none yet)."""
+        with self._db_lock:
+            if not self.readonly:
+                with self._transaction():
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('distinct_key', ?)", (proposed.hex(),))
+            return bytes.fromhex(self._meta(self._conn, "distinct_key", proposed.hex()))
+
     # ------------------------------------------------------------ runs
 
     def begin_run(self, started_at: float) -> tuple[int, _snap.Snapshot | None, float]:
@@ -290,7 +298,7 @@ class Store:
             "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
         # histograms, states and events merge in Python (sketches, times, ring buffers)
         defs = self._metric_defs()
-        complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events")]
+        complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events", "distinct")]
         merged: _snap.Snapshot | None = None
         if complex_names:
             tracking = self.tracking_since
@@ -301,7 +309,7 @@ class Store:
         # in-memory temp table rather than the (possibly encrypted) file a second time
         simple = conn.execute("SELECT metric, labels, value, NULL FROM temp.fold ORDER BY metric, labels").fetchall()
         conn.execute("DELETE FROM series WHERE metric IN "
-                     "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events'))")
+                     "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events', 'distinct'))")
         conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
         if merged is not None:
             conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
@@ -366,6 +374,9 @@ class Store:
 
     def _add_history_locked(self, now: float, snap: _snap.Snapshot) -> None:
         policy = self.history
+        # distinct counts cannot be subtracted, and their sketches are large: history points leave
+        # them out (which also keeps history readable by versions that do not know the kind)
+        snap = msgspec.structs.replace(snap, metrics=[m for m in snap.metrics if m.kind != "distinct"])
         last_coarse = self._conn.execute("SELECT max(ts) FROM history WHERE tier = 1").fetchone()[0]
         tier = 1 if last_coarse is None or now - last_coarse >= policy.coarse_every else 0
         blob = zlib.compress(_snap.encode(snap), 6)
