@@ -53,6 +53,7 @@ class Registry:
         self._listeners: tuple = ()
         self._hooks = Hooks(overflow=self._note_overflow, changed=self._notify_change, past=self._past_distinct)
         self._distinct_key = _hll.DistinctKey()
+        self._pending_forgets: list[tuple[dict[str, str], bool]] = []  # forgets waiting for attach()
 
     # ------------------------------------------------------------ factories
 
@@ -180,25 +181,35 @@ class Registry:
 
     # ------------------------------------------------------------ forgetting
 
-    def forget(self, **labels: Any) -> int:
+    def forget(self, keep_totals: bool = False, **labels: Any) -> int:
         """Drop every series whose labels include all of `labels`, in memory, in the past and on
-        disk (durably, before returning). Returns the number of in-memory series dropped."""
+        disk (durably, before returning). Returns the number of in-memory series dropped.
+
+        Before `attach()`, the forget is remembered and applied to the store when it is attached.
+        With `keep_totals=True`, counters, histograms and distinct counts move into an anonymous
+        series (the forgotten labels say "__forgotten__") and event totals stay, so "all" still
+        adds up while nothing names the forgotten labels."""
         if not labels:
             raise ValueError("forget() needs at least one label, e.g. forget(user='5'); use reset() to drop everything")
         if not self.enabled:
             return 0
+        want = {k: str(v) for k, v in labels.items()}
         with self._persistence_paused():
+            if self._store is not None and keep_totals:
+                self._persister.flush_locked()  # the session's values move in memory; the store's past moves on disk
             dropped = 0
             for m in list(self._metrics.values()):
                 if isinstance(m, Events):
-                    dropped += m.remove_records(**labels)
+                    dropped += m.remove_records(keep_totals=keep_totals, **want)
                 else:
-                    dropped += m.remove(**labels)
+                    dropped += m.remove(keep_totals=keep_totals, **want)
             with MUTATION_LOCK:
                 if self._past is not None:
-                    self._past = _snap.drop_series(self._past, labels)
+                    self._past = _snap.drop_series(self._past, want, keep_totals)
             if self._store is not None:
-                self._store.forget(labels)
+                self._store.forget(want, keep_totals=keep_totals, session_run=self._persister.run_id)
+            else:
+                self._pending_forgets.append((want, keep_totals))
         return dropped
 
     def _persistence_paused(self):
@@ -234,6 +245,9 @@ class Registry:
         if self._store is not None:
             raise RuntimeError("this registry is already attached to a store")
         persister = Persister(self, store, interval, history)
+        for want, keep_totals in self._pending_forgets:  # before the past is read back: it never returns
+            store.forget(want, keep_totals=keep_totals)
+        self._pending_forgets = []
         self._store = store
         self._persister = persister
         try:

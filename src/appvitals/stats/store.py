@@ -135,6 +135,9 @@ class Store:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
+            if holder == str(os.getpid()):
+                raise StoreLockedError(f"store {self.path} is already open in this process: another Store object "
+                                       f"holds it (close that one first, or share it)")
             raise StoreLockedError(f"store {self.path} is attached by another process (pid {holder})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -517,8 +520,12 @@ class Store:
 
     # ------------------------------------------------------------ forgetting
 
-    def forget(self, labels: Mapping[str, Any]) -> None:
-        """Delete every series (and history entry) whose labels include `labels`, durably, now."""
+    def forget(self, labels: Mapping[str, Any], keep_totals: bool = False, session_run: int | None = None) -> None:
+        """Delete every series (and history entry) whose labels include `labels`, durably, now.
+
+        With `keep_totals`, the counts of counters, histograms and distinct series of runs other than
+        `session_run` (whose values the live registry moves itself) go to the anonymous
+        "__forgotten__" series of run 0, and event totals stay."""
         if self.readonly:
             raise StoreError("store is open read-only")
         want = {k: str(v) for k, v in labels.items()}
@@ -531,20 +538,38 @@ class Store:
                 params: list[Any] = []
                 for k, v in want.items():
                     params += ["$." + _json_path_key(k), v]
+                moved = None
+                if keep_totals:
+                    defs = self._metric_defs()
+                    rows = conn.execute(
+                        f"SELECT s.metric, s.labels, s.value, s.data FROM series s JOIN metrics m ON m.name = s.metric "
+                        f"WHERE m.kind IN ('counter', 'histogram', 'distinct') AND s.run IS NOT ? AND {clause}",
+                        [session_run, *params]).fetchall()
+                    if rows:
+                        tracking = self.tracking_since
+                        matched = self._build_run(rows, defs, tracking, tracking, tracking)
+                        moved = _snap.drop_series(matched, want, keep_totals=True)
                 conn.execute(f"DELETE FROM series WHERE {clause}", params)
+                if moved is not None:
+                    tracking = self.tracking_since
+                    current = self._read_run(0, defs, tracking, tracking, tracking)
+                    merged = _snap.merge(current, moved, scope="past")
+                    conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
+                    conn.execute("DELETE FROM series WHERE run = 0")
+                    conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
+                                     list(self._rows_for(merged, run=0)))
                 # event rows keep records mentioning the label in their data: rewrite those rows
                 for run, metric, lab, data in conn.execute(
                         "SELECT s.run, s.metric, s.labels, s.data FROM series s JOIN metrics m ON m.name = s.metric "
                         "WHERE m.kind = 'events'").fetchall():
                     series = decode_series(data, _labels_decoder.decode(lab))
-                    keep = [r for r in series.recent or [] if not all(str(r.get(k)) == v for k, v in want.items())]
-                    if len(keep) != len(series.recent or []):
-                        series.recent = keep
+                    cleaned = _snap.forget_records(series, want, keep_totals)
+                    if cleaned != series:
                         conn.execute("UPDATE series SET data = ? WHERE run = ? AND metric = ? AND labels = ?",
-                                     (encode_series(series), run, metric, lab))
+                                     (encode_series(cleaned), run, metric, lab))
                 for ts, blob in conn.execute("SELECT ts, snapshot FROM history").fetchall():
                     snap = _snap.decode(zlib.decompress(blob))
-                    cleaned = _snap.drop_series(snap, want)
+                    cleaned = _snap.drop_series(snap, want, keep_totals)
                     conn.execute("UPDATE history SET snapshot = ? WHERE ts = ?",
                                  (zlib.compress(_snap.encode(cleaned), 6), ts))
             self._scrub()
