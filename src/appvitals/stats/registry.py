@@ -277,8 +277,13 @@ class Registry:
         if path is not None:
             import os
 
+            warnings.warn(f"appvitals: the backup {path} holds label values (user ids, servers) in plain text; "
+                          f"it is readable by its owner only (0600): keep it as safe as the data it describes",
+                          RuntimeWarning, stacklevel=2)
             tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # also when an older temporary file was there
+            with open(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
