@@ -234,8 +234,14 @@ class Registry:
 
     # ------------------------------------------------------------ persistence
 
-    def attach(self, store: Store, interval: float = 15.0, history: Any = None) -> None:
-        """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit."""
+    def attach(self, store: Store, interval: float = 15.0, history: Any = None, log: str | None = None,
+               log_every: str = "day") -> None:
+        """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit.
+
+        With `log="stats.csv"`, one CSV row per closed `log_every` period ("hour", "day", "week",
+        "month", UTC) is appended to that file, on start for periods that closed while the app was
+        down (see appvitals.period_rows)."""
+        from appvitals.stats.periods import PeriodLog
         from appvitals.stats.persist import Persister
 
         if not self.enabled:
@@ -244,7 +250,8 @@ class Registry:
             raise ValueError("interval must be between 1 and 300 seconds")
         if self._store is not None:
             raise RuntimeError("this registry is already attached to a store")
-        persister = Persister(self, store, interval, history)
+        period_log = PeriodLog(log, log_every) if log is not None else None
+        persister = Persister(self, store, interval, history, period_log)
         for want, keep_totals in self._pending_forgets:  # before the past is read back: it never returns
             store.forget(want, keep_totals=keep_totals)
         self._pending_forgets = []

@@ -467,6 +467,11 @@ class Store:
         with self._db_lock:
             return [r[0] for r in self._conn.execute("SELECT ts FROM history ORDER BY ts")]
 
+    def history_at(self, ts: float) -> _snap.Snapshot | None:
+        """The newest history point at or before epoch seconds `ts` (a cumulative "all" snapshot), or None."""
+        with self._db_lock:
+            return self._history_at(ts)
+
     def _history_at(self, ts: float) -> _snap.Snapshot | None:
         row = self._conn.execute("SELECT snapshot FROM history WHERE ts <= ? ORDER BY ts DESC LIMIT 1", (ts,)).fetchone()
         return _snap.decode(zlib.decompress(row[0])) if row else None
