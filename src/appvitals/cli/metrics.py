@@ -88,12 +88,17 @@ def _one_line(exc: BaseException) -> str:
 @click.option("--compare", metavar="WHEN",
               help='Compare with an earlier window of the same length: alone, "1 day ago" compares the last '
                    "day with the day before; with --since, WHEN is where the earlier window starts.")
+@click.option("--current", "keys", flag_value="current",
+              help="Only series (servers, users...) used in this session of the app.")
+@click.option("--previous", "keys", flag_value="previous",
+              help="Only series used in earlier sessions and not in this one.")
 @click.option("--title", default="Metrics", show_default=True, help="Title of the view.")
-def command(db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, title) -> None:
+def command(db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, keys,
+            title) -> None:
     """In-app stats, formatted like seed 003's example (or as JSON), live with --watch."""
 
     def queries(now: dt.datetime) -> tuple[_query.Query, _query.Query | None]:
-        q = _query.build(scope, since, until, where, metrics, groups, now=now)
+        q = _query.build(scope, since, until, where, metrics, groups, now=now, keys=keys)
         if not compare:
             return q, None
         return _query.previous_window(q, _query.parse_when(compare, "compare", now), now)

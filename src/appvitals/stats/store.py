@@ -365,13 +365,14 @@ class Store:
             return None
         # counters add and gauges keep the latest run's value: plain SQL, no round trip through Python
         conn.execute("DROP TABLE IF EXISTS temp.fold")
+        # a counter or gauge row's data holds only its last-change time (JSON): the latest one stays
         conn.execute(
             "CREATE TEMP TABLE fold AS "
-            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value FROM series s "
+            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value, max(s.data) AS data FROM series s "
             "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
         conn.execute(
-            "INSERT INTO temp.fold SELECT metric, labels, value FROM ("
-            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
+            "INSERT INTO temp.fold SELECT metric, labels, value, data FROM ("
+            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, s.data AS data, "
             "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
             "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
         # histograms, states and events merge in Python (sketches, times, ring buffers)
@@ -385,10 +386,10 @@ class Store:
                 merged = snap if merged is None else _snap.merge(merged, snap)
         # the folded counters and gauges are also the past this run starts from: read them from the
         # in-memory temp table rather than the (possibly encrypted) file a second time
-        simple = conn.execute("SELECT metric, labels, value, NULL FROM temp.fold ORDER BY metric, labels").fetchall()
+        simple = conn.execute("SELECT metric, labels, value, data FROM temp.fold ORDER BY metric, labels").fetchall()
         conn.execute("DELETE FROM series WHERE metric IN "
                      "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events', 'distinct'))")
-        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
+        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, data FROM temp.fold")
         if merged is not None:
             conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
                              list(self._rows_for(merged, run=0)))
@@ -403,7 +404,8 @@ class Store:
             for s in m.series:
                 labels = encode_labels(m.label_names, (s.labels.get(n, "") for n in m.label_names))
                 if m.kind in ("counter", "gauge"):
-                    yield (run, m.name, labels, s.value or 0.0, None)
+                    yield (run, m.name, labels, s.value or 0.0,
+                           _encoder.encode({"updated_at": s.updated_at}) if s.updated_at is not None else None)
                 else:
                     yield (run, m.name, labels, None, encode_series(s))
 
@@ -578,7 +580,7 @@ class Store:
                 continue
             kind = defs[metric]["kind"]
             if kind == "counter" or kind == "gauge":
-                series = Series(labels=label_map, value=float(value or 0.0))
+                series = Series(labels=label_map, value=float(value or 0.0), updated_at=_updated_at(data))
             else:
                 try:
                     series = decode_series(data, label_map)
@@ -684,6 +686,23 @@ class Store:
         # secure_delete zeroed the freed content; moving the WAL into the file and truncating it
         # removes the older page images that still held the deleted values.
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+class _Stamp(msgspec.Struct):
+    updated_at: dt.datetime | None = None
+
+
+_stamp_decoder = msgspec.json.Decoder(_Stamp)
+
+
+def _updated_at(data: bytes | str | None) -> dt.datetime | None:
+    """A counter or gauge row's last-change time (None for rows of older versions)."""
+    if not data:
+        return None
+    try:
+        return _stamp_decoder.decode(data).updated_at
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def _looks_like_sqlite(path: str) -> bool:
