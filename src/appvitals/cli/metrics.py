@@ -25,7 +25,8 @@ Reader = Callable[[_query.Query], _snap.Snapshot]
 
 
 @contextlib.contextmanager
-def _open_source(db: str | None, key: str | None, url: str | None, token: str | None) -> Iterator[Reader]:
+def _open_source(db: str | None, key: str | None, url: str | None, token: str | None,
+                 table_prefix: str = "") -> Iterator[Reader]:
     """A function Query -> Snapshot over the chosen source, with errors turned into one-liners."""
     if db and url:
         raise BadUsage("give either --db FILE or --url URL, not both")
@@ -39,7 +40,7 @@ def _open_source(db: str | None, key: str | None, url: str | None, token: str | 
     from appvitals.stats.store import Store, StoreError, StoreKeyError
 
     try:
-        store = Store.open_readonly(db, key=key or None)
+        store = Store.open_readonly(db, key=key or None, table_prefix=table_prefix)
     except StoreKeyError as exc:
         raise BadUsage(_key_message(db, key, exc))
     except StoreError as exc:
@@ -92,9 +93,11 @@ def _one_line(exc: BaseException) -> str:
               help="Only series (servers, users...) used in this session of the app.")
 @click.option("--previous", "keys", flag_value="previous",
               help="Only series used in earlier sessions and not in this one.")
+@click.option("--table-prefix", default="", metavar="PREFIX",
+              help="The stats live in the app's own database, in tables named PREFIX* (e.g. appvitals_).")
 @click.option("--title", default="Metrics", show_default=True, help="Title of the view.")
 def command(db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, keys,
-            title) -> None:
+            table_prefix, title) -> None:
     """In-app stats, formatted like seed 003's example (or as JSON), live with --watch."""
 
     def queries(now: dt.datetime) -> tuple[_query.Query, _query.Query | None]:
@@ -121,7 +124,7 @@ def command(db, key, url, token, since, until, where, metrics, groups, scope, as
 
     try:
         queries(dt.datetime.now(dt.timezone.utc))  # bad options fail before any I/O
-        with _open_source(db, key, url, token) as read:
+        with _open_source(db, key, url, token, table_prefix) as read:
             if watch is not None:
                 _watch(read, take, watch, as_json, title, groups, bool(compare))
                 return

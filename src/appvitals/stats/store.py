@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -104,8 +105,14 @@ class Store:
     """An appvitals stats file: `Store(path, key=None)`; key given (or $VITALS_STORE_KEY) -> SQLCipher."""
 
     def __init__(self, path: str | os.PathLike, key: str | None = None, *, readonly: bool = False,
-                 history: HistoryPolicy | None = None, recover: bool = False) -> None:
+                 history: HistoryPolicy | None = None, recover: bool = False, table_prefix: str = "") -> None:
         self.path = os.fspath(path)
+        if table_prefix and not _PREFIX.match(table_prefix):
+            raise ValueError(f"table_prefix must be letters, digits and '_' (e.g. 'appvitals_'), not {table_prefix!r}")
+        if table_prefix and recover:
+            raise ValueError("recover=True would move the application's own database aside: not with table_prefix")
+        # with a prefix the stats live in prefixed tables of the application's own database, beside its tables
+        self.table_prefix = table_prefix
         if key is not None and not str(key).strip():
             raise StoreKeyError("an empty key would leave the store unencrypted: give a real key, or key=None "
                                 "for a plain file")
@@ -133,9 +140,9 @@ class Store:
             raise
 
     @classmethod
-    def open_readonly(cls, path: str | os.PathLike, key: str | None = None) -> Store:
+    def open_readonly(cls, path: str | os.PathLike, key: str | None = None, table_prefix: str = "") -> Store:
         """Open for reading while an application may hold the store (no lock, no writes)."""
-        return cls(path, key, readonly=True)
+        return cls(path, key, readonly=True, table_prefix=table_prefix)
 
     # ------------------------------------------------------------ opening
 
@@ -143,7 +150,8 @@ class Store:
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise StoreError(f"directory {directory} does not exist")
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path + (f".{self.table_prefix}lock" if self.table_prefix else ".lock"),
+                     os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -158,7 +166,10 @@ class Store:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
-        self._lock_db_file()
+        if not self.table_prefix:
+            # not in the application's own database: closing our descriptor of it would drop the
+            # POSIX locks its own connection holds in this process
+            self._lock_db_file()
 
     def _lock_db_file(self) -> None:
         """flock the database file too, so that deleting the side lock file lets no second writer in.
@@ -219,6 +230,8 @@ class Store:
             conn = driver.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=10.0)
         else:
             conn = driver.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        if self.table_prefix:
+            conn = _PrefixedConnection(conn, self.table_prefix)
         try:
             if self.key:
                 conn.execute("PRAGMA cipher_log_level = NONE")  # errors are ours to report, in one line
@@ -235,7 +248,7 @@ class Store:
                     f"cannot open {self.path}: it is encrypted (give the key, or set ${KEY_ENV}) or it is not a "
                     f"SQLite file"
                 ) from exc
-            if existed:
+            if existed and not self.table_prefix:  # (the application's database can be large: not checked whole)
                 try:
                     problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
                 except driver.DatabaseError as exc:
@@ -244,10 +257,15 @@ class Store:
                     raise StoreDamagedError(self._damaged_message(problems[0]))
             if existed:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if "meta" not in tables or "series" not in tables:
-                    raise StoreError(f"{self.path} is a database but not an appvitals store")
+                p = self.table_prefix
+                if p and self.readonly and p + "meta" not in tables:
+                    raise StoreError(f"{self.path} holds no stats tables named {p}*")
+                if not p and ("meta" not in tables or "series" not in tables):
+                    raise StoreError(f"{self.path} is a database but not an appvitals store (to keep the stats "
+                                     f"inside an application's database, give table_prefix='appvitals_')")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
+                if not self.table_prefix:  # the application's database keeps the journal mode it chose
+                    conn.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: a commit survives a killed process and the file is never torn; a power
                 # cut may roll back to an earlier completed flush. forget()/reset() checkpoint with a sync.
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -703,6 +721,44 @@ def _updated_at(data: bytes | str | None) -> dt.datetime | None:
         return _stamp_decoder.decode(data).updated_at
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TABLES = re.compile(r"(?<![\w.])(meta|runs|metrics|series|history)(?!\w)")
+
+
+class _PrefixedConnection:
+    """A connection whose SQL names this module's tables with a prefix (`meta` -> `appvitals_meta`),
+    so that the stats can live inside an application's own database beside its tables."""
+
+    def __init__(self, conn, prefix: str) -> None:
+        self._conn = conn
+        self._prefix = prefix
+        self._sql: dict[str, str] = {}
+
+    def _rewrite(self, sql: str) -> str:
+        out = self._sql.get(sql)
+        if out is None:
+            out = _TABLES.sub(lambda m: self._prefix + m.group(1), sql)
+            if len(self._sql) < 1000:
+                self._sql[sql] = out
+        return out
+
+    def execute(self, sql: str, params: Any = ()):
+        return self._conn.execute(self._rewrite(sql), params)
+
+    def executemany(self, sql: str, rows: Any):
+        return self._conn.executemany(self._rewrite(sql), rows)
+
+    def executescript(self, sql: str):
+        return self._conn.executescript(self._rewrite(sql))
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _looks_like_sqlite(path: str) -> bool:
