@@ -299,3 +299,29 @@ def test_merge_is_order_free_and_idempotent(parts):
     # all time is the union of every id, whatever the days
     everything = data("", sorted({i for _, ids in parts for i in ids}))
     assert left.a == everything.a
+
+
+def test_text_backup_keeps_distinct_sketches_and_event_counts(tmp_path):
+    import warnings
+
+    reg = _reg()
+    d = reg.distinct("active", labels=("server",))
+    for i in range(500):
+        d.labels(server="smp1").add(f"q{i}")
+    e = reg.events("errors", capacity=2)
+    for _ in range(5):
+        e.record(type="network", user="1")
+    e.record(type="auth", user="2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        text = reg.export_backup(str(tmp_path / "b.txt"))
+    assert 'series.active{server="smp1"}.all=' in text
+    other = _reg()
+    other.distinct("active", labels=("server",))
+    other.events("errors", capacity=2)
+    other.import_backup(text)
+    s = other.snapshot().metric("active").series[0]
+    assert s.all == reg.snapshot().metric("active").series[0].all
+    other.forget(user="1")  # the per-field counts came along: user 1's five records leave the totals
+    ev = other.snapshot().metric("errors").series[0]
+    assert ev.total == 1 and ev.by_type == {"auth": 1}
