@@ -25,7 +25,8 @@ Reader = Callable[[_query.Query], _snap.Snapshot]
 
 
 @contextlib.contextmanager
-def _open_source(db: str | None, key: str | None, url: str | None, token: str | None) -> Iterator[Reader]:
+def _open_source(db: str | None, key: str | None, url: str | None, token: str | None,
+                 table_prefix: str = "") -> Iterator[Reader]:
     """A function Query -> Snapshot over the chosen source, with errors turned into one-liners."""
     if db and url:
         raise BadUsage("give either --db FILE or --url URL, not both")
@@ -39,7 +40,7 @@ def _open_source(db: str | None, key: str | None, url: str | None, token: str | 
     from appvitals.stats.store import Store, StoreError, StoreKeyError
 
     try:
-        store = Store.open_readonly(db, key=key or None)
+        store = Store.open_readonly(db, key=key or None, table_prefix=table_prefix)
     except StoreKeyError as exc:
         raise BadUsage(_key_message(db, key, exc))
     except StoreError as exc:
@@ -88,12 +89,19 @@ def _one_line(exc: BaseException) -> str:
 @click.option("--compare", metavar="WHEN",
               help='Compare with an earlier window of the same length: alone, "1 day ago" compares the last '
                    "day with the day before; with --since, WHEN is where the earlier window starts.")
+@click.option("--current", "keys", flag_value="current",
+              help="Only series (servers, users...) used in this session of the app.")
+@click.option("--previous", "keys", flag_value="previous",
+              help="Only series used in earlier sessions and not in this one.")
+@click.option("--table-prefix", default="", metavar="PREFIX",
+              help="The stats live in the app's own database, in tables named PREFIX* (e.g. appvitals_).")
 @click.option("--title", default="Metrics", show_default=True, help="Title of the view.")
-def command(db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, title) -> None:
+def command(db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, keys,
+            table_prefix, title) -> None:
     """In-app stats, formatted like seed 003's example (or as JSON), live with --watch."""
 
     def queries(now: dt.datetime) -> tuple[_query.Query, _query.Query | None]:
-        q = _query.build(scope, since, until, where, metrics, groups, now=now)
+        q = _query.build(scope, since, until, where, metrics, groups, now=now, keys=keys)
         if not compare:
             return q, None
         return _query.previous_window(q, _query.parse_when(compare, "compare", now), now)
@@ -116,7 +124,7 @@ def command(db, key, url, token, since, until, where, metrics, groups, scope, as
 
     try:
         queries(dt.datetime.now(dt.timezone.utc))  # bad options fail before any I/O
-        with _open_source(db, key, url, token) as read:
+        with _open_source(db, key, url, token, table_prefix) as read:
             if watch is not None:
                 _watch(read, take, watch, as_json, title, groups, bool(compare))
                 return
@@ -131,6 +139,8 @@ def command(db, key, url, token, since, until, where, metrics, groups, scope, as
 def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: bool, title: str, groups,
           comparing: bool = False) -> None:
     if as_json:
+        current = _query.without_distinct_sketches(current)
+        previous = _query.without_distinct_sketches(previous) if previous is not None else None
         doc = {"current": current, "previous": previous} if comparing else current
         sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
         sys.stdout.flush()

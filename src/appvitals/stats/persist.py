@@ -17,22 +17,42 @@ import operator
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from appvitals.stats.instruments import Counter, _count_of
+from appvitals.stats import collect as _collect
 from appvitals.stats.store import HistoryPolicy, Store, encode_labels, encode_series
 
 if TYPE_CHECKING:  # pragma: no cover
     from appvitals.stats.registry import Registry
 
 
+def _snapshot_time(now: float):
+    from appvitals.stats.snapshot import to_datetime
+
+    return to_datetime(now)
+
+
+def _snap_epoch(value) -> float:
+    from appvitals.stats.snapshot import to_epoch
+
+    return to_epoch(value)
+
+
+def _stamp(now: float) -> bytes:
+    """What a counter or gauge row keeps in its data column: when it last changed (JSON)."""
+    return msgspec.json.encode({"updated_at": _snapshot_time(now)})
+
+
 class Persister:
     """Keeps one registry's session flushed into one store."""
 
-    def __init__(self, registry: Registry, store: Store, interval: float, history: HistoryPolicy | None = None) -> None:
+    def __init__(self, registry: Registry, store: Store, interval: float, history: HistoryPolicy | None = None,
+                 period_log=None) -> None:
         self.registry = registry
+        self.period_log = period_log
         self.store = store
         self.interval = interval
         if history is not None:
@@ -55,14 +75,21 @@ class Persister:
     def start(self) -> None:
         """Restore earlier runs into the registry's past and start flushing."""
         reg = self.registry
+        reg.use_distinct_key(self.store.distinct_key(reg.distinct_key()))
         run, past, tracking_since = self.store.begin_run(reg.session_started_at)
         self.run_id = run
-        reg._set_past(past, tracking_since)
+        reg.restore_past(past, tracking_since)
         self._last_history = self.store.last_history_at()
+        if self.period_log is not None:  # periods that closed while the application was down
+            self.period_log.catch_up(self.store)
         self._thread = threading.Thread(target=self._loop, name="appvitals-flush", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
         self._install_sigterm()
+
+    def paused(self) -> threading.Lock:
+        """Hold this (a context manager) to keep flushes out, e.g. while forgetting."""
+        return self._flush_lock
 
     def stop(self) -> None:
         """Final flush; stop the thread; close the store."""
@@ -76,10 +103,18 @@ class Persister:
             self._restore_sigterm()
             self.store.close()
 
+    def _wait(self) -> float:
+        """Seconds to the next flush: the interval, or less when a logged period ends sooner."""
+        if self.period_log is None:
+            return self.interval
+        return max(0.05, min(self.interval, self.period_log.next_due - time.time() + 0.05))
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self._wait()):
             try:
                 self.flush()
+                if self.period_log is not None and time.time() >= self.period_log.next_due:
+                    self.period_log.catch_up(self.store)
             except Exception as exc:  # keep the app alive; the next flush retries everything unwritten
                 import warnings
 
@@ -144,39 +179,44 @@ class Persister:
     def flush(self) -> int:
         """Write what changed since the last flush, in one transaction; returns the number of rows written."""
         with self._flush_lock:
-            reg = self.registry
-            now, raw = reg._collect_raw()
-            rows: list[tuple] = []
-            defs: list[tuple] = []
-            pending: dict[str, Any] = {}
-            run = self.run_id
-            for metric, data in raw:
-                d = (metric.name, metric.kind, metric.help, metric.unit, metric.group,
-                     msgspec.json.encode(list(metric.label_names)).decode(),
-                     getattr(metric, "capacity", None) or getattr(metric, "history_size", None))
-                if self._defs_written.get(metric.name) != d:
-                    defs.append(d)
-                    pending["__def__" + metric.name] = d
-                if isinstance(metric, Counter):
-                    rows.extend(self._counter_rows(metric, data, run, pending))
-                else:
-                    rows.extend(self._other_rows(metric, data, run, now, pending))
-            history = None
-            policy = self.store.history
-            if policy.enabled and (self._last_history is None or now - self._last_history >= policy.fine_every):
-                history = lambda: reg.snapshot(scope="all")  # noqa: E731
-            if rows or defs or history is not None or self.flushes == 0:
-                self.store.write_flush(run, now, defs, rows, history)
-            # only now is it written: remember it, so a failed flush is retried in full
-            for key, value in pending.items():
-                if key.startswith("__def__"):
-                    self._defs_written[key[7:]] = value
-                else:
-                    self._written[key] = value
-            if history is not None:
-                self._last_history = now
-            self.flushes += 1
-            return len(rows)
+            return self.flush_locked()
+
+    def flush_locked(self) -> int:
+        """flush() for a caller already holding `paused()`."""
+        reg = self.registry
+        collected = reg.collect()
+        now = collected.now
+        rows: list[tuple] = []
+        defs: list[tuple] = []
+        pending: dict[str, Any] = {}
+        run = self.run_id
+        for metric, data in collected.entries:
+            d = (metric.name, metric.kind, metric.help, metric.unit, metric.group,
+                 msgspec.json.encode(list(metric.label_names)).decode(),
+                 getattr(metric, "capacity", None) or getattr(metric, "history_size", None))
+            if self._defs_written.get(metric.name) != d:
+                defs.append(d)
+                pending["__def__" + metric.name] = d
+            if isinstance(data, _collect.CounterCells):
+                rows.extend(self._counter_rows(metric, data, run, pending, now))
+            else:
+                rows.extend(self._other_rows(metric, data, run, now, pending))
+        history = None
+        policy = self.store.history
+        if policy.enabled and (self._last_history is None or now - self._last_history >= policy.fine_every):
+            history = lambda: reg.snapshot(scope="all")  # noqa: E731
+        if rows or defs or history is not None or self.flushes == 0:
+            self.store.write_flush(run, now, defs, rows, history)
+        # only now is it written: remember it, so a failed flush is retried in full
+        for key, value in pending.items():
+            if key.startswith("__def__"):
+                self._defs_written[key[7:]] = value
+            else:
+                self._written[key] = value
+        if history is not None:
+            self._last_history = now
+        self.flushes += 1
+        return len(rows)
 
     def _labels(self, metric, key: tuple) -> str:
         cache_key = (metric.name, key)
@@ -187,8 +227,8 @@ class Persister:
                 self._label_json[cache_key] = text
         return text
 
-    def _counter_rows(self, metric: Counter, data, run: int, pending: dict) -> list[tuple]:
-        keys, texts, extras = data
+    def _counter_rows(self, metric, data: _collect.CounterCells, run: int, pending: dict, now: float) -> list[tuple]:
+        keys, texts, extras = data.keys, data.texts, data.extras
         prev = self._written.get(metric.name)
         n = len(texts)
         if prev is not None and prev[0] is keys and len(prev[1]) <= n:
@@ -202,7 +242,8 @@ class Persister:
             changed.extend(range(m, n))
         else:
             changed = range(n)
-        rows = [(run, metric.name, self._labels(metric, keys[i]), _count_of(texts[i]) + extras[i], None) for i in changed]
+        stamp = _stamp(now)
+        rows = [(run, metric.name, self._labels(metric, keys[i]), data.value(i), stamp) for i in changed]
         pending[metric.name] = (keys, texts, extras)
         return rows
 
@@ -217,13 +258,18 @@ class Persister:
         for key, value in data:
             current[key] = value
         if changed:
-            snap = self.registry._metric_snapshot(metric, changed, now)
+            snap = _collect.metric_snapshot(metric, changed, now)
             by_key = {tuple(s.labels.get(n, "") for n in metric.label_names): s for s in snap.series}
             for key, _ in changed:
                 s = by_key[key]
                 if metric.kind == "gauge":
-                    rows.append((run, metric.name, self._labels(metric, key), s.value or 0.0, None))
+                    at = _stamp(_snap_epoch(s.updated_at)) if s.updated_at is not None else None
+                    rows.append((run, metric.name, self._labels(metric, key), s.value or 0.0, at))
                 else:
+                    if metric.kind == "state":  # last changed when it entered its current state
+                        s.updated_at = s.entered_at
+                    elif metric.kind != "distinct":  # a distinct series knows its last add() itself
+                        s.updated_at = _snapshot_time(now)
                     rows.append((run, metric.name, self._labels(metric, key), None, encode_series(s)))
         pending[metric.name] = current
         return rows

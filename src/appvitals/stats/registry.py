@@ -3,35 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import itertools
-import operator
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from appvitals.stats import collect as _collect
+from appvitals.stats import hll as _hll
 from appvitals.stats import snapshot as _snap
 from appvitals.stats.instruments import (
     KINDS,
     MUTATION_LOCK,
     NOOP,
     Counter,
+    Distinct,
     Events,
     Gauge,
     Histogram,
+    Hooks,
     Metric,
     State,
-    _count_of,
 )
-from appvitals.stats.sketch import SketchData
 
 if TYPE_CHECKING:  # pragma: no cover
     from appvitals.stats.store import Store
 
 DEFAULT_MAX_SERIES = 10_000
-_EXTRA = operator.attrgetter("_extra")
 
 
 class Registry:
@@ -53,6 +51,9 @@ class Registry:
         self._persister = None
         self._backup_unknown: dict[str, str] = {}
         self._listeners: tuple = ()
+        self._hooks = Hooks(overflow=self._note_overflow, changed=self._notify_change, past=self._past_distinct)
+        self._distinct_key = _hll.DistinctKey()
+        self._pending_forgets: list[tuple[dict[str, str], bool]] = []  # forgets waiting for attach()
 
     # ------------------------------------------------------------ factories
 
@@ -80,6 +81,14 @@ class Registry:
         """A ring buffer of the last `capacity` records with totals per type."""
         return self._define(Events, name, help, "", (), group, None, capacity=capacity)
 
+    def distinct(self, name: str, help: str = "", labels: Sequence[str] = (), group: str = "",
+                 max_series: int | None = None) -> Distinct:
+        """Distinct active ids (`.add(id)`, str or bytes) per UTC day, ISO week, month and all time.
+
+        Only a keyed hash of each id is kept (the key lives in the attached store); counts are
+        HyperLogLog estimates with at most 2 % relative error."""
+        return self._define(Distinct, name, help, "", labels, group, max_series, key=self._distinct_key)
+
     def _define(self, cls, name, help, unit, labels, group, max_series, **options):
         if not self.enabled:
             return NOOP
@@ -91,7 +100,7 @@ class Registry:
                         f"metric {name!r} is already registered as a {existing.kind} with labels {list(existing.label_names)}"
                     )
                 return existing
-            metric = cls(self, name, help, unit, labels, group, max_series or self.max_series, **options)
+            metric = cls(self._hooks, name, help, unit, labels, group, max_series or self.max_series, **options)
             self._metrics[name] = metric
             return metric
 
@@ -125,13 +134,10 @@ class Registry:
     def _note_overflow(self, name: str) -> None:
         # called with MUTATION_LOCK held: the overflow counter's child is a lock-free counter
         if self._overflow is None:
-            self._overflow = Counter(self, "appvitals_series_overflow", "Updates sent to the overflow series because a "
+            self._overflow = Counter(self._hooks, "appvitals_series_overflow", "Updates sent to the overflow series because a "
                                      "metric reached its series limit", "", ("metric",), "", 10_000)
             self._metrics["appvitals_series_overflow"] = self._overflow
-        child = self._overflow._children.get((name,))
-        if child is None:
-            child = self._overflow._add_series_locked((name,))
-        child.inc()
+        self._overflow.child_locked((name,)).inc()
         if name not in self._warned:
             self._warned.add(name)
             warnings.warn(f"appvitals: metric {name!r} reached its series limit; new label values go to "
@@ -164,113 +170,52 @@ class Registry:
         merged.taken_at = session.taken_at
         return merged
 
-    def _collect_raw(self) -> tuple[float, list[tuple[Metric, list]]]:
-        """Every series' raw value, read atomically under the mutation lock.
-
-        Counters come back as (metric, keys, texts, extras): `texts` are the reprs of the
-        lock-free cells, read in one C-level sweep; everything else as (metric, [(key, raw)])."""
-        metrics = list(self._metrics.values())
-        counters = [m for m in metrics if isinstance(m, Counter)]
-        raw: list[tuple[Metric, Any]] = []
-        with MUTATION_LOCK:
-            cell_lists = [c._cells for c in counters]
-            gc_enabled = gc.isenabled()
-            gc.disable()  # a collection could run Python finalizers, letting another thread in mid-sweep
-            try:
-                # one C-level call: no bytecode runs, so no thread switch: all counters at one instant
-                texts = list(map(repr, itertools.chain.from_iterable(cell_lists)))
-            finally:
-                if gc_enabled:
-                    gc.enable()
-            now = self._clock()
-            offset = 0
-            for c in counters:
-                n = len(c._cells)
-                raw.append((c, (c._keys, texts[offset:offset + n], list(map(_EXTRA, c._cells)))))
-                offset += n
-            for m in metrics:
-                if not isinstance(m, Counter):
-                    raw.append((m, [(key, child._read()) for key, child in zip(m._keys, m._cells)]))
-        return now, raw
+    def collect(self) -> _collect.Collected:
+        """This session's raw values at one instant (see collect.py); used by the persister."""
+        return _collect.collect(self._metrics.values(), self._clock)
 
     def _collect(self) -> _snap.Snapshot:
         """This session's values as a Snapshot."""
-        now, raw = self._collect_raw()
-        out = []
-        for m, data in raw:
-            if isinstance(m, Counter):
-                keys, texts, extras = data
-                data = [(keys[i], _count_of(texts[i]) + extras[i]) for i in range(len(texts))]
-            out.append(self._metric_snapshot(m, data, now))
-        out.sort(key=lambda m: m.name)
-        return _snap.Snapshot(
-            taken_at=_snap.to_datetime(now),
-            tracking_since=_snap.to_datetime(self.session_started_at if self._store else self.tracking_since),
-            session_started_at=_snap.to_datetime(self.session_started_at),
-            scope="session",
-            metrics=out,
-        )
-
-    def _metric_snapshot(self, m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
-        names = m.label_names
-        series: list[_snap.Series] = []
-        kind = m.kind
-        capacity = None
-        if kind in ("counter", "gauge"):
-            series = [_snap.Series(labels=dict(zip(names, key)), value=float(v)) for key, v in rows]
-        elif kind == "histogram":
-            for key, (count, total, lo, hi, zero, pos, neg) in rows:
-                data = SketchData(pos=pos, neg=neg, zero=zero)
-                labels = dict(zip(names, key))
-                series.append(_snap._hist_from(labels, count, total, lo if count else None, hi if count else None, data))
-        elif kind == "state":
-            capacity = m.history_size  # type: ignore[attr-defined]
-            for key, (current, entered, times, transitions, history) in rows:
-                if current is not None:
-                    times[current] = times.get(current, 0.0) + max(0.0, now - entered)
-                series.append(_snap.Series(
-                    labels=dict(zip(names, key)), current=current, entered_at=_snap.to_datetime(entered),
-                    time_in_state=times, transitions=transitions,
-                    history=[_snap.Transition(at=_snap.to_datetime(at), from_=frm, to=to, reason=reason)
-                             for at, frm, to, reason in history],
-                ))
-        elif kind == "events":
-            capacity = m.capacity  # type: ignore[attr-defined]
-            for key, (total, by_type, recent) in rows:
-                for r in recent:
-                    r["at"] = _snap.to_datetime(r["at"]).isoformat()
-                series.append(_snap.Series(labels=dict(zip(names, key)), total=total, by_type=by_type, recent=recent))
-        series.sort(key=lambda s: tuple(s.labels.values()))
-        return _snap.MetricSnapshot(name=m.name, kind=kind, help=m.help, unit=m.unit, group=m.group,
-                                    label_names=list(names), capacity=capacity, series=series)
+        return _collect.to_snapshot(self.collect(), self.session_started_at if self._store else self.tracking_since,
+                                    self.session_started_at)
 
     # ------------------------------------------------------------ forgetting
 
-    def forget(self, **labels: Any) -> int:
+    def forget(self, keep_totals: bool = False, **labels: Any) -> int:
         """Drop every series whose labels include all of `labels`, in memory, in the past and on
-        disk (durably, before returning). Returns the number of in-memory series dropped."""
+        disk (durably, before returning). Returns the number of in-memory series dropped.
+
+        Before `attach()`, the forget is remembered and applied to the store when it is attached.
+        With `keep_totals=True`, counters, histograms and distinct counts move into an anonymous
+        series (the forgotten labels say "__forgotten__") and event totals stay, so "all" still
+        adds up while nothing names the forgotten labels."""
         if not labels:
             raise ValueError("forget() needs at least one label, e.g. forget(user='5'); use reset() to drop everything")
         if not self.enabled:
             return 0
+        want = {k: str(v) for k, v in labels.items()}
         with self._persistence_paused():
+            if self._store is not None and keep_totals:
+                self._persister.flush_locked()  # the session's values move in memory; the store's past moves on disk
             dropped = 0
             for m in list(self._metrics.values()):
                 if isinstance(m, Events):
-                    dropped += m.remove_records(**labels)
+                    dropped += m.remove_records(keep_totals=keep_totals, **want)
                 else:
-                    dropped += m.remove(**labels)
+                    dropped += m.remove(keep_totals=keep_totals, **want)
             with MUTATION_LOCK:
                 if self._past is not None:
-                    self._past = _snap.drop_series(self._past, labels)
+                    self._past = _snap.drop_series(self._past, want, keep_totals)
             if self._store is not None:
-                self._store.forget(labels)
+                self._store.forget(want, keep_totals=keep_totals, session_run=self._persister.run_id)
+            else:
+                self._pending_forgets.append((want, keep_totals))
         return dropped
 
     def _persistence_paused(self):
         """No flush may interleave with a forget or reset (it could write back what was just removed)."""
         if self._persister is not None:
-            return self._persister._flush_lock
+            return self._persister.paused()
         return contextlib.nullcontext()
 
     def reset(self) -> None:
@@ -289,8 +234,14 @@ class Registry:
 
     # ------------------------------------------------------------ persistence
 
-    def attach(self, store: Store, interval: float = 15.0, history: Any = None) -> None:
-        """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit."""
+    def attach(self, store: Store, interval: float = 15.0, history: Any = None, log: str | None = None,
+               log_every: str = "day") -> None:
+        """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit.
+
+        With `log="stats.csv"`, one CSV row per closed `log_every` period ("hour", "day", "week",
+        "month", UTC) is appended to that file, on start for periods that closed while the app was
+        down (see appvitals.period_rows)."""
+        from appvitals.stats.periods import PeriodLog
         from appvitals.stats.persist import Persister
 
         if not self.enabled:
@@ -299,7 +250,11 @@ class Registry:
             raise ValueError("interval must be between 1 and 300 seconds")
         if self._store is not None:
             raise RuntimeError("this registry is already attached to a store")
-        persister = Persister(self, store, interval, history)
+        period_log = PeriodLog(log, log_every) if log is not None else None
+        persister = Persister(self, store, interval, history, period_log)
+        for want, keep_totals in self._pending_forgets:  # before the past is read back: it never returns
+            store.forget(want, keep_totals=keep_totals)
+        self._pending_forgets = []
         self._store = store
         self._persister = persister
         try:
@@ -329,8 +284,13 @@ class Registry:
         if path is not None:
             import os
 
+            warnings.warn(f"appvitals: the backup {path} holds label values (user ids, servers) in plain text; "
+                          f"it is readable by its owner only (0600): keep it as safe as the data it describes",
+                          RuntimeWarning, stacklevel=2)
             tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # also when an older temporary file was there
+            with open(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -353,10 +313,46 @@ class Registry:
                 self._store.add_past(loaded)
         return loaded
 
-    def _set_past(self, past: _snap.Snapshot | None, tracking_since: float) -> None:
+    def restore_past(self, past: _snap.Snapshot | None, tracking_since: float) -> None:
+        """Adopt earlier sessions (read back from a store) as the past; used when attaching."""
         with MUTATION_LOCK:
             self._past = past
             self.tracking_since = tracking_since
+            # a distinct series carries the earlier sessions' sketches (a union, so merging the past
+            # again on read changes nothing): a day that spans a restart counts each id once
+            for m in self._metrics.values():
+                if isinstance(m, Distinct):
+                    m.seed_existing_locked()
+
+    def _past_distinct(self, name: str, key: tuple[str, ...]) -> _hll.DistinctData | None:
+        past = self._past
+        metric = past.metric(name) if past is not None else None
+        if metric is None or metric.kind != "distinct":
+            return None
+        labels = dict(zip(metric.label_names, key))
+        for s in metric.series:
+            if s.labels == labels:
+                return s.hll
+        return None
+
+    def distinct_key(self) -> bytes:
+        """The key distinct ids are hashed with."""
+        return self._distinct_key.key
+
+    def use_distinct_key(self, key: bytes) -> None:
+        """Hash distinct ids with `key` (the attached store's), so sketches merge across runs."""
+        if key == self._distinct_key.key:
+            return
+        with MUTATION_LOCK:
+            used = any(m.used_locked() for m in self._metrics.values() if isinstance(m, Distinct))
+        if used:
+            warnings.warn("appvitals: distinct ids added before attach() were hashed with another key; an id "
+                          "seen both before and after attaching may be counted twice", RuntimeWarning, stacklevel=3)
+        with MUTATION_LOCK:
+            self._distinct_key.set(key)
+            for m in self._metrics.values():
+                if isinstance(m, Distinct):
+                    m.rekey_locked()
 
 
 def value_of(snapshot: _snap.Snapshot, name: str, **labels: Any) -> float:

@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -39,7 +40,7 @@ from appvitals.stats import snapshot as _snap
 
 FORMAT = 1
 KEY_ENV = "VITALS_STORE_KEY"
-KINDS = ("counter", "gauge", "histogram", "state", "events")
+KINDS = ("counter", "gauge", "histogram", "state", "events", "distinct")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +65,11 @@ class StoreKeyError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process has this store attached."""
+
+
+class StoreDamagedError(StoreError):
+    """The file is a damaged SQLite database (bytes flipped, truncated). It is left as it is;
+    `Store(path, recover=True)` moves it aside and starts a new store."""
 
 
 class HistoryPolicy(msgspec.Struct, frozen=True):
@@ -99,27 +105,44 @@ class Store:
     """An appvitals stats file: `Store(path, key=None)`; key given (or $VITALS_STORE_KEY) -> SQLCipher."""
 
     def __init__(self, path: str | os.PathLike, key: str | None = None, *, readonly: bool = False,
-                 history: HistoryPolicy | None = None) -> None:
+                 history: HistoryPolicy | None = None, recover: bool = False, table_prefix: str = "") -> None:
         self.path = os.fspath(path)
+        if table_prefix and not _PREFIX.match(table_prefix):
+            raise ValueError(f"table_prefix must be letters, digits and '_' (e.g. 'appvitals_'), not {table_prefix!r}")
+        if table_prefix and recover:
+            raise ValueError("recover=True would move the application's own database aside: not with table_prefix")
+        # with a prefix the stats live in prefixed tables of the application's own database, beside its tables
+        self.table_prefix = table_prefix
+        if key is not None and not str(key).strip():
+            raise StoreKeyError("an empty key would leave the store unencrypted: give a real key, or key=None "
+                                "for a plain file")
         self.key = key if key is not None else (os.environ.get(KEY_ENV) or None)
         self.readonly = readonly
         self.history = history or HistoryPolicy()
+        self.moved_aside: str | None = None  # where recover=True put a damaged file
         self._lock_fd: int | None = None
+        self._db_fd: int | None = None
         self._db_lock = threading.RLock()
         if readonly and not os.path.exists(self.path):
             raise StoreError(f"no stats store at {self.path}")
         if not readonly:
             self._take_lock()
         try:
-            self._conn = self._connect()
+            try:
+                self._conn = self._connect()
+            except StoreDamagedError:
+                if not recover or readonly:
+                    raise
+                self.moved_aside = self._move_aside()
+                self._conn = self._connect()
         except BaseException:
             self._release_lock()
             raise
 
     @classmethod
-    def open_readonly(cls, path: str | os.PathLike, key: str | None = None) -> Store:
+    def open_readonly(cls, path: str | os.PathLike, key: str | None = None, table_prefix: str = "") -> Store:
         """Open for reading while an application may hold the store (no lock, no writes)."""
-        return cls(path, key, readonly=True)
+        return cls(path, key, readonly=True, table_prefix=table_prefix)
 
     # ------------------------------------------------------------ opening
 
@@ -127,7 +150,8 @@ class Store:
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise StoreError(f"directory {directory} does not exist")
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path + (f".{self.table_prefix}lock" if self.table_prefix else ".lock"),
+                     os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -135,15 +159,59 @@ class Store:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
+            if holder == str(os.getpid()):
+                raise StoreLockedError(f"store {self.path} is already open in this process: another Store object "
+                                       f"holds it (close that one first, or share it)")
             raise StoreLockedError(f"store {self.path} is attached by another process (pid {holder})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        if not self.table_prefix:
+            # not in the application's own database: closing our descriptor of it would drop the
+            # POSIX locks its own connection holds in this process
+            self._lock_db_file()
+
+    def _lock_db_file(self) -> None:
+        """flock the database file too, so that deleting the side lock file lets no second writer in.
+        SQLite's own locks are POSIX record locks, which flock does not touch; this descriptor stays
+        open until after the connection is closed (closing a descriptor drops a process's POSIX locks)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # a new store is born private
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            self._release_lock()
+            raise StoreLockedError(f"store {self.path} is attached by another writer (its lock file "
+                                   f"{self.path}.lock was removed or replaced)")
+        self._db_fd = fd
 
     def _release_lock(self) -> None:
+        if self._db_fd is not None:
+            os.close(self._db_fd)
+            self._db_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _move_aside(self) -> str:
+        """Rename a damaged store (and its -wal/-shm) to a new name, never over an existing file."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        n = 0
+        while True:
+            target = f"{self.path}.damaged-{stamp}" + (f"-{n}" if n else "")
+            if not any(os.path.exists(target + s) for s in ("", "-wal", "-shm")):
+                break
+            n += 1
+        if self._db_fd is not None:
+            os.close(self._db_fd)
+            self._db_fd = None
+        for suffix in ("-wal", "-shm", ""):
+            if os.path.exists(self.path + suffix):
+                os.link(self.path + suffix, target + suffix)  # link + unlink: never replaces a file
+                os.unlink(self.path + suffix)
+        if self._lock_fd is not None:
+            self._lock_db_file()
+        return target
 
     def _connect(self):
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
@@ -154,7 +222,16 @@ class Store:
             from sqlcipher3 import dbapi2 as driver
         else:
             driver = sqlite3
-        conn = driver.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        if self.readonly:
+            # a reader never writes: no checkpoint, and the WAL of an application that crashed stays
+            import urllib.parse
+
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            conn = driver.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=10.0)
+        else:
+            conn = driver.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        if self.table_prefix:
+            conn = _PrefixedConnection(conn, self.table_prefix)
         try:
             if self.key:
                 conn.execute("PRAGMA cipher_log_level = NONE")  # errors are ours to report, in one line
@@ -162,18 +239,33 @@ class Store:
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except driver.DatabaseError as exc:
+                if not self.key and _looks_like_sqlite(self.path):
+                    raise StoreDamagedError(self._damaged_message(exc)) from exc
                 if self.key:
-                    raise StoreKeyError(f"cannot open {self.path}: wrong key, or not an appvitals store") from exc
+                    raise StoreKeyError(f"cannot open {self.path}: wrong key, not an appvitals store, or a "
+                                        f"damaged file") from exc
                 raise StoreKeyError(
                     f"cannot open {self.path}: it is encrypted (give the key, or set ${KEY_ENV}) or it is not a "
                     f"SQLite file"
                 ) from exc
+            if existed and not self.table_prefix:  # (the application's database can be large: not checked whole)
+                try:
+                    problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+                except driver.DatabaseError as exc:
+                    raise StoreDamagedError(self._damaged_message(exc)) from exc
+                if problems != ["ok"]:
+                    raise StoreDamagedError(self._damaged_message(problems[0]))
             if existed:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if "meta" not in tables or "series" not in tables:
-                    raise StoreError(f"{self.path} is a database but not an appvitals store")
+                p = self.table_prefix
+                if p and self.readonly and p + "meta" not in tables:
+                    raise StoreError(f"{self.path} holds no stats tables named {p}*")
+                if not p and ("meta" not in tables or "series" not in tables):
+                    raise StoreError(f"{self.path} is a database but not an appvitals store (to keep the stats "
+                                     f"inside an application's database, give table_prefix='appvitals_')")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
+                if not self.table_prefix:  # the application's database keeps the journal mode it chose
+                    conn.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: a commit survives a killed process and the file is never torn; a power
                 # cut may roll back to an earlier completed flush. forget()/reset() checkpoint with a sync.
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -195,6 +287,10 @@ class Store:
             except Exception:
                 pass
             raise
+
+    def _damaged_message(self, why: Any) -> str:
+        return (f"the stats store {self.path} is damaged ({str(why).splitlines()[0] if str(why) else 'corrupt'}); "
+                f"it was left as it is: Store(path, recover=True) moves it aside and starts a new one")
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -249,6 +345,14 @@ class Store:
         return {r[0]: {"kind": r[1], "help": r[2], "unit": r[3], "group": r[4], "label_names": r[5],
                        "capacity": r[6]} for r in rows if r[1] in KINDS}
 
+    def distinct_key(self, proposed: bytes) -> bytes:
+        """The key of the keyed hash of distinct ids kept in this store (`proposed` when it has none yet)."""
+        with self._db_lock:
+            if not self.readonly:
+                with self._transaction():
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('distinct_key', ?)", (proposed.hex(),))
+            return bytes.fromhex(self._meta(self._conn, "distinct_key", proposed.hex()))
+
     # ------------------------------------------------------------ runs
 
     def begin_run(self, started_at: float) -> tuple[int, _snap.Snapshot | None, float]:
@@ -279,18 +383,19 @@ class Store:
             return None
         # counters add and gauges keep the latest run's value: plain SQL, no round trip through Python
         conn.execute("DROP TABLE IF EXISTS temp.fold")
+        # a counter or gauge row's data holds only its last-change time (JSON): the latest one stays
         conn.execute(
             "CREATE TEMP TABLE fold AS "
-            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value FROM series s "
+            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value, max(s.data) AS data FROM series s "
             "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
         conn.execute(
-            "INSERT INTO temp.fold SELECT metric, labels, value FROM ("
-            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
+            "INSERT INTO temp.fold SELECT metric, labels, value, data FROM ("
+            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, s.data AS data, "
             "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
             "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
         # histograms, states and events merge in Python (sketches, times, ring buffers)
         defs = self._metric_defs()
-        complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events")]
+        complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events", "distinct")]
         merged: _snap.Snapshot | None = None
         if complex_names:
             tracking = self.tracking_since
@@ -299,10 +404,10 @@ class Store:
                 merged = snap if merged is None else _snap.merge(merged, snap)
         # the folded counters and gauges are also the past this run starts from: read them from the
         # in-memory temp table rather than the (possibly encrypted) file a second time
-        simple = conn.execute("SELECT metric, labels, value, NULL FROM temp.fold ORDER BY metric, labels").fetchall()
+        simple = conn.execute("SELECT metric, labels, value, data FROM temp.fold ORDER BY metric, labels").fetchall()
         conn.execute("DELETE FROM series WHERE metric IN "
-                     "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events'))")
-        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
+                     "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events', 'distinct'))")
+        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, data FROM temp.fold")
         if merged is not None:
             conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
                              list(self._rows_for(merged, run=0)))
@@ -317,7 +422,8 @@ class Store:
             for s in m.series:
                 labels = encode_labels(m.label_names, (s.labels.get(n, "") for n in m.label_names))
                 if m.kind in ("counter", "gauge"):
-                    yield (run, m.name, labels, s.value or 0.0, None)
+                    yield (run, m.name, labels, s.value or 0.0,
+                           _encoder.encode({"updated_at": s.updated_at}) if s.updated_at is not None else None)
                 else:
                     yield (run, m.name, labels, None, encode_series(s))
 
@@ -366,6 +472,9 @@ class Store:
 
     def _add_history_locked(self, now: float, snap: _snap.Snapshot) -> None:
         policy = self.history
+        # distinct counts cannot be subtracted, and their sketches are large: history points leave
+        # them out (which also keeps history readable by versions that do not know the kind)
+        snap = msgspec.structs.replace(snap, metrics=[m for m in snap.metrics if m.kind != "distinct"])
         last_coarse = self._conn.execute("SELECT max(ts) FROM history WHERE tier = 1").fetchone()[0]
         tier = 1 if last_coarse is None or now - last_coarse >= policy.coarse_every else 0
         blob = zlib.compress(_snap.encode(snap), 6)
@@ -377,6 +486,11 @@ class Store:
         """Times of all kept history points."""
         with self._db_lock:
             return [r[0] for r in self._conn.execute("SELECT ts FROM history ORDER BY ts")]
+
+    def history_at(self, ts: float) -> _snap.Snapshot | None:
+        """The newest history point at or before epoch seconds `ts` (a cumulative "all" snapshot), or None."""
+        with self._db_lock:
+            return self._history_at(ts)
 
     def _history_at(self, ts: float) -> _snap.Snapshot | None:
         row = self._conn.execute("SELECT snapshot FROM history WHERE ts <= ? ORDER BY ts DESC LIMIT 1", (ts,)).fetchone()
@@ -484,7 +598,7 @@ class Store:
                 continue
             kind = defs[metric]["kind"]
             if kind == "counter" or kind == "gauge":
-                series = Series(labels=label_map, value=float(value or 0.0))
+                series = Series(labels=label_map, value=float(value or 0.0), updated_at=_updated_at(data))
             else:
                 try:
                     series = decode_series(data, label_map)
@@ -506,8 +620,12 @@ class Store:
 
     # ------------------------------------------------------------ forgetting
 
-    def forget(self, labels: Mapping[str, Any]) -> None:
-        """Delete every series (and history entry) whose labels include `labels`, durably, now."""
+    def forget(self, labels: Mapping[str, Any], keep_totals: bool = False, session_run: int | None = None) -> None:
+        """Delete every series (and history entry) whose labels include `labels`, durably, now.
+
+        With `keep_totals`, the counts of counters, histograms and distinct series of runs other than
+        `session_run` (whose values the live registry moves itself) go to the anonymous
+        "__forgotten__" series of run 0, and event totals stay."""
         if self.readonly:
             raise StoreError("store is open read-only")
         want = {k: str(v) for k, v in labels.items()}
@@ -515,28 +633,59 @@ class Store:
             raise ValueError("forget() needs at least one label")
         with self._db_lock:
             conn = self._conn
-            with self._transaction():
-                clause = " AND ".join("json_extract(labels, ?) = ?" for _ in want)
-                params: list[Any] = []
-                for k, v in want.items():
-                    params += ["$." + _json_path_key(k), v]
-                conn.execute(f"DELETE FROM series WHERE {clause}", params)
-                # event rows keep records mentioning the label in their data: rewrite those rows
-                for run, metric, lab, data in conn.execute(
-                        "SELECT s.run, s.metric, s.labels, s.data FROM series s JOIN metrics m ON m.name = s.metric "
-                        "WHERE m.kind = 'events'").fetchall():
-                    series = decode_series(data, _labels_decoder.decode(lab))
-                    keep = [r for r in series.recent or [] if not all(str(r.get(k)) == v for k, v in want.items())]
-                    if len(keep) != len(series.recent or []):
-                        series.recent = keep
-                        conn.execute("UPDATE series SET data = ? WHERE run = ? AND metric = ? AND labels = ?",
-                                     (encode_series(series), run, metric, lab))
-                for ts, blob in conn.execute("SELECT ts, snapshot FROM history").fetchall():
-                    snap = _snap.decode(zlib.decompress(blob))
-                    cleaned = _snap.drop_series(snap, want)
-                    conn.execute("UPDATE history SET snapshot = ? WHERE ts = ?",
-                                 (zlib.compress(_snap.encode(cleaned), 6), ts))
+            # move older WAL frames (which hold the values about to be forgotten) into the file and empty
+            # the WAL first: on a full disk this frees room, and if the delete still fails, no copy of the
+            # value is left behind in the WAL (a failed forget raises; the file is where it always was)
+            with contextlib.suppress(Exception):
+                self._scrub()
+            try:
+                self._forget_locked(conn, want, keep_totals, session_run)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._scrub()
+                raise
             self._scrub()
+
+    def _forget_locked(self, conn, want: dict[str, str], keep_totals: bool, session_run: int | None) -> None:
+        with self._transaction():
+            clause = " AND ".join("json_extract(labels, ?) = ?" for _ in want)
+            params: list[Any] = []
+            for k, v in want.items():
+                params += ["$." + _json_path_key(k), v]
+            moved = None
+            if keep_totals:
+                defs = self._metric_defs()
+                rows = conn.execute(
+                    f"SELECT s.metric, s.labels, s.value, s.data FROM series s JOIN metrics m ON m.name = s.metric "
+                    f"WHERE m.kind IN ('counter', 'histogram', 'distinct') AND s.run IS NOT ? AND {clause}",
+                    [session_run, *params]).fetchall()
+                if rows:
+                    tracking = self.tracking_since
+                    matched = self._build_run(rows, defs, tracking, tracking, tracking)
+                    moved = _snap.drop_series(matched, want, keep_totals=True)
+            conn.execute(f"DELETE FROM series WHERE {clause}", params)
+            if moved is not None:
+                tracking = self.tracking_since
+                current = self._read_run(0, defs, tracking, tracking, tracking)
+                merged = _snap.merge(current, moved, scope="past")
+                conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
+                conn.execute("DELETE FROM series WHERE run = 0")
+                conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
+                                 list(self._rows_for(merged, run=0)))
+            # event rows keep records mentioning the label in their data: rewrite those rows
+            for run, metric, lab, data in conn.execute(
+                    "SELECT s.run, s.metric, s.labels, s.data FROM series s JOIN metrics m ON m.name = s.metric "
+                    "WHERE m.kind = 'events'").fetchall():
+                series = decode_series(data, _labels_decoder.decode(lab))
+                cleaned = _snap.forget_records(series, want, keep_totals)
+                if cleaned != series:
+                    conn.execute("UPDATE series SET data = ? WHERE run = ? AND metric = ? AND labels = ?",
+                                 (encode_series(cleaned), run, metric, lab))
+            for ts, blob in conn.execute("SELECT ts, snapshot FROM history").fetchall():
+                snap = _snap.decode(zlib.decompress(blob))
+                cleaned = _snap.drop_series(snap, want, keep_totals)
+                conn.execute("UPDATE history SET snapshot = ? WHERE ts = ?",
+                             (zlib.compress(_snap.encode(cleaned), 6), ts))
 
     def reset(self, now: float | None = None) -> None:
         """Delete everything; tracking starts at `now`."""
@@ -555,6 +704,70 @@ class Store:
         # secure_delete zeroed the freed content; moving the WAL into the file and truncating it
         # removes the older page images that still held the deleted values.
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+class _Stamp(msgspec.Struct):
+    updated_at: dt.datetime | None = None
+
+
+_stamp_decoder = msgspec.json.Decoder(_Stamp)
+
+
+def _updated_at(data: bytes | str | None) -> dt.datetime | None:
+    """A counter or gauge row's last-change time (None for rows of older versions)."""
+    if not data:
+        return None
+    try:
+        return _stamp_decoder.decode(data).updated_at
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TABLES = re.compile(r"(?<![\w.])(meta|runs|metrics|series|history)(?!\w)")
+
+
+class _PrefixedConnection:
+    """A connection whose SQL names this module's tables with a prefix (`meta` -> `appvitals_meta`),
+    so that the stats can live inside an application's own database beside its tables."""
+
+    def __init__(self, conn, prefix: str) -> None:
+        self._conn = conn
+        self._prefix = prefix
+        self._sql: dict[str, str] = {}
+
+    def _rewrite(self, sql: str) -> str:
+        out = self._sql.get(sql)
+        if out is None:
+            out = _TABLES.sub(lambda m: self._prefix + m.group(1), sql)
+            if len(self._sql) < 1000:
+                self._sql[sql] = out
+        return out
+
+    def execute(self, sql: str, params: Any = ()):
+        return self._conn.execute(self._rewrite(sql), params)
+
+    def executemany(self, sql: str, rows: Any):
+        return self._conn.executemany(self._rewrite(sql), rows)
+
+    def executescript(self, sql: str):
+        return self._conn.executescript(self._rewrite(sql))
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _looks_like_sqlite(path: str) -> bool:
+    """True when the file starts like a plain SQLite database (an encrypted one looks random)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def _json_path_key(key: str) -> str:
