@@ -108,6 +108,7 @@ def test_aliases_with_identical_counts_are_folded():
     counts, _ = _fleet()
     counts[combo(os="linux")] = C(40, 36)
     counts[combo(os_version="ubuntu")] = C(40, 36)
+    counts[combo(os="linux", os_version="ubuntu")] = C(40, 36)  # the very same sessions
     total = C(1040, 86)
     result = explain(counts, total)
     assert len(result.explanations) == 1
