@@ -51,6 +51,8 @@ class Explanation(msgspec.Struct):
     units: int
     high_units: int
     p_value: float
+    clients: int = 0  # distinct clients of its sessions
+    high_clients: int = 0  # distinct clients with a high session in it (the clients affected)
     same_as: list[dict[str, str]] = []  # other combinations covering exactly the same units
     examples: list[str] = []  # worst sessions in this combination
 

@@ -176,6 +176,10 @@ class Dialect:
     def count_distinct(self, expr: str) -> str:
         return f"uniqExact({expr})" if self.ch else f"count(DISTINCT {expr})"
 
+    def count_distinct_if(self, expr: str, cond: str) -> str:
+        """Distinct values of expr over the rows where cond holds."""
+        return f"uniqExactIf({expr}, {cond})" if self.ch else f"count(DISTINCT {expr}) FILTER (WHERE {cond})"
+
 
 class Window(msgspec.Struct):
     """The report's time range, Unix epoch milliseconds [since_ms, until_ms)."""
@@ -462,7 +466,7 @@ def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str
     every sample in the window counts, and the SQL needs no JSON key listing (which ClickHouse
     18.16 lacks)."""
     if rollup is not None:  # the same counts, most of them from the rollup
-        source = f"SELECT attrs, sum(n) AS n FROM ({_rows_sql(d, window, metric, rollup)}) GROUP BY attrs"
+        source = f"SELECT attrs, sum(n) AS n FROM ({rows_sql(d, window, metric, rollup)}) GROUP BY attrs"
     else:
         source = f"SELECT attrs, count(*) AS n FROM {d.table('samples')} WHERE {_ts(window)}{condition} GROUP BY attrs"
     rows = wh.query(f"{source} ORDER BY n DESC, attrs LIMIT {MAX_ATTR_TEXTS}")
@@ -566,12 +570,17 @@ def mask_stages_fit(keys: Keys) -> bool:
     return True
 
 
-def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, list[int]] | None) -> str:
+def rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, list[int]] | None,
+             population: str = "") -> str:
     """The window's samples as rows (session_id, attrs, n, s, mx, t0, t1): one row a sample, or,
     for the metric cpu in closed buckets the warehouse rolled up, one row per (session, attrs,
     bucket) from `sample_rollup` -- and samples for the rest (window edges, newer and dirty
-    buckets). The sums are the same either way."""
+    buckets). The sums are the same either way.
+
+    `population`: a condition on (session_id, attrs) keeping only the drill path's rows."""
     value, cond = metric_expr(d, metric)
+    if population:
+        cond = f"{cond} AND {population}"
 
     def raw(lo: int, hi: int) -> str:
         return (
@@ -591,7 +600,7 @@ def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, l
     skip = f" AND bucket NOT IN ({', '.join(map(str, dirty))})" if dirty else ""
     rolled = (
         f"SELECT session_id, attrs, n, cpu_sum AS s, cpu_max AS mx, ts_min AS t0, ts_max AS t1 FROM sample_rollup "
-        f"WHERE bucket >= {first} AND bucket < {end}{skip}"
+        f"WHERE bucket >= {first} AND bucket < {end}{skip}{' AND ' + population if population else ''}"
     )
     # the rest as plain ts ranges, so each scan skips every row group outside it (zone maps)
     ranges = [(since, first * width), (end * width, until)] + [(b * width, (b + 1) * width) for b in dirty]
@@ -600,7 +609,7 @@ def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, l
 
 def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float, phases_src: str,
                      rollup: tuple[int, int, list[int]] | None = None, narrow: bool = False,
-                     masks: bool = False) -> _Sql:
+                     masks: bool = False, population: str = "") -> _Sql:
     """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows).
 
     `narrow`: the phase rows keep their 64-bit key instead of their items (see _Sql): grouping
@@ -616,8 +625,8 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     # bucketed once, into its phase items and a 64-bit phase key, and the samples are then
     # grouped by (session_id, phase key) -- one string and one integer, far cheaper to hash
     # than the item strings, and no JSON is parsed per sample.
-    where = f"WHERE {_ts(window)} AND {cond}"
-    samples = _rows_sql(d, window, metric, rollup)
+    where = f"WHERE {_ts(window)} AND {cond}{' AND ' + population if population else ''}"
+    samples = rows_sql(d, window, metric, rollup, population)
     thr = float(threshold)
     stats = (
         f"sum(n) AS ph_n, sum(s) AS ph_sum, max(mx) AS ph_max, min(t0) AS ph_t0, max(t1) AS ph_t1, "
@@ -953,12 +962,17 @@ def _decode_combo(key: str) -> Combo:
 
 def fetch_facts(
     wh: Warehouse, window: Window, metric: str, threshold: float, bucket_ms: int,
-    version_key_pref: Sequence[str] = (),
+    version_key_pref: Sequence[str] = (), keys: Keys | None = None, population: str = "",
+    rollup: tuple[int, int, list[int]] | None = None,
 ) -> Facts:
-    """Aggregate the window into combination counts, a timeline, and the worst sessions."""
+    """Aggregate the window into combination counts, a timeline, and the worst sessions.
+
+    `keys`: the attrs to look at (default: discovered); `population`: a condition on sample
+    rows (session_id, attrs) keeping only the drill path (see exact.population_sql);
+    `rollup`: the warehouse's rollup state, when it keeps one."""
     d = Dialect(wh.dialect)
-    rollup = wh.rollup_state() if not d.ch and hasattr(wh, "rollup_state") else None
-    keys = discover_keys(wh, window, metric, rollup)
+    if keys is None:
+        keys = discover_keys(wh, window, metric, rollup)
     cols = _columns(keys)
     version_alias = next((a for k in version_key_pref for a, name in cols.session if name == k and a.startswith("sa_")), None)
     rows: list[tuple] = []
@@ -968,7 +982,7 @@ def fetch_facts(
 
     if d.ch:
         # no CTEs before ClickHouse 20: inline the phase and session subqueries into each statement
-        blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__")
+        blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__", population=population)
         ph = f"({blocks.phases})"
         ss = "(" + blocks.sessions.replace("__PH__", ph) + ")"
         parts = _parts(d, keys, window, bucket_ms, version_alias, ph, ss)
@@ -977,10 +991,12 @@ def fetch_facts(
     else:
         s_aliases = [a for a, _ in cols.session]
         masks = bool(s_aliases) and mask_stages_fit(keys)
-        rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, masks)
+        rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, masks,
+                                    population)
         codes = [r for r in rows if r[0] == "D"] if coded else []
         if codes and max(int(r[2]) for r in codes) >> CODE_BITS:  # too many values to code: spell them out
-            rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, False)
+            rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, False,
+                                        population)
         if coded:
             names = _coded_columns(cols)
             values: dict[str, dict[int, str]] = {a: {} for a in names}
@@ -1023,18 +1039,19 @@ def fetch_facts(
     worst.sort(key=lambda f: (-f.mean, f.session_id))
     for f in worst:
         f.phases = [(items, hi) for _, items, hi in sorted(phases_of.get(f.session_id, []))]
-    _fill_worst(wh, d, keys, window, metric, threshold, worst)
+    _fill_worst(wh, d, keys, window, metric, threshold, worst, population)
     return Facts(keys=keys, counts=counts, total=total, timeline=timeline, worst=worst)
 
 
 def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
                  bucket_ms: int, version_alias: str | None, rollup: tuple[int, int, list[int]] | None,
-                 masks: bool) -> tuple[list[tuple], bool]:
+                 masks: bool, population: str = "") -> tuple[list[tuple], bool]:
     """The rows of every part, in one statement over materialized building blocks (DuckDB), and
     whether the combinations in them are coded (see _parts)."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
-    blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True, masks=masks)
+    blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True, masks=masks,
+                              population=population)
     parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None,
                    masks=blocks.masks)
     union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
@@ -1064,7 +1081,7 @@ def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: 
 
 
 def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
-                worst: list[SessionFacts]) -> None:
+                worst: list[SessionFacts], population: str = "") -> None:
     """Attach attrs, phases and event items to the worst sessions (small queries by session id)."""
     if not worst:
         return
@@ -1073,7 +1090,7 @@ def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: s
     for sid, k, v in wh.query(f"SELECT session_id, attr_keys, attr_values FROM sessions WHERE {ids}"):
         found[sid].attrs.update({kk: str(vv) for kk, vv in zip(k, v, strict=False)})
     cols = _columns(keys)
-    blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__")
+    blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__", population=population)
     need_phases = cols.phase and not any(f.phases for f in worst)
     phase_sql = blocks.phases.replace(f"WHERE {_ts(window)}", f"WHERE {ids} AND {_ts(window)}", 1)
     aliases = [a for a, _ in cols.phase]

@@ -1,0 +1,289 @@
+"""Exact counts of the groups the report shows: sessions, high sessions, phases, clients.
+
+The search for explanations (`facts` + `explain`) works on counts of numeric *intervals*;
+summed into a threshold such as `file_name_length >=40` they over-count sessions that
+have phases in several intervals, so they are only good for ranking. Every number the
+report shows comes from here instead: one statement counts each shown group straight
+from the samples, with its numeric items as plain comparisons (`x >= 42`), so it is exact
+and the threshold can sit anywhere, not only at an interval edge.
+
+Units, as the user reads them:
+
+- a *phase* is one session's samples that share the values of the report's sample attrs
+  (stage, and the exact value of numeric sample attrs such as file_name_length); it is high
+  when its mean metric passes the threshold;
+- a session is *in* a group when it has a phase matching the group (session and event
+  attrs are the session's: its attrs, and its largest value of each event attr in the
+  window); it is *high* in the group when one of those matching phases is high;
+- a group's *clients* are the distinct `client_id`s of its sessions, its *high clients*
+  those of its high sessions (the clients affected).
+
+A group is a tuple of items (attr, requirement): '6.04' (equals), '>=42', '<42'. The
+drill path (`where`) is a group that every other group is taken inside of.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import msgspec
+
+from appvitals.fleet.analysis.facts import Dialect, Keys, Window, rows_sql
+from appvitals.fleet.warehouse.base import Warehouse
+
+GROUPS_PER_STATEMENT = 60  # conditional aggregates stay a few hundred columns wide
+MAX_CUTS = 24  # candidate cut points tried around one threshold
+
+Item = tuple[str, str]
+Group = tuple[Item, ...]
+
+
+class ExactCounts(msgspec.Struct, array_like=True):
+    """Exact counts of one group."""
+
+    sessions: int = 0
+    high_sessions: int = 0
+    units: int = 0
+    high_units: int = 0
+    clients: int = 0
+    high_clients: int = 0
+
+
+class Level(msgspec.Struct):
+    """Where an attr lives and the column that holds it in the phase rows."""
+
+    column: str
+    numeric: bool
+    on_sample: bool
+
+
+def levels(keys: Keys) -> dict[str, Level]:
+    """Every attr the report looks at -> its column in the phase rows."""
+    out: dict[str, Level] = {}
+    for i, k in enumerate(keys.session):
+        out[k] = Level(f"xa_{i}", False, False)
+    for i, nk in enumerate(keys.event_numeric):
+        out.setdefault(nk.key, Level(f"xen_{i}", True, False))
+    for i, k in enumerate(keys.event_text):
+        out.setdefault(k, Level(f"xet_{i}", False, False))
+    for i, k in enumerate(keys.sample):
+        out.setdefault(k, Level(f"xs_{i}", False, True))
+    for i, nk in enumerate(keys.sample_numeric):
+        out.setdefault(nk.key, Level(f"xn_{i}", True, True))
+    return out
+
+
+def parse_requirement(value: str) -> tuple[str, float | None]:
+    """'>=42' -> ('>=', 42.0); '<42' -> ('<', 42.0); '6.04' -> ('=', None)."""
+    for op in (">=", "<"):
+        if value.startswith(op):
+            try:
+                x = float(value[len(op):])
+            except ValueError:
+                return "=", None
+            if math.isfinite(x):
+                return op, x
+    return "=", None
+
+
+def predicate(d: Dialect, lv: dict[str, Level], item: Item) -> str:
+    """SQL truth of one item on a phase row."""
+    key, value = item
+    level = lv[key]
+    op, x = parse_requirement(value)
+    if x is not None and level.numeric:
+        return f"{level.column} {op} {x!r}"
+    if level.numeric:
+        try:
+            number = float(value)
+        except ValueError:
+            return "(1 = 0)"
+        return f"{level.column} = {number!r}" if math.isfinite(number) else "(1 = 0)"
+    return f"{level.column} = {d.lit(value)}"
+
+
+def population_sql(d: Dialect, keys: Keys, window: Window, where: Group) -> str:
+    """A condition on sample rows (session_id, attrs) keeping only the drill path: samples of
+    sessions whose session items match, and whose own sample items match ('' for no path)."""
+    lv = levels(keys)
+    conds: list[str] = []
+    for key, value in where:
+        level = lv[key]
+        if level.on_sample:
+            column = d.sattr_number(key) if level.numeric else d.sattr(key)
+        elif key in keys.session:
+            column = f"(SELECT session_id, min({d.attr(key)}) AS {level.column} FROM {d.table('sessions')} GROUP BY session_id)"
+        else:
+            getter = d.attr_number(key) if level.numeric else d.attr(key)
+            column = (f"(SELECT session_id, max({getter}) AS {level.column} FROM {d.table('events')} "
+                      f"WHERE ts >= {int(window.since_ms)} AND ts < {int(window.until_ms)} GROUP BY session_id)")
+        if level.on_sample:
+            conds.append(predicate(d, {key: Level(column, level.numeric, True)}, (key, value)))
+        else:
+            conds.append(f"session_id IN (SELECT session_id FROM {column} AS w "
+                         f"WHERE {predicate(d, lv, (key, value))})")
+    return " AND ".join(conds)
+
+
+def phase_rows_sql(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
+                   rollup: tuple[int, int, list[int]] | None = None, population: str = "") -> str:
+    """One row per phase (session_id, client_id, ph_n, ph_sum, ph_hi, t0, t1, item columns)."""
+    lv = levels(keys)
+    sample_cols = [(lv[k].column, k, lv[k].numeric) for k in (*keys.sample, *(nk.key for nk in keys.sample_numeric))
+                   if lv[k].on_sample]
+    by_text = f"SELECT session_id, attrs, sum(n) AS n, sum(s) AS s, min(t0) AS t0, max(t1) AS t1 " \
+              f"FROM ({rows_sql(d, window, metric, rollup, population)}) GROUP BY session_id, attrs"
+    parsed = ", ".join(
+        f"{d.sattr_number(k) if numeric else d.sattr(k)} AS {col}" for col, k, numeric in sample_cols
+    )
+    group_cols = ", ".join(col for col, _, _ in sample_cols)
+    thr = float(threshold)
+    phases = (
+        f"SELECT session_id{', ' + group_cols if group_cols else ''}, sum(n) AS ph_n, sum(s) AS ph_sum, "
+        f"min(t0) AS ph_t0, max(t1) AS ph_t1, CASE WHEN sum(s) > {thr!r} * sum(n) THEN 1 ELSE 0 END AS ph_hi "
+        f"FROM (SELECT session_id, n, s, t0, t1{', ' + parsed if parsed else ''} FROM ({by_text})) "
+        f"GROUP BY session_id{', ' + group_cols if group_cols else ''}"
+    )
+    have = ["session_id", *(col for col, _, _ in sample_cols), "ph_n", "ph_sum", "ph_t0", "ph_t1", "ph_hi"]
+    empty = d.lit("")
+    s_cols = [f"min({d.attr(k)}) AS {lv[k].column}" for k in keys.session]
+    sessions = (f"SELECT session_id, min(client_id) AS client_id{''.join(', ' + c for c in s_cols)} "
+                f"FROM {d.table('sessions')} GROUP BY session_id")
+    sql = (
+        f"SELECT {', '.join(have)}, coalesce(client_id, '') AS client_id"
+        f"{''.join(f', coalesce({lv[k].column}, {empty}) AS {lv[k].column}' for k in keys.session)} "
+        f"FROM ({phases}) AS p {d.left_join} ({sessions}) AS sa USING (session_id)"
+    )
+    have += ["client_id", *(lv[k].column for k in keys.session)]
+    e_cols = [f"max({d.attr_number(nk.key)}) AS {lv[nk.key].column}" for nk in keys.event_numeric
+              if lv[nk.key].column.startswith("xen_")]
+    e_cols += [f"max({d.attr(k)}) AS {lv[k].column}" for k in keys.event_text if lv[k].column.startswith("xet_")]
+    if e_cols:
+        events = (f"SELECT session_id, {', '.join(e_cols)} FROM {d.table('events')} "
+                  f"WHERE ts >= {int(window.since_ms)} AND ts < {int(window.until_ms)} GROUP BY session_id")
+        ev_names = [c.rsplit(" AS ", 1)[1] for c in e_cols]
+        sql = (f"SELECT {', '.join(have)}, {', '.join(ev_names)} "
+               f"FROM ({sql}) AS ps {d.left_join} ({events}) AS ev USING (session_id)")
+    return sql
+
+
+class Counter:
+    """Counts groups exactly over one window, metric, threshold and drill path."""
+
+    def __init__(self, wh: Warehouse, keys: Keys, window: Window, metric: str, threshold: float,
+                 where: Group = (), rollup: tuple[int, int, list[int]] | None = None):
+        self.wh = wh
+        self.d = Dialect(wh.dialect)
+        self.keys = keys
+        self.window = window
+        self.metric = metric
+        self.levels = levels(keys)
+        self.where = tuple(where)
+        unknown = [k for k, _ in self.where if k not in self.levels]
+        if unknown:
+            raise KeyError(unknown[0])
+        self.population = population_sql(self.d, keys, window, self.where)
+        self.base = phase_rows_sql(self.d, keys, window, metric, threshold, rollup, self.population)
+
+    def count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
+        """Exact counts of each group (inside the drill path); the empty group is the path itself."""
+        out: dict[Group, ExactCounts] = {}
+        todo = list(dict.fromkeys(tuple(g) for g in groups))
+        for start in range(0, len(todo), GROUPS_PER_STATEMENT):
+            chunk = todo[start:start + GROUPS_PER_STATEMENT]
+            out.update(self._count(chunk))
+        return out
+
+    def _count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
+        d = self.d
+        inner: list[str] = []
+        outer: list[str] = []
+        names: list[tuple[Group, list[str]]] = []
+        for j, g in enumerate(groups):
+            cond = " AND ".join(predicate(d, self.levels, i) for i in g) or "1 = 1"
+            inner += [
+                f"max(CASE WHEN {cond} THEN 1 ELSE 0 END) AS i_{j}",
+                f"max(CASE WHEN {cond} AND ph_hi = 1 THEN 1 ELSE 0 END) AS h_{j}",
+                f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS u_{j}",
+                f"sum(CASE WHEN {cond} THEN ph_hi ELSE 0 END) AS uh_{j}",
+            ]
+            cols = [f"s_{j}", f"sh_{j}", f"n_{j}", f"nh_{j}", f"c_{j}", f"ch_{j}"]
+            outer += [
+                f"sum(i_{j}) AS s_{j}", f"sum(h_{j}) AS sh_{j}", f"sum(u_{j}) AS n_{j}", f"sum(uh_{j}) AS nh_{j}",
+                f"{d.count_distinct_if('client_id', f'i_{j} = 1')} AS c_{j}",
+                f"{d.count_distinct_if('client_id', f'h_{j} = 1')} AS ch_{j}",
+            ]
+            names.append((g, cols))
+        per_session = f"SELECT session_id, client_id, {', '.join(inner)} FROM ({self.base}) GROUP BY session_id, client_id"
+        row = self.wh.query(f"SELECT {', '.join(outer)} FROM ({per_session})")
+        columns = [c.rsplit(" AS ", 1)[1] for c in outer]
+        by_name = dict(zip(columns, row[0], strict=True)) if row else {}
+        return {g: ExactCounts(*(int(by_name.get(c) or 0) for c in cols)) for g, cols in names}
+
+    def distinct_numbers(self, key: str, low: float, high: float, limit: int = 500) -> list[float]:
+        """The distinct values of a numeric attr in (low, high], inside the drill path, ascending."""
+        col = self.levels[key].column
+        lo = f" AND {col} > {low!r}" if math.isfinite(low) else ""
+        hi = f" AND {col} <= {high!r}" if math.isfinite(high) else ""
+        rows = self.wh.query(
+            f"SELECT DISTINCT {col} AS x FROM ({self.base}) WHERE {col} IS NOT NULL{lo}{hi} ORDER BY x LIMIT {int(limit)}"
+        )
+        return [float(r[0]) for r in rows if r[0] is not None and math.isfinite(float(r[0]))]
+
+    def timeline(self, bucket_ms: int, version_key: str | None) -> list[tuple[int, int, str, int, int]]:
+        """(first bucket, last bucket, version, sessions, high sessions) of the sessions in the path."""
+        d = self.d
+        since = int(self.window.since_ms)
+        ver = self.levels[version_key].column if version_key in self.levels else "''"
+        per_session = (f"SELECT session_id, min(ph_t0) AS t0, max(ph_t1) AS t1, max(ph_hi) AS hi, "
+                       f"{d.any_value(ver)} AS ver FROM ({self.base}) GROUP BY session_id")
+        return [
+            (int(b0), int(b1), str(v), int(n), int(h or 0)) for b0, b1, v, n, h in self.wh.query(
+                f"SELECT {d.idiv(f't0 - {since}', int(bucket_ms))} AS b0, {d.idiv(f't1 - {since}', int(bucket_ms))} AS b1, "
+                f"ver, count(*) AS n, sum(hi) AS h FROM ({per_session}) GROUP BY b0, b1, ver"
+            )
+        ]
+
+
+def risk_ratio_of(c: ExactCounts, total: ExactCounts) -> float:
+    """(o/n) / ((O-o)/(N-n)) over phases, +0.5 smoothed (see explain.risk_ratio)."""
+    rest_u, rest_h = total.units - c.units, total.high_units - c.high_units
+    return ((c.high_units + 0.5) / (c.units + 1.0)) / ((max(0, rest_h) + 0.5) / (max(0, rest_u) + 1.0))
+
+
+def refine_threshold(counter: Counter, group: Group, key: str, edges: Sequence[float], total: ExactCounts,
+                     min_high: float) -> tuple[Group, ExactCounts] | None:
+    """Move the threshold of `key` in `group` to where the high share really changes.
+
+    The search found the best cut among readable interval edges; the true change lies between
+    the neighbouring edges. Every observed value there is tried as the cut (at most MAX_CUTS,
+    evenly thinned), exactly counted, and the one with the highest risk ratio (then the most
+    high sessions) wins, so a limit planted at 42 is reported as '>=42', not '>=50'."""
+    at = next(i for i, (k, _) in enumerate(group) if k == key)
+    op, x = parse_requirement(group[at][1])
+    if x is None:
+        return None
+    ordered = sorted(set(edges) | {x})
+    j = ordered.index(x)
+    low = ordered[j - 1] if j > 0 else -math.inf
+    high = ordered[j + 1] if j + 1 < len(ordered) else math.inf
+    values = counter.distinct_numbers(key, low, high)
+    if len(values) > MAX_CUTS:
+        values = [values[int(i * len(values) / MAX_CUTS)] for i in range(MAX_CUTS)]
+    cuts = sorted(set(values) | {x})
+    variants = {c: (*group[:at], (key, f"{op}{_fmt(c)}"), *group[at + 1:]) for c in cuts}
+    counted = counter.count(list(variants.values()))
+    best = None
+    for c, g in variants.items():
+        n = counted[g]
+        if n.units == 0 or n.high_sessions < min_high or n.units >= total.units:
+            continue
+        score = (risk_ratio_of(n, total), n.high_sessions)
+        if best is None or score > best[0]:
+            best = (score, g, n)
+    return (best[1], best[2]) if best else None
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
