@@ -275,7 +275,7 @@ def refine_threshold(counter: Counter, group: Group, key: str, edges: Sequence[f
     variants = {c: (*group[:at], (key, f"{op}{_fmt(c)}"), *group[at + 1:]) for c in cuts}
     counted = counter.count(list(variants.values()))
     best = None
-    for c, g in variants.items():
+    for g in variants.values():
         n = counted[g]
         if n.units == 0 or n.high_sessions < min_high or n.units >= total.units:
             continue
