@@ -68,3 +68,24 @@ def test_small_fleet_keeps_the_login_problem(seed):
     scenario = load_scenario(None)
     found = dict(planted_findings(scenario, _small_fleet_report(seed).explanations))
     assert found["version 7.0.0 at login"] is not None, found
+
+
+def test_planted_limit_is_reported_where_the_data_changes():
+    """File names of 5-90 characters, receiving hot from 42 on: the report says >=42, not a
+    rounded quantile edge such as >=50 or >=40."""
+    from appvitals.fleet.sim.scenario import parse_scenario
+
+    from fleet.analysis.test_report_quality import BASE, MINUTES
+
+    text = BASE.replace("file_name_length = { min = 5, max = 70 }", "file_name_length = { min = 5, max = 90 }")
+    text += '[[problems]]\nname = "long names"\nwhen = { stage = "receiving", file_name_length = ">=42" }\ncpu_add = 55.0\n'
+    wh = DuckDBWarehouse(":memory:")
+    try:
+        wh.insert(list(generate_lines(parse_scenario(text, "limit"), clients=300, minutes=MINUTES, seed=4,
+                                      start_ms=START_MS)))
+        now = dt.datetime.fromtimestamp(START_MS / 1000 + MINUTES * 60, dt.timezone.utc)
+        r = build_report(wh, since=f"{MINUTES}m", threshold=30, now=now)
+    finally:
+        wh.close()
+    top = r.explanations[0].attrs
+    assert top.get("file_name_length") == ">=42", top
