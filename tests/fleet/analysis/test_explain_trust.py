@@ -73,9 +73,9 @@ def test_small_fleet_keeps_the_login_problem(seed):
 def test_planted_limit_is_reported_where_the_data_changes():
     """File names of 5-90 characters, receiving hot from 42 on: the report says >=42, not a
     rounded quantile edge such as >=50 or >=40."""
-    from appvitals.fleet.sim.scenario import parse_scenario
-
     from fleet.analysis.test_report_quality import BASE, MINUTES
+
+    from appvitals.fleet.sim.scenario import parse_scenario
 
     text = BASE.replace("file_name_length = { min = 5, max = 70 }", "file_name_length = { min = 5, max = 90 }")
     text += '[[problems]]\nname = "long names"\nwhen = { stage = "receiving", file_name_length = ">=42" }\ncpu_add = 55.0\n'

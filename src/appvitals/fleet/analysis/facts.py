@@ -284,6 +284,8 @@ def nice_edges(quantiles: Sequence[float | None]) -> list[float]:
             mag = 10 ** math.floor(math.log10(abs(q)))
             step = mag / 2 if abs(q) >= 2 * mag else mag / 10
             e = round(round(q / step) * step, 10)
+            if not math.isfinite(e):  # rounding 1.79e308 up passes the largest double
+                e = q
         if e not in edges:
             edges.append(float(e))
     return sorted(edges)
@@ -327,7 +329,7 @@ def candidate_edges(quantiles: Sequence[float | None]) -> list[float]:
     qs = sorted({float(q) for q in quantiles if q is not None and math.isfinite(q)})
     gaps = sorted(b - a for a, b in zip(qs, qs[1:], strict=False))
     wide = 3 * gaps[len(gaps) // 2] if gaps else math.inf
-    mids = [(a + b) / 2 for a, b in zip(qs, qs[1:], strict=False) if b - a > wide]
+    mids = [a / 2 + b / 2 for a, b in zip(qs, qs[1:], strict=False) if b - a > wide]  # no overflow
     edges = nice_edges(qs)
     if len(edges) > MAX_EDGES - len(mids):
         keep = max(1, MAX_EDGES - len(mids))

@@ -35,9 +35,21 @@ def _float(request: Request, name: str, default: float | None) -> float | None:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ReportError(f"{name}: expected a number, got {raw[:40]!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ReportError(f"{name}: expected a finite number, got {raw[:40]!r}")
+    return value
+
+
+def _int(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 3:
+        raise ReportError(f"{name}: expected a small whole number, got {raw[:40]!r}")
+    return int(raw)
 
 
 def report_params(request: Request) -> dict:
@@ -50,6 +62,10 @@ def report_params(request: Request) -> dict:
         "metric": q.get("metric") or "cpu",
         "threshold": _float(request, "threshold", 30.0),
         "min_support": _float(request, "min_support", None),
+        "min_risk_ratio": _float(request, "min_risk_ratio", None),
+        "max_order": _int(request, "max_order"),
+        "fdr": _float(request, "fdr", None),
+        "where": q.getlist("where") or None,
         "compare": compare,
     }
 
