@@ -212,3 +212,17 @@ def test_report_drill_path(collector):
     assert body["high_share"] > 0.8  # 7.0.0 at login is the planted problem
     assert body["tree"]["label"] == "app_version = 7.0.0, stage = login"
     assert all(s["clients"] <= s["sessions"] for s in steps) and body["high_clients"] > 0
+
+
+def test_cli_report_drill_path(collector):
+    proc = vitals("report", "--url", collector, "--since", "12h", "--where", "app_version=7.0.0",
+                  "--where", "stage=login", "--json")
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["where"] == {"app_version": "7.0.0", "stage": "login"} and len(body["path"]) == 3
+    proc = vitals("report", "--url", collector, "--since", "12h", "--where", "app_version=7.0.0")
+    assert proc.returncode == 0 and "all sessions" in proc.stdout and "app_version = 7.0.0" in proc.stdout
+    bad = vitals("report", "--url", collector, "--threshold", "inf")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    bad = vitals("report", "--url", collector, "--where", "nonsense")
+    assert bad.returncode == 2 and "where" in bad.stderr, bad.stderr
