@@ -500,7 +500,7 @@ def _get(counts: Mapping[Combo, Counts], **attrs: str) -> Counts | None:
 
 def _values_by_sessions(counts: Mapping[Combo, Counts], key: str, values: Sequence[str]) -> list[str]:
     found = [(v, _get(counts, **{key: v})) for v in values]
-    return [v for v, c in sorted(found, key=lambda vc: -(vc[1].sessions if vc[1] else 0)) if c]
+    return [v for v, c in sorted(found, key=lambda vc: -(vc[1].sessions if vc[1] else 0)) if c and c.sessions]
 
 
 def _stage_values(counts: Mapping[Combo, Counts], stage_key: str | None) -> list[str]:
