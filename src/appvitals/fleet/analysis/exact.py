@@ -33,7 +33,7 @@ from appvitals.fleet.analysis.facts import Dialect, Keys, Window, rows_sql
 from appvitals.fleet.warehouse.base import Warehouse
 
 GROUPS_PER_STATEMENT = 60  # conditional aggregates stay a few hundred columns wide
-MAX_CUTS = 24  # candidate cut points tried around one threshold
+MAX_CUTS = 16  # candidate cut points tried around one threshold
 
 Item = tuple[str, str]
 Group = tuple[Item, ...]
@@ -132,19 +132,27 @@ def phase_rows_sql(d: Dialect, keys: Keys, window: Window, metric: str, threshol
     lv = levels(keys)
     sample_cols = [(lv[k].column, k, lv[k].numeric) for k in (*keys.sample, *(nk.key for nk in keys.sample_numeric))
                    if lv[k].on_sample]
-    by_text = f"SELECT session_id, attrs, sum(n) AS n, sum(s) AS s, min(t0) AS t0, max(t1) AS t1 " \
-              f"FROM ({rows_sql(d, window, metric, rollup, population)}) GROUP BY session_id, attrs"
-    parsed = ", ".join(
-        f"{d.sattr_number(k) if numeric else d.sattr(k)} AS {col}" for col, k, numeric in sample_cols
-    )
-    group_cols = ", ".join(col for col, _, _ in sample_cols)
+    rows = rows_sql(d, window, metric, rollup, population)
     thr = float(threshold)
-    phases = (
-        f"SELECT session_id{', ' + group_cols if group_cols else ''}, sum(n) AS ph_n, sum(s) AS ph_sum, "
-        f"min(t0) AS ph_t0, max(t1) AS ph_t1, CASE WHEN sum(s) > {thr!r} * sum(n) THEN 1 ELSE 0 END AS ph_hi "
-        f"FROM (SELECT session_id, n, s, t0, t1{', ' + parsed if parsed else ''} FROM ({by_text})) "
-        f"GROUP BY session_id{', ' + group_cols if group_cols else ''}"
-    )
+    stats = (f"sum(n) AS ph_n, sum(s) AS ph_sum, min(t0) AS ph_t0, max(t1) AS ph_t1, "
+             f"CASE WHEN sum(s) > {thr!r} * sum(n) THEN 1 ELSE 0 END AS ph_hi")
+    if sample_cols:
+        # each distinct attrs text is read (JSON) once into its items and a 64-bit phase key;
+        # the samples are grouped by (session, key), and the items joined back to the phases
+        if keys.sample_texts is not None:
+            texts = d.rows_of([d.lit(t) for t in keys.sample_texts], "attrs")
+        else:
+            texts = f"SELECT DISTINCT attrs FROM ({rows})"
+        parsed = ", ".join(f"{d.sattr_number(k) if numeric else d.sattr(k)} AS {col}" for col, k, numeric in sample_cols)
+        cols = [col for col, _, _ in sample_cols]
+        hashed = [h for c, _, numeric in sample_cols for h in ([d.if_null(c, '0'), f'({c} IS NULL)'] if numeric else [c])]
+        tmap = f"SELECT attrs, {d.hash_of(hashed)} AS pid, {', '.join(cols)} FROM (SELECT attrs, {parsed} FROM ({texts}))"
+        ph = (f"SELECT session_id, pid, {stats} FROM ({rows}) AS r {d.inner_join} (SELECT attrs, pid FROM ({tmap})) AS tm "
+              "USING (attrs) GROUP BY session_id, pid")
+        phases = (f"SELECT session_id, {', '.join(cols)}, ph_n, ph_sum, ph_t0, ph_t1, ph_hi FROM ({ph}) AS ph "
+                  f"{d.inner_join} (SELECT DISTINCT pid, {', '.join(cols)} FROM ({tmap})) AS pm USING (pid)")
+    else:
+        phases = f"SELECT session_id, {stats} FROM ({rows}) GROUP BY session_id"
     have = ["session_id", *(col for col, _, _ in sample_cols), "ph_n", "ph_sum", "ph_t0", "ph_t1", "ph_hi"]
     empty = d.lit("")
     s_cols = [f"min({d.attr(k)}) AS {lv[k].column}" for k in keys.session]
@@ -196,30 +204,54 @@ class Counter:
         return out
 
     def _count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
-        d = self.d
+        # per session (in / high / phases / high phases of each group), then per client (its
+        # sessions summed, and whether it has any), then the totals: plain sums, no DISTINCT
+        marks: list[str] = []
         inner: list[str] = []
+        middle: list[str] = []
         outer: list[str] = []
         names: list[tuple[Group, list[str]]] = []
         for j, g in enumerate(groups):
-            cond = " AND ".join(predicate(d, self.levels, i) for i in g) or "1 = 1"
-            inner += [
-                f"max(CASE WHEN {cond} THEN 1 ELSE 0 END) AS i_{j}",
-                f"max(CASE WHEN {cond} AND ph_hi = 1 THEN 1 ELSE 0 END) AS h_{j}",
-                f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS u_{j}",
-                f"sum(CASE WHEN {cond} THEN ph_hi ELSE 0 END) AS uh_{j}",
-            ]
-            cols = [f"s_{j}", f"sh_{j}", f"n_{j}", f"nh_{j}", f"c_{j}", f"ch_{j}"]
-            outer += [
-                f"sum(i_{j}) AS s_{j}", f"sum(h_{j}) AS sh_{j}", f"sum(u_{j}) AS n_{j}", f"sum(uh_{j}) AS nh_{j}",
-                f"{d.count_distinct_if('client_id', f'i_{j} = 1')} AS c_{j}",
-                f"{d.count_distinct_if('client_id', f'h_{j} = 1')} AS ch_{j}",
-            ]
+            cond = " AND ".join(predicate(self.d, self.levels, i) for i in g) or "1 = 1"
+            marks.append(f"CASE WHEN {cond} THEN 1 ELSE 0 END AS m_{j}")  # once per phase row
+            inner += [f"max(m_{j}) AS i_{j}", f"max(m_{j} * ph_hi) AS h_{j}", f"sum(m_{j}) AS u_{j}",
+                      f"sum(m_{j} * ph_hi) AS uh_{j}"]
+            middle += [f"sum(i_{j}) AS si_{j}", f"sum(h_{j}) AS sh_{j}", f"sum(u_{j}) AS su_{j}",
+                       f"sum(uh_{j}) AS suh_{j}", f"max(i_{j}) AS ci_{j}", f"max(h_{j}) AS ch_{j}"]
+            cols = [f"s_{j}", f"sh_{j}", f"n_{j}", f"nh_{j}", f"c_{j}", f"chi_{j}"]
+            outer += [f"sum(si_{j}) AS s_{j}", f"sum(sh_{j}) AS sh_{j}", f"sum(su_{j}) AS n_{j}",
+                      f"sum(suh_{j}) AS nh_{j}", f"sum(ci_{j}) AS c_{j}", f"sum(ch_{j}) AS chi_{j}"]
             names.append((g, cols))
-        per_session = f"SELECT session_id, client_id, {', '.join(inner)} FROM ({self.base}) GROUP BY session_id, client_id"
-        row = self.wh.query(f"SELECT {', '.join(outer)} FROM ({per_session})")
+        per_session = (f"SELECT session_id, min(client_id) AS client_id, {', '.join(inner)} "
+                       f"FROM (SELECT session_id, client_id, ph_hi, {', '.join(marks)} FROM ({self.base})) "
+                       "GROUP BY session_id")
+        per_client = f"SELECT client_id, {', '.join(middle)} FROM ({per_session}) GROUP BY client_id"
+        row = self.wh.query(f"SELECT {', '.join(outer)} FROM ({per_client})")
         columns = [c.rsplit(" AS ", 1)[1] for c in outer]
         by_name = dict(zip(columns, row[0], strict=True)) if row else {}
         return {g: ExactCounts(*(int(by_name.get(c) or 0) for c in cols)) for g, cols in names}
+
+    def cells(self, row_key: str, col_key: str | None) -> dict[Group, ExactCounts]:
+        """Exact counts of every (row_key = v) and (row_key = v, col_key = w) group, by GROUP BY
+        (the heatmap and the comparison); clients are not counted here."""
+        d = self.d
+        r = self.levels[row_key].column
+        parts = [f"SELECT {r} AS rv, {d.lit('')} AS cv, 0 AS two, count(*) AS s, sum(hi) AS h, sum(u) AS u, sum(uh) AS uh "
+                 f"FROM (SELECT session_id, {r}, max(ph_hi) AS hi, count(*) AS u, sum(ph_hi) AS uh FROM ({self.base}) "
+                 f"GROUP BY session_id, {r}) GROUP BY {r}"]
+        if col_key is not None:
+            c = self.levels[col_key].column
+            parts.append(
+                f"SELECT {r} AS rv, {c} AS cv, 1 AS two, count(*) AS s, sum(hi) AS h, sum(u) AS u, sum(uh) AS uh "
+                f"FROM (SELECT session_id, {r}, {c}, max(ph_hi) AS hi, count(*) AS u, sum(ph_hi) AS uh "
+                f"FROM ({self.base}) GROUP BY session_id, {r}, {c}) GROUP BY {r}, {c}")
+        out: dict[Group, ExactCounts] = {}
+        for rv, cv, two, n, h, u, uh in self.wh.query(" UNION ALL ".join(parts)):
+            if rv is None or (two and cv is None):
+                continue
+            group = tuple(sorted({row_key: str(rv), **({col_key: str(cv)} if two else {})}.items()))
+            out[group] = ExactCounts(int(n), int(h or 0), int(u or 0), int(uh or 0))
+        return out
 
     def distinct_numbers(self, key: str, low: float, high: float, limit: int = 500) -> list[float]:
         """The distinct values of a numeric attr in (low, high], inside the drill path, ascending."""
@@ -252,18 +284,16 @@ def risk_ratio_of(c: ExactCounts, total: ExactCounts) -> float:
     return ((c.high_units + 0.5) / (c.units + 1.0)) / ((max(0, rest_h) + 0.5) / (max(0, rest_u) + 1.0))
 
 
-def refine_threshold(counter: Counter, group: Group, key: str, edges: Sequence[float], total: ExactCounts,
-                     min_high: float) -> tuple[Group, ExactCounts] | None:
-    """Move the threshold of `key` in `group` to where the high share really changes.
+def threshold_variants(counter: Counter, group: Group, key: str, edges: Sequence[float]) -> list[Group]:
+    """The group with the threshold of `key` moved to each observed value between its
+    neighbouring edges (at most MAX_CUTS, evenly thinned), the group itself included.
 
     The search found the best cut among readable interval edges; the true change lies between
-    the neighbouring edges. Every observed value there is tried as the cut (at most MAX_CUTS,
-    evenly thinned), exactly counted, and the one with the highest risk ratio (then the most
-    high sessions) wins, so a limit planted at 42 is reported as '>=42', not '>=50'."""
+    the neighbouring edges, so a limit planted at 42 can be reported as '>=42', not '>=50'."""
     at = next(i for i, (k, _) in enumerate(group) if k == key)
     op, x = parse_requirement(group[at][1])
     if x is None:
-        return None
+        return [group]
     ordered = sorted(set(edges) | {x})
     j = ordered.index(x)
     low = ordered[j - 1] if j > 0 else -math.inf
@@ -271,11 +301,15 @@ def refine_threshold(counter: Counter, group: Group, key: str, edges: Sequence[f
     values = counter.distinct_numbers(key, low, high)
     if len(values) > MAX_CUTS:
         values = [values[int(i * len(values) / MAX_CUTS)] for i in range(MAX_CUTS)]
-    cuts = sorted(set(values) | {x})
-    variants = {c: (*group[:at], (key, f"{op}{_fmt(c)}"), *group[at + 1:]) for c in cuts}
-    counted = counter.count(list(variants.values()))
+    return [(*group[:at], (key, f"{op}{_fmt(c)}"), *group[at + 1:]) for c in sorted(set(values) | {x})]
+
+
+def best_variant(variants: Sequence[Group], counted: dict[Group, ExactCounts], total: ExactCounts,
+                 min_high: float) -> tuple[Group, ExactCounts] | None:
+    """Of a group's threshold variants, exactly counted, the one with the highest risk ratio
+    (then the most high sessions) that keeps enough support."""
     best = None
-    for g in variants.values():
+    for g in variants:
         n = counted[g]
         if n.units == 0 or n.high_sessions < min_high or n.units >= total.units:
             continue

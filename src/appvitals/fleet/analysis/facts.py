@@ -176,6 +176,10 @@ class Dialect:
     def count_distinct(self, expr: str) -> str:
         return f"uniqExact({expr})" if self.ch else f"count(DISTINCT {expr})"
 
+    def if_null(self, expr: str, default: str) -> str:
+        """expr, or default when it is NULL."""
+        return f"ifNull({expr}, {default})" if self.ch else f"coalesce({expr}, {default})"
+
     def count_distinct_if(self, expr: str, cond: str) -> str:
         """Distinct values of expr over the rows where cond holds."""
         return f"uniqExactIf({expr}, {cond})" if self.ch else f"count(DISTINCT {expr}) FILTER (WHERE {cond})"

@@ -310,48 +310,36 @@ def build_report(
     version_key = next((k for k in VERSION_KEYS if k in keys.session), None)
     stage_key = next((k for k in STAGE_KEYS if k in keys.sample), keys.sample[0] if keys.sample else None)
 
-    # exact counts of everything shown: the path's root, each node (numeric thresholds moved
-    # to where the high share really changes), the heatmap and comparison cells
+    # exact counts of everything shown, in few statements: the path's root and each node with
+    # its numeric threshold tried at every observed value between the neighbouring edges; then
+    # the heatmap and comparison cells by GROUP BY
     shown = list({id(e): e for e in result.explanations + result.tree_nodes}.values())
-    groups: list[Combo] = [()] + [tuple(sorted(e.attrs.items())) for e in shown]
-    versions = list(keys.session.get(version_key, [])) if version_key else []
-    groups += [((version_key, v),) for v in versions]
+    variants: dict[int, list[Combo]] = {}
+    groups: list[Combo] = [()]
+    for e in shown:
+        group = tuple(sorted(e.attrs.items()))
+        num = next((k for k, _ in group if k in numeric), None)
+        variants[id(e)] = _exact.threshold_variants(counter, group, num, numeric[num]) if num else [group]
+        groups += variants[id(e)]
     exact = counter.count(groups)
     root = exact[()]
     min_high = settings.min_support if settings.min_support >= 1 else settings.min_support * root.high_sessions
     min_high = max(float(settings.min_support_sessions), min_high)
     for e in shown:
         group = tuple(sorted(e.attrs.items()))
-        c = exact[group]
-        num = next((k for k, _ in group if k in numeric), None)
-        if num is not None:
-            better = _exact.refine_threshold(counter, group, num, numeric[num], root, min_high)
-            if better is not None:
-                group, c = better
-        _apply_exact(e, group, c, root)
+        best = _exact.best_variant(variants[id(e)], exact, root, min_high) if len(variants[id(e)]) > 1 else None
+        _apply_exact(e, *(best or (group, exact[group])), root)
     ranked = sorted(result.explanations, key=lambda e: (-e.risk_ratio, -e.high_sessions, sorted(e.attrs.items())))
     ranked = _explain._one_threshold_per_shape(ranked, set(numeric))
     tree_nodes = _explain._one_threshold_per_shape(sorted(result.tree_nodes, key=lambda e: -e.risk_ratio),
                                                    set(numeric))
     # the heatmap and comparison read exact cells, over the search's sums and samples
+    versions = list(keys.session.get(version_key, [])) if version_key else []
     cells = dict(facts.counts)
-    for v in versions:
-        c = exact[((version_key, v),)]
-        old = cells.get(((version_key, v),)) or Counts()
-        cells[((version_key, v),)] = Counts(c.sessions, c.high_sessions, c.units, c.high_units, old.samples,
-                                            old.metric_sum)
-    stages = _stage_values(facts.counts, stage_key)
-    rows = _values_by_sessions(cells, version_key, versions)[:MAX_HEATMAP_ROWS] if version_key else []
-    pick = list(compare or [])[:2]
-    if version_key and stages:
-        cell_groups = [tuple(sorted({version_key: v, stage_key: st}.items())) for v in dict.fromkeys(rows + pick + versions[:0])
-                       for st in stages]
-        cmp = _compare(cells, keys, version_key, stage_key, compare)
-        for side in (cmp.a, cmp.b):
-            if side is not None:
-                cell_groups += [tuple(sorted({version_key: side.version, stage_key: st}.items())) for st in stages]
-        for g, c in counter.count(cell_groups).items():
-            cells[g] = Counts(c.sessions, c.high_sessions, c.units, c.high_units)
+    if version_key:
+        for g, c in counter.cells(version_key, stage_key).items():
+            old = cells.get(g) or Counts()
+            cells[g] = Counts(c.sessions, c.high_sessions, c.units, c.high_units, old.samples, old.metric_sum)
     timeline_rows: dict[tuple[int, str], list[int]] = {}
     for b0, b1, v, n, h in counter.timeline(bucket_ms, version_key):
         v = v if v in versions else ""
