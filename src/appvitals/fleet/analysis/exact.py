@@ -192,7 +192,9 @@ class Counter:
         if unknown:
             raise KeyError(unknown[0])
         self.population = population_sql(self.d, keys, window, self.where)
-        self.base = phase_rows_sql(self.d, keys, window, metric, threshold, rollup, self.population)
+        rows = phase_rows_sql(self.d, keys, window, metric, threshold, rollup, self.population)
+        # a 64-bit session key: the per-session groupings hash an integer, not the id string
+        self.base = f"SELECT *, {self.d.hash_of(['session_id'])} AS sk FROM ({rows})"
 
     def count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
         """Exact counts of each group (inside the drill path); the empty group is the path itself."""
@@ -204,6 +206,13 @@ class Counter:
         return out
 
     def _count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
+        sql, read = self._count_sql(groups, f"({self.base})")
+        row = self.wh.query(sql)
+        return read(row[0] if row else None)
+
+    def _count_sql(self, groups: Sequence[Group], base: str, extra: Sequence[str] = ()):
+        """(SQL of one row of counts of each group, a reader of that row). `extra`: more
+        per-session columns (the combined DuckDB statement reads them for the timeline)."""
         # per session (in / high / phases / high phases of each group), then per client (its
         # sessions summed, and whether it has any), then the totals: plain sums, no DISTINCT
         marks: list[str] = []
@@ -222,36 +231,86 @@ class Counter:
             outer += [f"sum(si_{j}) AS s_{j}", f"sum(sh_{j}) AS sh_{j}", f"sum(su_{j}) AS n_{j}",
                       f"sum(suh_{j}) AS nh_{j}", f"sum(ci_{j}) AS c_{j}", f"sum(ch_{j}) AS chi_{j}"]
             names.append((g, cols))
-        per_session = (f"SELECT session_id, min(client_id) AS client_id, {', '.join(inner)} "
-                       f"FROM (SELECT session_id, client_id, ph_hi, {', '.join(marks)} FROM ({self.base})) "
-                       "GROUP BY session_id")
-        per_client = f"SELECT client_id, {', '.join(middle)} FROM ({per_session}) GROUP BY client_id"
-        row = self.wh.query(f"SELECT {', '.join(outer)} FROM ({per_client})")
+        per_session = (f"SELECT session_id, min(client_id) AS client_id, {', '.join([*inner, *extra])} "
+                       f"FROM (SELECT *, {', '.join(marks)} FROM {base}) GROUP BY sk, session_id")
         columns = [c.rsplit(" AS ", 1)[1] for c in outer]
-        by_name = dict(zip(columns, row[0], strict=True)) if row else {}
-        return {g: ExactCounts(*(int(by_name.get(c) or 0) for c in cols)) for g, cols in names}
+
+        def read(row) -> dict[Group, ExactCounts]:
+            by_name = dict(zip(columns, row, strict=True)) if row is not None else {}
+            return {g: ExactCounts(*(int(by_name.get(c) or 0) for c in cols)) for g, cols in names}
+
+        def totals(per_session_sql: str) -> str:
+            per_client = f"SELECT client_id, {', '.join(middle)} FROM ({per_session_sql}) GROUP BY client_id"
+            return f"SELECT {', '.join(outer)} FROM ({per_client})"
+
+        if extra:
+            return per_session, totals, columns, read
+        return totals(per_session), read
+
+    def count_all(self, groups: Sequence[Group], row_key: str | None, col_key: str | None, bucket_ms: int,
+                  version_key: str | None):
+        """count(groups), cells(row_key, col_key) and timeline(bucket_ms, version_key) at once: on
+        DuckDB in one statement over the phase rows and per-session rows computed once."""
+        todo = list(dict.fromkeys(tuple(g) for g in groups))
+        if self.d.ch or not todo:  # no CTEs on ClickHouse 18.16: one statement each
+            return (self.count(todo), self.cells(row_key, col_key) if row_key else {},
+                    self.timeline(bucket_ms, version_key))
+        first, rest = todo[:GROUPS_PER_STATEMENT], todo[GROUPS_PER_STATEMENT:]
+        d = self.d
+        ver = self.levels[version_key].column if version_key in self.levels else "''"
+        extra = ["min(ph_t0) AS t0", "max(ph_t1) AS t1", "max(ph_hi) AS hi", f"{d.any_value(ver)} AS ver"]
+        per_session, totals, columns, read = self._count_sql(first, "b", extra)
+        since = int(self.window.since_ms)
+        parts = [f"SELECT 'G' AS part, NULL AS k1, NULL AS k2, [{', '.join(f'{c}::BIGINT' for c in columns)}] AS v "
+                 f"FROM ({totals('SELECT * FROM ps')})",
+                 f"SELECT 'T' AS part, ver AS k1, NULL AS k2, [b0, b1, count(*), sum(hi)::BIGINT] AS v FROM "
+                 f"(SELECT {d.idiv(f't0 - {since}', int(bucket_ms))} AS b0, {d.idiv(f't1 - {since}', int(bucket_ms))} AS b1, "
+                 "ver, hi FROM ps) GROUP BY b0, b1, ver"]
+        if row_key:
+            parts += [f"SELECT 'C' AS part, rv AS k1, CASE WHEN two = 1 THEN cv END AS k2, [s, h, u, uh] AS v "
+                      f"FROM ({q})" for q in self._cells_sql(row_key, col_key, "b")]
+        sql = (f"WITH b AS MATERIALIZED ({self.base}), ps AS MATERIALIZED ({per_session}) "
+               + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
+        counts: dict[Group, ExactCounts] = {}
+        cells: dict[Group, ExactCounts] = {}
+        timeline = []
+        for part, k1, k2, v in self.wh.query(sql):
+            if part == "G":
+                counts = read(v)
+            elif part == "T":
+                timeline.append((int(v[0]), int(v[1]), str(k1), int(v[2]), int(v[3] or 0)))
+            elif k1 is not None:
+                group = tuple(sorted({row_key: str(k1), **({col_key: str(k2)} if k2 is not None else {})}.items()))
+                cells[group] = ExactCounts(int(v[0]), int(v[1] or 0), int(v[2] or 0), int(v[3] or 0))
+        if rest:
+            counts.update(self.count(rest))
+        return counts, cells, timeline
 
     def cells(self, row_key: str, col_key: str | None) -> dict[Group, ExactCounts]:
         """Exact counts of every (row_key = v) and (row_key = v, col_key = w) group, by GROUP BY
         (the heatmap and the comparison); clients are not counted here."""
-        d = self.d
-        r = self.levels[row_key].column
-        parts = [f"SELECT {r} AS rv, {d.lit('')} AS cv, 0 AS two, count(*) AS s, sum(hi) AS h, sum(u) AS u, sum(uh) AS uh "
-                 f"FROM (SELECT session_id, {r}, max(ph_hi) AS hi, count(*) AS u, sum(ph_hi) AS uh FROM ({self.base}) "
-                 f"GROUP BY session_id, {r}) GROUP BY {r}"]
-        if col_key is not None:
-            c = self.levels[col_key].column
-            parts.append(
-                f"SELECT {r} AS rv, {c} AS cv, 1 AS two, count(*) AS s, sum(hi) AS h, sum(u) AS u, sum(uh) AS uh "
-                f"FROM (SELECT session_id, {r}, {c}, max(ph_hi) AS hi, count(*) AS u, sum(ph_hi) AS uh "
-                f"FROM ({self.base}) GROUP BY session_id, {r}, {c}) GROUP BY {r}, {c}")
         out: dict[Group, ExactCounts] = {}
-        for rv, cv, two, n, h, u, uh in self.wh.query(" UNION ALL ".join(parts)):
+        for rv, cv, two, n, h, u, uh in self.wh.query(" UNION ALL ".join(self._cells_sql(row_key, col_key))):
             if rv is None or (two and cv is None):
                 continue
             group = tuple(sorted({row_key: str(rv), **({col_key: str(cv)} if two else {})}.items()))
             out[group] = ExactCounts(int(n), int(h or 0), int(u or 0), int(uh or 0))
         return out
+
+    def _cells_sql(self, row_key: str, col_key: str | None, base: str | None = None) -> list[str]:
+        d = self.d
+        src = base or f"({self.base})"
+        r = self.levels[row_key].column
+        sums = "count(*) AS s, sum(hi) AS h, sum(u) AS u, sum(uh) AS uh"
+        per = "max(ph_hi) AS hi, count(*) AS u, sum(ph_hi) AS uh"
+        parts = [f"SELECT {r} AS rv, {d.lit('')} AS cv, 0 AS two, {sums} "
+                 f"FROM (SELECT sk, {r}, {per} FROM {src} GROUP BY sk, {r}) GROUP BY {r}"]
+        if col_key is not None:
+            c = self.levels[col_key].column
+            parts.append(f"SELECT {r} AS rv, {c} AS cv, 1 AS two, {sums} "
+                         f"FROM (SELECT sk, {r}, {c}, {per} FROM {src} GROUP BY sk, {r}, {c}) "
+                         f"GROUP BY {r}, {c}")
+        return parts
 
     def distinct_numbers(self, key: str, low: float, high: float, limit: int = 500) -> list[float]:
         """The distinct values of a numeric attr in (low, high], inside the drill path, ascending."""

@@ -321,7 +321,7 @@ def build_report(
         num = next((k for k, _ in group if k in numeric), None)
         variants[id(e)] = _exact.threshold_variants(counter, group, num, numeric[num]) if num else [group]
         groups += variants[id(e)]
-    exact = counter.count(groups)
+    exact, exact_cells, exact_timeline = counter.count_all(groups, version_key, stage_key, bucket_ms, version_key)
     root = exact[()]
     min_high = settings.min_support if settings.min_support >= 1 else settings.min_support * root.high_sessions
     min_high = max(float(settings.min_support_sessions), min_high)
@@ -337,11 +337,11 @@ def build_report(
     versions = list(keys.session.get(version_key, [])) if version_key else []
     cells = dict(facts.counts)
     if version_key:
-        for g, c in counter.cells(version_key, stage_key).items():
+        for g, c in exact_cells.items():
             old = cells.get(g) or Counts()
             cells[g] = Counts(c.sessions, c.high_sessions, c.units, c.high_units, old.samples, old.metric_sum)
     timeline_rows: dict[tuple[int, str], list[int]] = {}
-    for b0, b1, v, n, h in counter.timeline(bucket_ms, version_key):
+    for b0, b1, v, n, h in exact_timeline:
         v = v if v in versions else ""
         for b in range(b0, min(b1, b0 + 100_000) + 1):
             acc = timeline_rows.setdefault((b, v), [0, 0])
