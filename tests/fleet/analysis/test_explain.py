@@ -15,7 +15,7 @@ from appvitals.fleet.analysis.explain import (
     satisfies,
     with_thresholds,
 )
-from appvitals.fleet.analysis.facts import Counts, interval_bounds, interval_labels, nice_edges
+from appvitals.fleet.analysis.model import Counts, interval_bounds, interval_labels, nice_edges
 
 
 def C(sessions, high_sessions, units=None, high_units=None):

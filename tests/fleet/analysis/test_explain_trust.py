@@ -9,7 +9,7 @@ import pytest
 
 from appvitals.cli.demo import planted_findings
 from appvitals.fleet.analysis.explain import Settings, bh_cutoff, explain
-from appvitals.fleet.analysis.facts import Counts
+from appvitals.fleet.analysis.model import Counts
 from appvitals.fleet.analysis.report import build_report
 from appvitals.fleet.sim.scenario import load_scenario
 from appvitals.fleet.sim.simulate import generate_lines

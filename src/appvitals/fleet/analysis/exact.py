@@ -29,8 +29,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from appvitals.fleet.analysis.facts import Dialect, Keys, Window, rows_sql
+from appvitals.fleet.analysis.facts import rows_sql
+from appvitals.fleet.analysis.model import Keys, Window
 from appvitals.fleet.warehouse.base import Warehouse
+from appvitals.fleet.warehouse.dialects import Dialect, dialect_for
 
 GROUPS_PER_STATEMENT = 60  # conditional aggregates stay a few hundred columns wide
 MAX_CUTS = 16  # candidate cut points tried around one threshold
@@ -182,7 +184,7 @@ class Counter:
     def __init__(self, wh: Warehouse, keys: Keys, window: Window, metric: str, threshold: float,
                  where: Group = (), rollup: tuple[int, int, list[int]] | None = None):
         self.wh = wh
-        self.d = Dialect(wh.dialect)
+        self.d = dialect_for(wh.dialect)
         self.keys = keys
         self.window = window
         self.metric = metric
@@ -252,7 +254,7 @@ class Counter:
         """count(groups), cells(row_key, col_key) and timeline(bucket_ms, version_key) at once: on
         DuckDB in one statement over the phase rows and per-session rows computed once."""
         todo = list(dict.fromkeys(tuple(g) for g in groups))
-        if self.d.ch or not todo:  # no CTEs on ClickHouse 18.16: one statement each
+        if not self.d.ctes or not todo:  # no CTEs on ClickHouse 18.16: one statement each
             return (self.count(todo), self.cells(row_key, col_key) if row_key else {},
                     self.timeline(bucket_ms, version_key))
         first, rest = todo[:GROUPS_PER_STATEMENT], todo[GROUPS_PER_STATEMENT:]

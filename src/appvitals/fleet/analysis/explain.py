@@ -14,7 +14,7 @@ names make receiving high) is kept for the drill-down tree but left out of the r
 Units are *phases* (one session's samples sharing their sample attrs); a combination with
 a sample attr covers the matching phases, one without covers every phase of its sessions.
 The chi-square uses counts scaled to sessions, since phases of one session are not
-independent. Counts come from `facts.fetch_facts`; nothing here touches a database.
+independent. Counts come from `facts.fetch_facts` (types in `model`); nothing here touches a database.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from itertools import combinations
 
 import msgspec
 
-from appvitals.fleet.analysis.facts import Combo, Counts, fmt_number, interval_bounds, interval_labels
+from appvitals.fleet.analysis.model import Combo, Counts, fmt_number, interval_bounds, interval_labels
 
 
 class Settings(msgspec.Struct):

@@ -18,14 +18,31 @@ passes the threshold. A session is high when any of its phases is. Counting rows
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 
 import msgspec
 
+from appvitals.fleet.analysis.model import (  # noqa: F401 - re-exported for the report and tests
+    MAX_EDGES,
+    Combo,
+    Counts,
+    Facts,
+    Item,
+    Keys,
+    NumericKey,
+    SessionFacts,
+    TimelineRow,
+    Window,
+    candidate_edges,
+    fmt_number,
+    interval_bounds,
+    interval_labels,
+    nice_edges,
+)
 from appvitals.fleet.warehouse.base import Warehouse
+from appvitals.fleet.warehouse.dialects import Dialect, dialect_for
 from appvitals.fleet.wire.schema import EMPTY_JSON, attr_text, json_object
 
 GS = "\x1d"  # between a session id and its phase items
@@ -39,280 +56,11 @@ MAX_SAMPLE_KEYS = 3
 MAX_EVENT_KEYS = 4
 MAX_ITEMS = 3
 NUMERIC_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 5 %, 10 %, ... 95 %
-MAX_EDGES = 12
 KEY_SCAN_ROWS = 200_000
 MAX_ATTR_TEXTS = 20_000
 MAX_STAT_PAIRS = 10_000  # distinct (attr, value) pairs of a key scan read into Python, at most
 MAX_LISTED_TEXTS = 2_000  # at most this many attrs texts are written into the report's SQL
 WORST_LIMIT = 200
-
-
-class Dialect:
-    """The few SQL spellings that differ between DuckDB and ClickHouse."""
-
-    def __init__(self, name: str):
-        if name not in ("duckdb", "clickhouse"):
-            raise ValueError(f"unknown SQL dialect {name!r}")
-        self.name = name
-        self.ch = name == "clickhouse"
-
-    def lit(self, value: str) -> str:
-        """A string literal."""
-        text = str(value)
-        if self.ch:
-            text = text.replace("\\", "\\\\")
-        return "'" + text.replace("'", "''") + "'"
-
-    def attr(self, key: str, keys: str = "attr_keys", values: str = "attr_values") -> str:
-        """Value of one attr from the parallel arrays, '' when absent."""
-        if self.ch:
-            return f"{values}[indexOf({keys}, {self.lit(key)})]"
-        return f"coalesce({values}[list_indexof({keys}, {self.lit(key)})], '')"
-
-    def attr_number(self, key: str, keys: str = "attr_keys", values: str = "attr_values") -> str:
-        """An attr as a float, NULL when absent or not a number (no '' detour: failed casts are slow)."""
-        if self.ch:
-            return f"toFloat64OrNull({values}[indexOf({keys}, {self.lit(key)})])"
-        return f"TRY_CAST({values}[list_indexof({keys}, {self.lit(key)})] AS DOUBLE)"
-
-    def json_path(self, key: str) -> str:
-        """A JSONPath naming one key, as a DuckDB string literal."""
-        return self.lit('$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"')
-
-    def sattr(self, key: str, column: str = "attrs") -> str:
-        """Value of one sample attr from the JSON object text, as text ('' when absent): a JSON
-        string's content, or a number's or boolean's JSON text ('47', 'true')."""
-        if self.ch:
-            raw = f"visitParamExtractRaw({column}, {self.lit(key)})"
-            return f"if(substring({raw}, 1, 1) = '\"', visitParamExtractString({column}, {self.lit(key)}), {raw})"
-        return f"coalesce(json_extract_string({column}, {self.json_path(key)}), '')"
-
-    def sattr_number(self, key: str, column: str = "attrs") -> str:
-        """A sample attr as a float, NULL when absent or not a number."""
-        if self.ch:
-            return f"toFloat64OrNull({self.sattr(key, column)})"
-        return f"TRY_CAST(json_extract_string({column}, {self.json_path(key)}) AS DOUBLE)"
-
-    def table(self, name: str) -> str:
-        """A table to count from: on ClickHouse with FINAL, so copies that two racing collectors
-        both stored (collapsed only at the next merge) count once."""
-        return f"{name} FINAL" if self.ch else name
-
-    def number(self, expr: str) -> str:
-        """A string cast to a float, NULL when it is not a number."""
-        return f"toFloat64OrNull({expr})" if self.ch else f"TRY_CAST({expr} AS DOUBLE)"
-
-    def idiv(self, a: str, b: int) -> str:
-        """Integer division (floor for the non-negative numbers used here)."""
-        return f"intDiv({a}, {b})" if self.ch else f"(({a}) // {b})"
-
-    def concat(self, *parts: str) -> str:
-        """String concatenation."""
-        return parts[0] if len(parts) == 1 else "concat(" + ", ".join(parts) + ")"
-
-    def in_list(self, expr: str, values: Sequence[str]) -> str:
-        """`expr IN (...)`, false for an empty list."""
-        if not values:
-            return "(1 = 0)"
-        return f"{expr} IN (" + ", ".join(self.lit(v) for v in values) + ")"
-
-    @property
-    def left_join(self) -> str:
-        return "ANY LEFT JOIN" if self.ch else "LEFT JOIN"
-
-    @property
-    def inner_join(self) -> str:
-        return "ANY INNER JOIN" if self.ch else "INNER JOIN"
-
-    def array_join(self, table_sql: str, where: str, limit: int | None = None) -> str:
-        """Rows (k, v) of every attr of the rows of `table_sql` matching `where`."""
-        lim = f" LIMIT {limit}" if limit else ""
-        if self.ch:
-            return (
-                f"SELECT k, v FROM (SELECT attr_keys, attr_values FROM {table_sql} WHERE {where}{lim}) "
-                "ARRAY JOIN attr_keys AS k, attr_values AS v"
-            )
-        return (
-            f"SELECT unnest(attr_keys) AS k, unnest(attr_values) AS v FROM "
-            f"(SELECT attr_keys, attr_values FROM {table_sql} WHERE {where}{lim})"
-        )
-
-    def explode(self, select: str, array_items: Sequence[str], source: str, alias: str) -> str:
-        """SELECT `select`, one row per element of the array `array_items` (named `alias`) per row of `source`."""
-        arr = "[" + ", ".join(array_items) + "]"
-        if self.ch:
-            return f"SELECT {select}, {alias} FROM ({source}) ARRAY JOIN {arr} AS {alias}"
-        return f"SELECT {select}, unnest({arr}) AS {alias} FROM ({source})"
-
-    def quantiles(self, expr: str, qs: Sequence[float]) -> str:
-        """An array of quantiles of expr."""
-        if self.ch:
-            # DuckDB's quantile_disc takes the element at 1-based position ceil(q * n) of the sorted
-            # values; ClickHouse's quantilesExact takes floor(q * n) + 1, one further on exact
-            # multiples. Spelled out, so both backends cut numbers at the same edges.
-            picks = ", ".join(
-                f"{'(arraySort(groupArray(' + expr + ')) AS _qsorted)' if i == 0 else '_qsorted'}"
-                f"[toUInt64(greatest(1, ceil({q} * length(_qsorted))))]"
-                for i, q in enumerate(qs)
-            )
-            return f"[{picks}]"
-        return f"quantile_disc({expr}, [{', '.join(str(q) for q in qs)}])"
-
-    def hash_of(self, columns: Sequence[str]) -> str:
-        """A 64-bit hash of several columns (the phase key)."""
-        return f"cityHash64({', '.join(columns)})" if self.ch else f"hash({', '.join(columns)})"
-
-    def rows_of(self, literals: Sequence[str], alias: str) -> str:
-        """SELECT one row per literal, in column `alias` (no row when there is none)."""
-        if not literals:
-            return f"SELECT {self.lit('')} AS {alias} WHERE 1 = 0"
-        fn = "arrayJoin" if self.ch else "unnest"
-        return f"SELECT {fn}([{', '.join(literals)}]) AS {alias}"
-
-    def any_value(self, expr: str) -> str:
-        """Any one value of expr in the group (all equal where it is used)."""
-        return f"any({expr})" if self.ch else f"any_value({expr})"
-
-    def count_distinct(self, expr: str) -> str:
-        return f"uniqExact({expr})" if self.ch else f"count(DISTINCT {expr})"
-
-    def if_null(self, expr: str, default: str) -> str:
-        """expr, or default when it is NULL."""
-        return f"ifNull({expr}, {default})" if self.ch else f"coalesce({expr}, {default})"
-
-    def count_distinct_if(self, expr: str, cond: str) -> str:
-        """Distinct values of expr over the rows where cond holds."""
-        return f"uniqExactIf({expr}, {cond})" if self.ch else f"count(DISTINCT {expr}) FILTER (WHERE {cond})"
-
-
-class Window(msgspec.Struct):
-    """The report's time range, Unix epoch milliseconds [since_ms, until_ms)."""
-
-    since_ms: int
-    until_ms: int
-
-
-class NumericKey(msgspec.Struct):
-    """A numeric attr and the edges it is bucketed at."""
-
-    key: str
-    edges: list[float]
-
-
-class Keys(msgspec.Struct):
-    """Which attrs the report looks at, and the values it keeps apart (rarer ones become '')."""
-
-    session: dict[str, list[str]] = {}
-    sample: list[str] = []
-    sample_numeric: list[NumericKey] = []
-    event_numeric: list[NumericKey] = []
-    event_text: list[str] = []
-    # every distinct sample attrs text in the window, when discovery saw them all (few enough):
-    # the report then lists them instead of scanning the samples for them again
-    sample_texts: list[str] | None = None
-
-    def numeric_edges(self) -> dict[str, list[float]]:
-        """Edges of every numeric attr by name."""
-        return {nk.key: nk.edges for nk in (*self.sample_numeric, *self.event_numeric)}
-
-
-class Counts(msgspec.Struct, array_like=True):
-    """Counts of one combination: sessions, high sessions, phases (units), high phases, samples, metric sum."""
-
-    sessions: int = 0
-    high_sessions: int = 0
-    units: int = 0
-    high_units: int = 0
-    samples: int = 0
-    metric_sum: float = 0.0
-
-    def add(self, other: Counts) -> None:
-        """Add another combination's counts into this one."""
-        self.sessions += other.sessions
-        self.high_sessions += other.high_sessions
-        self.units += other.units
-        self.high_units += other.high_units
-        self.samples += other.samples
-        self.metric_sum += other.metric_sum
-
-
-Item = tuple[str, str]
-Combo = tuple[Item, ...]
-
-
-class TimelineRow(msgspec.Struct, array_like=True):
-    """Sessions active in one time bucket for one version, and how many of them were high."""
-
-    bucket: int
-    version: str
-    sessions: int
-    high_sessions: int
-
-
-class SessionFacts(msgspec.Struct):
-    """One session's numbers in the window, for the worst-sessions list."""
-
-    session_id: str
-    samples: int
-    mean: float
-    max: float
-    phases: list[tuple[Combo, bool]] = []
-    attrs: dict[str, str] = {}
-    items: dict[str, str] = {}
-
-
-class Facts(msgspec.Struct):
-    """Everything the report needs from the warehouse, already aggregated."""
-
-    keys: Keys
-    counts: dict[Combo, Counts]
-    total: Counts
-    timeline: list[TimelineRow]
-    worst: list[SessionFacts]
-
-
-def fmt_number(x: float) -> str:
-    """A number as short text: 40 rather than 40.0."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def nice_edges(quantiles: Sequence[float | None]) -> list[float]:
-    """Round quantiles to readable steps (1, 5, 10, 50...) and drop duplicates."""
-    edges: list[float] = []
-    for q in quantiles:
-        if q is None or not math.isfinite(q):
-            continue
-        if q == 0:
-            e = 0.0
-        else:
-            mag = 10 ** math.floor(math.log10(abs(q)))
-            step = mag / 2 if abs(q) >= 2 * mag else mag / 10
-            e = round(round(q / step) * step, 10)
-            if not math.isfinite(e):  # rounding 1.79e308 up passes the largest double
-                e = q
-        if e not in edges:
-            edges.append(float(e))
-    return sorted(edges)
-
-
-def interval_labels(edges: Sequence[float]) -> list[str]:
-    """Labels of the intervals the edges cut: '<10', '[10,20)', ..., '>=60'."""
-    labels = [f"<{fmt_number(edges[0])}"]
-    labels += [f"[{fmt_number(a)},{fmt_number(b)})" for a, b in zip(edges, edges[1:], strict=False)]
-    labels.append(f">={fmt_number(edges[-1])}")
-    return labels
-
-
-def interval_bounds(edges: Sequence[float]) -> dict[str, tuple[float, float]]:
-    """Label -> (low, high) of each interval the edges cut."""
-    return _interval_bounds(tuple(edges))
-
-
-@functools.lru_cache(maxsize=256)
-def _interval_bounds(edges: tuple[float, ...]) -> dict[str, tuple[float, float]]:
-    lows = [-math.inf, *edges]
-    highs = [*edges, math.inf]
-    return dict(zip(interval_labels(edges), zip(lows, highs, strict=True), strict=True))
 
 
 def metric_expr(d: Dialect, metric: str) -> tuple[str, str]:
@@ -325,20 +73,6 @@ def metric_expr(d: Dialect, metric: str) -> tuple[str, str]:
 
 def _ts(window: Window) -> str:
     return f"ts >= {int(window.since_ms)} AND ts < {int(window.until_ms)}"
-
-
-def candidate_edges(quantiles: Sequence[float | None]) -> list[float]:
-    """Readable cut points: the rounded quantiles, plus the middle of any unusually wide gap
-    between two quantiles (names of 6-32 and of 40-90 characters get an edge near 36)."""
-    qs = sorted({float(q) for q in quantiles if q is not None and math.isfinite(q)})
-    gaps = sorted(b - a for a, b in zip(qs, qs[1:], strict=False))
-    wide = 3 * gaps[len(gaps) // 2] if gaps else math.inf
-    mids = [a / 2 + b / 2 for a, b in zip(qs, qs[1:], strict=False) if b - a > wide]  # no overflow
-    edges = nice_edges(qs)
-    if len(edges) > MAX_EDGES - len(mids):
-        keep = max(1, MAX_EDGES - len(mids))
-        edges = [edges[int(i * len(edges) / keep)] for i in range(keep)]
-    return sorted(set(edges) | set(nice_edges(mids)))
 
 
 def _time_slices(window: Window, rows: int, slices: int = 20) -> str:
@@ -364,7 +98,7 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu",
 
     `rollup`: the warehouse's rollup state (DuckDB); sample attrs are then counted from it
     where it covers the window (~5x fewer rows than the samples)."""
-    d = Dialect(wh.dialect)
+    d = dialect_for(wh.dialect)
     session_where = f"ts >= {int(window.since_ms) - SESSION_LOOKBACK_MS} AND ts < {int(window.until_ms)}"
     rows = wh.query(
         f"SELECT k, v, count(*) AS n FROM ({d.array_join(d.table('sessions'), session_where)}) "
@@ -951,7 +685,7 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         "SELECT 'W' AS part, session_id AS k, n_samples AS a, s_hi AS b, 0 AS c, 0 AS e, "
         f"m_sum / n_samples AS x, peak AS y FROM {sessions_src} ORDER BY x DESC, k LIMIT {WORST_LIMIT}"
     )
-    if cols.phase and not d.ch:
+    if cols.phase and d.ctes:  # the worst sessions' phases in the same statement (else _fill_worst reads them)
         enc: list[str] = []
         for i, (alias, name) in enumerate(cols.phase):
             enc += [d.lit((RS if i else GS) + name + US), alias]
@@ -976,7 +710,7 @@ def fetch_facts(
     `keys`: the attrs to look at (default: discovered); `population`: a condition on sample
     rows (session_id, attrs) keeping only the drill path (see exact.population_sql);
     `rollup`: the warehouse's rollup state, when it keeps one."""
-    d = Dialect(wh.dialect)
+    d = dialect_for(wh.dialect)
     if keys is None:
         keys = discover_keys(wh, window, metric, rollup)
     cols = _columns(keys)
@@ -986,7 +720,7 @@ def fetch_facts(
     def name_of(part: str, k: str) -> Combo:  # a combination's key back as its items (the total: ())
         return () if k == TOTAL else _decode_combo(k)
 
-    if d.ch:
+    if not d.ctes:
         # no CTEs before ClickHouse 20: inline the phase and session subqueries into each statement
         blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__", population=population)
         ph = f"({blocks.phases})"
@@ -1132,7 +866,7 @@ def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: s
 
 def fetch_session(wh: Warehouse, session_id: str, limit: int = 50_000) -> dict:
     """One session's attrs, samples, events and end, in time order (raw rows)."""
-    d = Dialect(wh.dialect)
+    d = dialect_for(wh.dialect)
     sid = d.lit(session_id)
     sessions = wh.query(
         f"SELECT client_id, ts, attr_keys, attr_values FROM sessions WHERE session_id = {sid} ORDER BY ts"
