@@ -143,6 +143,7 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu",
     return Keys(
         session=session, sample=sorted(sample), sample_numeric=sample_numeric,
         event_numeric=event_numeric, event_text=event_text, sample_texts=texts,
+        sessions_seen=max(totals.values(), default=0),
     )
 
 
@@ -265,6 +266,7 @@ class _Cols(msgspec.Struct):
 
     session: list[tuple[str, str]]
     phase: list[tuple[str, str]]
+    order: int = MAX_ITEMS  # items in one combination, at most
 
 
 def _columns(keys: Keys) -> _Cols:
@@ -273,7 +275,7 @@ def _columns(keys: Keys) -> _Cols:
     session += [(f"et_{i}", k) for i, k in enumerate(keys.event_text)]
     phase = [(f"sp_{i}", k) for i, k in enumerate(keys.sample)]
     phase += [(f"sn_{i}", nk.key) for i, nk in enumerate(keys.sample_numeric)]
-    return _Cols(session, phase)
+    return _Cols(session, phase, min(MAX_ITEMS, max(1, keys.max_order)))
 
 
 class _Sql(msgspec.Struct):
@@ -443,12 +445,35 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     return _Sql(phases=phases, sessions=sql, phase_items=phase_items, masks=masks)
 
 
-def _combo_specs(cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[list[tuple[str, str]]]:
+GROUP_BUDGET = 100_000  # combinations the search may count in one report, about
+
+
+def search_order(keys: Keys, wanted: int = MAX_ITEMS) -> int:
+    """The largest order (items per combination, at most `wanted`) whose possible combinations
+    stay within GROUP_BUDGET: each set of columns holds at most the product of their value
+    counts, and at most as many as there are sessions. Ten attrs of 4-40 values have ~1M
+    combinations of three values but ~19k of two; six low-cardinality ones ~14k of three."""
+    cards = [len(v) + 1 for v in keys.session.values()] + [len(nk.edges) + 1 for nk in keys.event_numeric]
+    cards += [MAX_VALUES_PER_KEY for _ in keys.event_text] + [MAX_VALUES_PER_KEY // 4 for _ in keys.sample]
+    cards += [len(nk.edges) + 1 for nk in keys.sample_numeric]
+    cap = max(1, keys.sessions_seen) if keys.sessions_seen else None
+    order = max(1, min(wanted, MAX_ITEMS))
+    while order > 1:
+        groups = sum(min(cap, math.prod(c)) if cap else math.prod(c)
+                     for k in range(1, order + 1) for c in combinations(cards, k))
+        if groups <= GROUP_BUDGET:
+            break
+        order -= 1
+    return order
+
+
+def _combo_specs(cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = (),
+                 order: int = MAX_ITEMS) -> list[list[tuple[str, str]]]:
     """Every combination of up to MAX_ITEMS columns (alias, attr name) of distinct attrs, holding
     one of `must` if given, its columns ordered by attr name."""
     out = []
     allc = list(cols)
-    for size in range(1, MAX_ITEMS + 1):
+    for size in range(1, order + 1):
         for combo in combinations(allc, size):
             names = [k for _, k in combo]
             if len(set(names)) != len(names):
@@ -470,9 +495,9 @@ def _part_specs(cols: _Cols) -> dict[str, list[list[tuple[str, str]]]]:
     cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
     num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
     return {
-        "S": [[]] + _combo_specs(cols.session),
-        "P": _combo_specs(cols.session + cols.phase, must=num) if num else [],
-        "Q": _combo_specs(cols.session + cat, must=cat) if cat else [],
+        "S": [[]] + _combo_specs(cols.session, order=cols.order),
+        "P": _combo_specs(cols.session + cols.phase, must=num, order=cols.order) if num else [],
+        "Q": _combo_specs(cols.session + cat, must=cat, order=cols.order) if cat else [],
     }
 
 

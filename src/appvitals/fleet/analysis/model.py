@@ -40,6 +40,8 @@ class Keys(msgspec.Struct):
     # every distinct sample attrs text in the window, when discovery saw them all (few enough):
     # the report then lists them instead of scanning the samples for them again
     sample_texts: list[str] | None = None
+    sessions_seen: int = 0  # session lines discovery saw (an estimate of the sessions in the window)
+    max_order: int = 3  # attr values in one combination the search counts, at most
 
     def numeric_edges(self) -> dict[str, list[float]]:
         """Edges of every numeric attr by name."""

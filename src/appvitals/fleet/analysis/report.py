@@ -168,6 +168,7 @@ class Report(msgspec.Struct):
     keys: dict[str, list[str]]
     settings: Settings
     candidates: int = 0
+    notes: list[str] = []  # what the report left out, and why
     took_ms: float = 0.0
 
 
@@ -302,6 +303,11 @@ def build_report(
     for k, _ in path:
         if k not in known:
             raise ReportError(f"where: no attribute {k!r} in this window (known: {', '.join(sorted(known)) or 'none'})")
+    keys.max_order = _facts.search_order(keys, settings.max_order)
+    notes = []
+    if keys.max_order < settings.max_order:
+        notes.append(f"combinations of more than {keys.max_order} values were not searched: this window has too many "
+                     f"attribute values for them (the report counts about {_facts.GROUP_BUDGET:,} combinations at most)")
     counter = _exact.Counter(wh, keys, window, metric, threshold, path, rollup)
     facts = _facts.fetch_facts(wh, window, metric, threshold, bucket_ms, VERSION_KEYS, keys=keys,
                                population=counter.population, rollup=rollup)
@@ -365,7 +371,7 @@ def build_report(
             "event_numeric": [nk.key for nk in keys.event_numeric], "event_text": list(keys.event_text),
             "version": [version_key] if version_key else [], "stage": [stage_key] if stage_key else [],
         },
-        settings=settings, candidates=result.candidates,
+        settings=settings, candidates=result.candidates, notes=notes,
     )
     for e in {id(e): e for e in report.explanations + tree_nodes}.values():
         e.examples = [f.session_id for f in facts.worst if _explain.matches(e.attrs, f.items, f.phases, numeric)][:5]
