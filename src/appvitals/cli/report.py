@@ -160,6 +160,8 @@ def print_report(report, console, since: str | None = None, dashboard: str | Non
     if not r.sessions:
         console.print("[dim]No samples in this window.[/]")
         return
+    for note in r.notes:
+        console.print(f"[yellow]Note:[/] {note}.")
 
     def add(branch, node) -> None:
         for child in node.children:

@@ -83,6 +83,10 @@ def read_routes(warehouse_getter: Callable, check_read: Callable) -> list:
         except ReportError as exc:
             return _error(400, str(exc))
         except Exception as exc:  # a warehouse failure: one JSON line, details in the log
+            if "OutOfMemory" in type(exc).__name__:  # the collector's memory limit, not a bug: say what to do
+                log.warning("report ran out of memory: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                return _error(503, "the report needs more memory than the collector's limit: ask for a shorter "
+                                   "window (since/until), max_order=2, or a drill path (where=)")
             log.exception("report failed")
             return _error(500, f"report failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return Response(_encoder.encode(result), media_type="application/json")

@@ -112,6 +112,7 @@ function renderHeadline(r) {
     top ? el("p", {}, "Most likely cause: ", chips(top.attrs),
       ` — ${pct(top.high_share)} of its ${num(top.sessions)} sessions were high, ${top.risk_ratio.toFixed(1)}× more often than the rest.`)
       : el("p", { class: "muted" }, "No attribute combination stands out."),
+    ...(r.notes || []).map((n) => el("p", { class: "muted", "data-testid": "note" }, "Note: " + n + ".")),
     el("p", { class: "muted" }, `${timeText(r.window.since_ms)} – ${timeText(r.window.until_ms)} · ${r.candidates} combinations tested · ${r.took_ms} ms`),
   );
 }
