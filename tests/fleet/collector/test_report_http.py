@@ -17,6 +17,7 @@ from appvitals.fleet.sim.simulate import generate_lines
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 
 MINUTES = 90
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "bench")
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +227,32 @@ def test_cli_report_drill_path(collector):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     bad = vitals("report", "--url", collector, "--where", "nonsense")
     assert bad.returncode == 2 and "where" in bad.stderr, bad.stderr
+
+
+def test_a_report_over_the_memory_limit_is_a_503_and_harms_nothing(tmp_path):
+    """A wide fleet in a collector with little memory: the report may not fit, but it answers
+    503 with what to ask instead (never a 500), and later reports and ingest still work."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_report_wide import workload
+    finally:
+        sys.path.remove(str(BENCH))
+    import msgspec
+
+    from appvitals.fleet.wire.protocol import AnyLine
+
+    bodies, _ = workload(3000, 4)
+    dec = msgspec.json.Decoder(AnyLine)
+    wh = DuckDBWarehouse(str(tmp_path / "small.duckdb"), memory_limit="24MB")
+    wh.insert([dec.decode(line) for body in bodies for line in body.split(b"\n") if line])
+    try:
+        with running_app(create_app(wh)) as url:
+            r = httpx.get(url + "/v1/report", params={"since": "6h"}, timeout=120)
+            assert r.status_code in (200, 503), r.text[:300]
+            if r.status_code == 503:
+                assert "max_order" in r.json()["error"]
+            assert httpx.get(url + "/v1/report", params={"since": "1m"}, timeout=60).status_code == 200
+            line = msgspec.json.encode({"kind": "session", "session_id": "after", "client_id": "c", "ts": 1, "seq": 0})
+            assert httpx.post(url + "/v1/ingest", content=line + b"\n", timeout=60).json()["accepted"] == 1
+    finally:
+        wh.close()

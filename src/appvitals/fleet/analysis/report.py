@@ -309,8 +309,17 @@ def build_report(
         notes.append(f"combinations of more than {keys.max_order} values were not searched: this window has too many "
                      f"attribute values for them (the report counts about {_facts.GROUP_BUDGET:,} combinations at most)")
     counter = _exact.Counter(wh, keys, window, metric, threshold, path, rollup)
-    facts = _facts.fetch_facts(wh, window, metric, threshold, bucket_ms, VERSION_KEYS, keys=keys,
-                               population=counter.population, rollup=rollup)
+    while True:
+        try:
+            facts = _facts.fetch_facts(wh, window, metric, threshold, bucket_ms, VERSION_KEYS, keys=keys,
+                                       population=counter.population, rollup=rollup)
+            break
+        except Exception as exc:  # the warehouse's memory limit: search fewer values at once
+            if "OutOfMemory" not in type(exc).__name__ or keys.max_order <= 1:
+                raise
+            keys.max_order -= 1
+            notes.append(f"the search ran out of the warehouse's memory and was redone with combinations of at "
+                         f"most {keys.max_order} values")
     numeric = keys.numeric_edges()
     result = _explain.explain(facts.counts, facts.total, settings, numeric)
     version_key = next((k for k in VERSION_KEYS if k in keys.session), None)
