@@ -164,6 +164,7 @@ def test_report_counts_equal_brute_force_on_duckdb(seed):
         version = random.Random(seed).choice(["1.0", "2.0", "3.0"])
         check_report(wh, lines, where=[f"app_version={version}"])
         check_report(wh, lines, where=["stage=work", "os=win"])
+        check_report(wh, lines, where=["size>=5", "n<12"])
     finally:
         wh.close()
 
@@ -190,5 +191,6 @@ def test_report_counts_equal_brute_force_on_clickhouse(clickhouse_url, seed):  #
         ch.insert(lines)
         check_report(ch, lines)
         check_report(ch, lines, where=["stage=work"])
+        check_report(ch, lines, where=["app_version=2.0", "size>=5"])
     finally:
         ch.close()

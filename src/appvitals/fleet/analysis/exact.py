@@ -129,9 +129,18 @@ def population_sql(d: Dialect, keys: Keys, window: Window, where: Group) -> str:
 
 
 def phase_rows_sql(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
-                   rollup: tuple[int, int, list[int]] | None = None, population: str = "") -> str:
-    """One row per phase (session_id, client_id, ph_n, ph_sum, ph_hi, t0, t1, item columns)."""
+                   rollup: tuple[int, int, list[int]] | None = None, population: str = "",
+                   only: set[str] | None = None) -> str:
+    """One row per phase (session_id, client_id, ph_n, ph_sum, ph_hi, t0, t1, item columns).
+
+    `only`: the session and event attrs to carry (default all); sample attrs are always
+    carried, since they define the phases."""
     lv = levels(keys)
+    if only is not None:
+        keys = msgspec.structs.replace(
+            keys, session={k: v for k, v in keys.session.items() if k in only},
+            event_numeric=[nk for nk in keys.event_numeric if nk.key in only],
+            event_text=[k for k in keys.event_text if k in only])
     sample_cols = [(lv[k].column, k, lv[k].numeric) for k in (*keys.sample, *(nk.key for nk in keys.sample_numeric))
                    if lv[k].on_sample]
     rows = rows_sql(d, window, metric, rollup, population)
@@ -194,9 +203,14 @@ class Counter:
         if unknown:
             raise KeyError(unknown[0])
         self.population = population_sql(self.d, keys, window, self.where)
-        rows = phase_rows_sql(self.d, keys, window, metric, threshold, rollup, self.population)
-        # a 64-bit session key: the per-session groupings hash an integer, not the id string
-        self.base = f"SELECT *, {self.d.hash_of(['session_id'])} AS sk FROM ({rows})"
+        self._args = (keys, window, metric, threshold, rollup, self.population)
+        self.base = self.base_for(None)
+
+    def base_for(self, attrs: set[str] | None) -> str:
+        """The phase rows, carrying only the session and event attrs named (None: all), and a
+        64-bit session key: the per-session groupings hash an integer, not the id string."""
+        rows = phase_rows_sql(self.d, *self._args, only=attrs)
+        return f"SELECT *, {self.d.hash_of(['session_id'])} AS sk FROM ({rows})"
 
     def count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
         """Exact counts of each group (inside the drill path); the empty group is the path itself."""
@@ -208,7 +222,7 @@ class Counter:
         return out
 
     def _count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
-        sql, read = self._count_sql(groups, f"({self.base})")
+        sql, read = self._count_sql(groups, f"({self.base_for({k for g in groups for k, _ in g})})")
         row = self.wh.query(sql)
         return read(row[0] if row else None)
 
@@ -271,7 +285,8 @@ class Counter:
         if row_key:
             parts += [f"SELECT 'C' AS part, rv AS k1, CASE WHEN two = 1 THEN cv END AS k2, [s, h, u, uh] AS v "
                       f"FROM ({q})" for q in self._cells_sql(row_key, col_key, "b")]
-        sql = (f"WITH b AS MATERIALIZED ({self.base}), ps AS MATERIALIZED ({per_session}) "
+        needed = {k for g in first for k, _ in g} | {k for k in (row_key, col_key, version_key) if k}
+        sql = (f"WITH b AS MATERIALIZED ({self.base_for(needed)}), ps AS MATERIALIZED ({per_session}) "
                + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
         counts: dict[Group, ExactCounts] = {}
         cells: dict[Group, ExactCounts] = {}
@@ -301,7 +316,7 @@ class Counter:
 
     def _cells_sql(self, row_key: str, col_key: str | None, base: str | None = None) -> list[str]:
         d = self.d
-        src = base or f"({self.base})"
+        src = base or f"({self.base_for({k for k in (row_key, col_key) if k})})"
         r = self.levels[row_key].column
         sums = "count(*) AS s, sum(hi) AS h, sum(u) AS u, sum(uh) AS uh"
         per = "max(ph_hi) AS hi, count(*) AS u, sum(ph_hi) AS uh"
@@ -320,7 +335,7 @@ class Counter:
         lo = f" AND {col} > {low!r}" if math.isfinite(low) else ""
         hi = f" AND {col} <= {high!r}" if math.isfinite(high) else ""
         rows = self.wh.query(
-            f"SELECT DISTINCT {col} AS x FROM ({self.base}) WHERE {col} IS NOT NULL{lo}{hi} ORDER BY x LIMIT {int(limit)}"
+            f"SELECT DISTINCT {col} AS x FROM ({self.base_for({key})}) WHERE {col} IS NOT NULL{lo}{hi} ORDER BY x LIMIT {int(limit)}"
         )
         return [float(r[0]) for r in rows if r[0] is not None and math.isfinite(float(r[0]))]
 
@@ -330,7 +345,8 @@ class Counter:
         since = int(self.window.since_ms)
         ver = self.levels[version_key].column if version_key in self.levels else "''"
         per_session = (f"SELECT session_id, min(ph_t0) AS t0, max(ph_t1) AS t1, max(ph_hi) AS hi, "
-                       f"{d.any_value(ver)} AS ver FROM ({self.base}) GROUP BY session_id")
+                       f"{d.any_value(ver)} AS ver FROM ({self.base_for({version_key} if version_key else set())}) "
+                       "GROUP BY session_id")
         return [
             (int(b0), int(b1), str(v), int(n), int(h or 0)) for b0, b1, v, n, h in self.wh.query(
                 f"SELECT {d.idiv(f't0 - {since}', int(bucket_ms))} AS b0, {d.idiv(f't1 - {since}', int(bucket_ms))} AS b1, "
