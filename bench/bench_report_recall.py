@@ -72,12 +72,15 @@ chance = 0.08
 """
 
 
+FDR: float | None = None
+
+
 def report_of(scenario, clients: int, minutes: float, seed: int):
     wh = DuckDBWarehouse(":memory:")
     try:
         wh.insert(list(generate_lines(scenario, clients=clients, minutes=minutes, seed=seed, start_ms=START_MS)))
         now = dt.datetime.fromtimestamp(START_MS / 1000 + minutes * 60, dt.timezone.utc)
-        return build_report(wh, since=f"{int(minutes)}m", threshold=30, now=now)
+        return build_report(wh, since=f"{int(minutes)}m", threshold=30, now=now, fdr=FDR)
     finally:
         wh.close()
 
@@ -105,8 +108,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--null-seeds", type=int, default=40)
+    ap.add_argument("--fdr", type=float, default=None, help="false discovery rate (default: the report's)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    global FDR
+    FDR = a.fdr
     t0 = time.perf_counter()
     out = {
         "recall_small": recall(30, 60, range(1, a.seeds + 1)),
@@ -114,6 +120,7 @@ def main() -> None:
         "no_cause_small": false_explanations(30, 60, range(1, a.null_seeds + 1)),
         "no_cause_default": false_explanations(100, 120, range(1, a.null_seeds + 1)),
     }
+    out["fdr"] = a.fdr
     out["took_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out) if a.json else json.dumps(out, indent=2))
 
