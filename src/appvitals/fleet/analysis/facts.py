@@ -721,6 +721,28 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     return parts
 
 
+ROW_COLUMNS = ("part", "k", "a", "b", "c", "e", "x", "y")  # what every part's SELECT returns, in order
+# what the generic columns a..y hold in each part (see _parts): rows are read back by these names
+PART_FIELDS: dict[str, dict[str, str]] = {
+    "S": {"a": "sessions", "b": "high_sessions", "c": "units", "e": "high_units", "x": "samples", "y": "metric_sum"},
+    "P": {"a": "sessions", "b": "high_sessions", "c": "units", "e": "high_units"},
+    "Q": {"a": "sessions", "b": "high_sessions", "c": "units", "e": "high_units"},
+    "D": {"k": "value", "a": "code", "b": "column"},
+    "T": {"k": "version", "a": "first_bucket", "b": "last_bucket", "c": "sessions", "e": "high_sessions"},
+    "W": {"k": "session_id", "a": "samples", "b": "high", "x": "mean", "y": "max"},
+    "V": {"k": "phase", "a": "high", "x": "first_ts"},
+}
+
+
+def named(row: Sequence) -> dict:
+    """One row of the report's statement as {field: value}, by the names of its part."""
+    raw = dict(zip(ROW_COLUMNS, row, strict=True))
+    fields = PART_FIELDS[raw["part"]]
+    out = {"part": raw["part"], "key": raw["k"]}
+    out.update({name: raw[col] for col, name in fields.items()})
+    return out
+
+
 def _decode_combo(key: str) -> Combo:
     return tuple(tuple(item.split(US, 1)) for item in key.split(RS))  # type: ignore[misc]
 
@@ -758,15 +780,15 @@ def fetch_facts(
         masks = bool(s_aliases) and mask_stages_fit(keys)
         rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, masks,
                                     population)
-        codes = [r for r in rows if r[0] == "D"] if coded else []
-        if codes and max(int(r[2]) for r in codes) >> CODE_BITS:  # too many values to code: spell them out
+        codes = [named(r) for r in rows if r[0] == "D"] if coded else []
+        if codes and max(int(r["code"]) for r in codes) >> CODE_BITS:  # too many values to code: spell them out
             rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, False,
                                         population)
         if coded:
             names = _coded_columns(cols)
             values: dict[str, dict[int, str]] = {a: {} for a in names}
-            for _, k, a, b, *_ in codes:
-                values[names[int(b)]][int(a)] = str(k)
+            for r in codes:
+                values[names[int(r["column"])]][int(r["code"])] = str(r["value"])
             decoders = {part: _coded_decoder(specs, values) for part, specs in _part_specs(cols).items()}
 
             def name_of(part: str, k: str) -> Combo:
@@ -776,30 +798,36 @@ def fetch_facts(
     worst: list[SessionFacts] = []
     phases_of: dict[str, list] = {}
     timeline_acc: dict[tuple[int, str], list[int]] = {}
-    for part, k, a, b, c, e, x, y in rows:
-        a, b, c, e = int(a or 0), int(b or 0), int(c or 0), int(e or 0)  # sums over no rows are NULL
+    def n(value) -> int:  # sums over no rows are NULL
+        return int(value or 0)
+
+    for row in map(named, rows):
+        part, k = row["part"], row["key"]
         if part == "S":
-            cnt = Counts(a, b, c, e, int(x or 0), float(y or 0.0))
+            cnt = Counts(n(row["sessions"]), n(row["high_sessions"]), n(row["units"]), n(row["high_units"]),
+                         n(row["samples"]), float(row["metric_sum"] or 0.0))
             combo = name_of(part, k)
             if combo:
                 counts[combo] = cnt
             else:
                 total = cnt
         elif part in ("P", "Q"):
-            counts[name_of(part, k)] = Counts(a, b, c, e)
+            counts[name_of(part, k)] = Counts(n(row["sessions"]), n(row["high_sessions"]), n(row["units"]),
+                                              n(row["high_units"]))
         elif part == "D":
             pass  # read above
         elif part == "T":
-            for bucket in range(a, b + 1):  # a session counts in every bucket it was active
+            for bucket in range(n(row["first_bucket"]), n(row["last_bucket"]) + 1):  # active in every bucket
                 per_bucket = timeline_acc.setdefault((bucket, str(k)), [0, 0])
-                per_bucket[0] += c
-                per_bucket[1] += e
+                per_bucket[0] += n(row["sessions"])
+                per_bucket[1] += n(row["high_sessions"])
         elif part == "V":
             sid, _, enc = str(k).partition(GS)
-            items = tuple((n, v) for n, v in (i.split(US, 1) for i in enc.split(RS)) if v)
-            phases_of.setdefault(sid, []).append((float(x or 0), items, bool(a)))
+            items = tuple((name, v) for name, v in (i.split(US, 1) for i in enc.split(RS)) if v)
+            phases_of.setdefault(sid, []).append((float(row["first_ts"] or 0), items, bool(row["high"])))
         else:
-            worst.append(SessionFacts(session_id=str(k), samples=int(a), mean=float(x or 0.0), max=float(y or 0.0)))
+            worst.append(SessionFacts(session_id=str(k), samples=n(row["samples"]), mean=float(row["mean"] or 0.0),
+                                      max=float(row["max"] or 0.0)))
     timeline = [TimelineRow(b, v, n, h) for (b, v), (n, h) in sorted(timeline_acc.items())]
     worst.sort(key=lambda f: (-f.mean, f.session_id))
     for f in worst:
