@@ -554,6 +554,40 @@ def _coded_decoder(specs: Sequence[Sequence[tuple[str, str]]], values: Mapping[s
     return decode
 
 
+class _PartSql:
+    """What the statements of one report share: dialect, item columns, combinations to explode,
+    the relations they read, and whether combinations are coded as integers."""
+
+    def __init__(self, d: Dialect, keys: Keys, phases_src: str, sessions_src: str, classes_src: str | None,
+                 keyed_src: str, masks: bool):
+        self.d = d
+        self.cols = _columns(keys)
+        self.s_aliases = [a for a, _ in self.cols.session]
+        self.cat = [(a, k) for a, k in self.cols.phase if a.startswith("sp_")]
+        self.num = [(a, k) for a, k in self.cols.phase if a.startswith("sn_")]
+        self.phases_src, self.sessions_src, self.classes_src, self.keyed_src = (
+            phases_src, sessions_src, classes_src, keyed_src)
+        self.coded = masks and bool(classes_src) and bool(self.s_aliases)
+        self.specs = _part_specs(self.cols)
+        self.ss_items = f"(SELECT session_id{''.join(', ' + a for a in self.s_aliases)} FROM {sessions_src}) AS ss"
+
+    def item_cols(self, aliases: Sequence[str]) -> str:
+        """The item columns as the statements group them: their codes when coded."""
+        return ", ".join(f"{a}_c" for a in aliases) if self.coded else ", ".join(aliases)
+
+    def exploded(self, part: str, sums: str, counts: str, source: str) -> str:
+        """One row per combination of `part`: the rows of `source` exploded into their
+        combinations (integer or string keys) and summed."""
+        d = self.d
+        if self.coded:
+            return (f"SELECT '{part}' AS part, CAST(combo AS VARCHAR) AS k, {sums} FROM ("
+                    + d.explode(counts, _coded_combo_exprs(self.specs[part]), source, "combo")
+                    + ") WHERE combo >= 0 GROUP BY combo")
+        return (f"SELECT '{part}' AS part, combo AS k, {sums} FROM ("
+                + d.explode(counts, _combo_exprs(d, self.specs[part]), source, "combo")
+                + ") WHERE combo != '' GROUP BY combo")
+
+
 def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
            phases_src: str, sessions_src: str, classes_src: str | None = None,
            keyed_src: str = "ph0", masks: bool = False) -> dict[str, str]:
@@ -573,152 +607,153 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     phases per (session, stage). The combinations are then also spelled as integers (see
     _coded_combo_exprs; `classes_src` and `pm` carry each item column's code `{alias}_c`), and
     part D lists the codes: (k: value, a: code, b: the column's index in _coded_columns)."""
-    cols = _columns(keys)
-    s_aliases = [a for a, _ in cols.session]
-    coded = masks and bool(classes_src) and bool(s_aliases)
-    specs = _part_specs(cols)
-    if coded:
-        def item_cols(aliases: Sequence[str]) -> str:
-            return ", ".join(f"{a}_c" for a in aliases)
-
-        def exploded(part: str, sums: str, counts: str, source: str) -> str:
-            return (f"SELECT '{part}' AS part, CAST(combo AS VARCHAR) AS k, {sums} FROM ("
-                    + d.explode(counts, _coded_combo_exprs(specs[part]), source, "combo")
-                    + ") WHERE combo >= 0 GROUP BY combo")
-    else:
-        def item_cols(aliases: Sequence[str]) -> str:
-            return ", ".join(aliases)
-
-        def exploded(part: str, sums: str, counts: str, source: str) -> str:
-            return (f"SELECT '{part}' AS part, combo AS k, {sums} FROM ("
-                    + d.explode(counts, _combo_exprs(d, specs[part]), source, "combo")
-                    + ") WHERE combo != '' GROUP BY combo")
-    s_sums = "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, sum(c_n) AS x, sum(c_m) AS y"
-    s_counts = "c_s, c_sh, c_u, c_uh, c_n, c_m"
-    if coded:  # per session class, named (coded) from the map
-        s_compact = (
-            f"SELECT {item_cols(s_aliases)}, c_s, c_sh, c_u, c_uh, c_n, c_m FROM (SELECT sc, count(*) AS c_s, "
-            f"sum(s_hi) AS c_sh, sum(n_ph) AS c_u, sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m "
-            f"FROM {sessions_src} GROUP BY sc) AS sg {d.inner_join} {classes_src} USING (sc)"
-        )
-    else:
-        s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
-        s_compact = (
-            f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
-            f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src}{s_group}"
-        )
-    parts = {"S": exploded("S", s_sums, s_counts, s_compact)}
-    cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
-    num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
-    ss_items = f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss"
-    if num:
-        # combinations naming a numeric sample attr: counted on the phases themselves
-        sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
-        has_num = " OR ".join(f"{a} != ''" for a, _ in num)
-        if coded:
-            p_compact = (
-                f"SELECT {item_cols(s_aliases + [a for a, _ in cols.phase])}, c_n, c_h FROM pc {d.inner_join} pm "
-                f"USING (pid) {d.inner_join} {classes_src} USING (sc) WHERE {has_num}"
-            )
-        elif classes_src and s_aliases:
-            # the phases picked and grouped by integer keys (sc, pid), named from the maps after
-            joined = (
-                f"SELECT sc, pid, ph_hi FROM (SELECT sk, pid, ph_hi FROM {keyed_src} "
-                f"WHERE pid IN (SELECT pid FROM pm WHERE {has_num})) AS ph "
-                f"{d.inner_join} (SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)"
-            )
-            p_compact = (
-                f"SELECT {sel}, c_n, c_h FROM (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) "
-                f"GROUP BY sc, pid) AS pc {d.inner_join} pm USING (pid) {d.inner_join} {classes_src} USING (sc)"
-            )
-        else:
-            joined = (
-                f"SELECT {sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
-                f"{d.inner_join} {ss_items} USING (session_id)"
-            )
-            p_compact = f"SELECT {sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) GROUP BY {sel}"
-        # high phases summed in the group, not a group key: up to half the rows to explode
-        parts["P"] = exploded("P", "sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, sum(c_h) AS e, 0 AS x, 0 AS y",
-                              "c_n, c_h", p_compact)
-    if cat:
-        # combinations naming only categorical sample attrs (stage): one row per (session, stage), so
-        # sessions are exact, and the phases inside it are counted too
-        c_aliases = [a for a, _ in cat]
-        sel = ", ".join(s_aliases + c_aliases)
-        if coded:
-            # phases per (session items, stage) from pc; sessions per (session items, stage): a
-            # stage that only one phase can have is that phase in each session, a split stage is
-            # counted from the sessions' stage masks (qm: ran it, hm: was high in it)
-            units = (f"SELECT sc, qid, sum(c_n) AS c_u, sum(c_h) AS c_uh, max(qbit) AS qbit FROM pc "
-                     f"{d.inner_join} pm USING (pid) GROUP BY sc, qid")
-            split = (
-                f"SELECT sc, qid, sum(n) AS m_s, sum(CASE WHEN (hm & qbit) != 0 THEN n ELSE 0 END) AS m_sh FROM "
-                f"(SELECT sc, qm, hm, count(*) AS n FROM {sessions_src} WHERE qm != 0 GROUP BY sc, qm, hm) AS sm "
-                f"JOIN (SELECT DISTINCT qid, qbit FROM pm WHERE qbit != 0) AS qb ON (sm.qm & qb.qbit) != 0 GROUP BY sc, qid"
-            )
-            q_compact = (
-                f"SELECT {item_cols(s_aliases + c_aliases)}, CASE WHEN qbit = 0 THEN c_u ELSE m_s END AS c_s, "
-                f"CASE WHEN qbit = 0 THEN c_uh ELSE m_sh END AS c_sh, c_u, c_uh "
-                f"FROM ({units}) AS qu LEFT JOIN ({split}) AS qs USING (sc, qid) "
-                f"{d.inner_join} {classes_src} USING (sc) {d.inner_join} "
-                f"(SELECT DISTINCT qid, {item_cols(c_aliases)} FROM pm) AS qn USING (qid)"
-            )
-        elif classes_src and s_aliases:
-            # integers only until the few thousand (session items, stage) groups are named; a
-            # stage with one possible phase (no numeric attr splits it) is that phase in each
-            # session, so only the stages split into several phases need the grouping
-            per_stage = "SELECT qid FROM pm GROUP BY qid HAVING count(*)"
-            coarse = (f"SELECT sk, qid, 1 AS co_n, ph_hi AS co_h, ph_hi AS co_any FROM {phases_src} "
-                      f"WHERE qid IN ({per_stage} = 1) UNION ALL "
-                      f"SELECT sk, qid, count(*) AS co_n, sum(ph_hi) AS co_h, max(ph_hi) AS co_any "
-                      f"FROM {phases_src} WHERE qid IN ({per_stage} > 1) GROUP BY sk, qid")
-            joined = (f"SELECT sc, qid, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} "
-                      f"(SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)")
-            q_compact = (
-                f"SELECT {sel}, c_s, c_sh, c_u, c_uh FROM (SELECT sc, qid, count(*) AS c_s, sum(co_any) AS c_sh, "
-                f"sum(co_n) AS c_u, sum(co_h) AS c_uh FROM ({joined}) GROUP BY sc, qid) AS qc "
-                f"{d.inner_join} {classes_src} USING (sc) {d.inner_join} "
-                f"(SELECT DISTINCT qid, {', '.join(c_aliases)} FROM pm) AS qm USING (qid)"
-            )
-        else:
-            coarse = (
-                f"SELECT session_id, {', '.join(c_aliases)}, count(*) AS co_n, sum(ph_hi) AS co_h, "
-                f"max(ph_hi) AS co_any FROM {phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
-            )
-            joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {ss_items} USING (session_id)"
-            q_compact = (
-                f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
-                f"FROM ({joined}) GROUP BY {sel}"
-            )
-        parts["Q"] = exploded("Q", "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, 0 AS x, 0 AS y",
-                              "c_s, c_sh, c_u, c_uh", q_compact)
-    if coded:  # the codes of every item column's values
+    c = _PartSql(d, keys, phases_src, sessions_src, classes_src, keyed_src, masks)
+    parts = {"S": _session_part(c)}
+    if c.num:
+        parts["P"] = _numeric_part(c)
+    if c.cat:
+        parts["Q"] = _stage_part(c)
+    if c.coded:  # the codes of every item column's values
         parts["D"] = " UNION ALL ".join(
             f"SELECT DISTINCT 'D' AS part, {a} AS k, {a}_c AS a, {i} AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y "
-            f"FROM {classes_src if i < len(s_aliases) else 'pm'} WHERE {a}_c > 0"
-            for i, a in enumerate(_coded_columns(cols))
+            f"FROM {classes_src if i < len(c.s_aliases) else 'pm'} WHERE {a}_c > 0"
+            for i, a in enumerate(_coded_columns(c.cols))
         )
-    since = int(window.since_ms)
-    b0 = d.idiv(f"t0 - {since}", int(bucket_ms))
-    b1 = d.idiv(f"t1 - {since}", int(bucket_ms))
-    ver = version_alias or "''"
-    parts["T"] = (
-        f"SELECT 'T' AS part, ver AS k, b0 AS a, b1 AS b2, count(*) AS c, sum(s_hi) AS e, 0 AS x, 0 AS y FROM "
-        f"(SELECT {b0} AS b0, {b1} AS b1, {ver} AS ver, s_hi FROM {sessions_src}) GROUP BY b0, b1, ver"
-    )
+    parts["T"] = _timeline_part(c, window, bucket_ms, version_alias)
     parts["W"] = (
         "SELECT 'W' AS part, session_id AS k, n_samples AS a, s_hi AS b, 0 AS c, 0 AS e, "
         f"m_sum / n_samples AS x, peak AS y FROM {sessions_src} ORDER BY x DESC, k LIMIT {WORST_LIMIT}"
     )
-    if cols.phase and d.ctes:  # the worst sessions' phases in the same statement (else _fill_worst reads them)
+    if c.cols.phase and d.ctes:  # the worst sessions' phases in the same statement (else _fill_worst reads them)
         enc: list[str] = []
-        for i, (alias, name) in enumerate(cols.phase):
+        for i, (alias, name) in enumerate(c.cols.phase):
             enc += [d.lit((RS if i else GS) + name + US), alias]
         parts["V"] = (
             f"SELECT 'V' AS part, {d.concat('session_id', *enc)} AS k, ph_hi AS a, 0 AS b, 0 AS c, 0 AS e, "
             f"ph_t0 AS x, 0 AS y FROM {phases_src} WHERE session_id IN (SELECT k FROM ({parts['W']}))"
         )
     return parts
+
+
+def _session_part(c: _PartSql) -> str:
+    """S: per combination of session items (and the total): sessions, high sessions, phases,
+    high phases, samples and metric sum."""
+    d, s_aliases = c.d, c.s_aliases
+    s_sums = "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, sum(c_n) AS x, sum(c_m) AS y"
+    s_counts = "c_s, c_sh, c_u, c_uh, c_n, c_m"
+    if c.coded:  # per session class, named (coded) from the map
+        s_compact = (
+            f"SELECT {c.item_cols(s_aliases)}, c_s, c_sh, c_u, c_uh, c_n, c_m FROM (SELECT sc, count(*) AS c_s, "
+            f"sum(s_hi) AS c_sh, sum(n_ph) AS c_u, sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m "
+            f"FROM {c.sessions_src} GROUP BY sc) AS sg {d.inner_join} {c.classes_src} USING (sc)"
+        )
+    else:
+        s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
+        s_compact = (
+            f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
+            f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {c.sessions_src}{s_group}"
+        )
+    return c.exploded("S", s_sums, s_counts, s_compact)
+
+
+def _numeric_part(c: _PartSql) -> str:
+    """P: combinations naming a numeric sample attr, counted on the phases themselves."""
+    d, s_aliases, cols = c.d, c.s_aliases, c.cols
+    sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
+    has_num = " OR ".join(f"{a} != ''" for a, _ in c.num)
+    if c.coded:
+        p_compact = (
+            f"SELECT {c.item_cols(s_aliases + [a for a, _ in cols.phase])}, c_n, c_h FROM pc {d.inner_join} pm "
+            f"USING (pid) {d.inner_join} {c.classes_src} USING (sc) WHERE {has_num}"
+        )
+    elif c.classes_src and s_aliases:
+        # the phases picked and grouped by integer keys (sc, pid), named from the maps after
+        joined = (
+            f"SELECT sc, pid, ph_hi FROM (SELECT sk, pid, ph_hi FROM {c.keyed_src} "
+            f"WHERE pid IN (SELECT pid FROM pm WHERE {has_num})) AS ph "
+            f"{d.inner_join} (SELECT sk, sc FROM {c.sessions_src}) AS ss USING (sk)"
+        )
+        p_compact = (
+            f"SELECT {sel}, c_n, c_h FROM (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) "
+            f"GROUP BY sc, pid) AS pc {d.inner_join} pm USING (pid) {d.inner_join} {c.classes_src} USING (sc)"
+        )
+    else:
+        joined = (
+            f"SELECT {sel}, ph_hi FROM (SELECT * FROM {c.phases_src} WHERE {has_num}) AS ph "
+            f"{d.inner_join} {c.ss_items} USING (session_id)"
+        )
+        p_compact = f"SELECT {sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) GROUP BY {sel}"
+    # high phases summed in the group, not a group key: up to half the rows to explode
+    return c.exploded("P", "sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, sum(c_h) AS e, 0 AS x, 0 AS y",
+                      "c_n, c_h", p_compact)
+
+
+def _stage_part(c: _PartSql) -> str:
+    """Q: combinations naming only categorical sample attrs (stage): one row per (session,
+    stage), so sessions are exact, and the phases inside it are counted too."""
+    d, s_aliases = c.d, c.s_aliases
+    c_aliases = [a for a, _ in c.cat]
+    sel = ", ".join(s_aliases + c_aliases)
+    if c.coded:
+        # phases per (session items, stage) from pc; sessions per (session items, stage): a
+        # stage that only one phase can have is that phase in each session, a split stage is
+        # counted from the sessions' stage masks (qm: ran it, hm: was high in it)
+        units = (f"SELECT sc, qid, sum(c_n) AS c_u, sum(c_h) AS c_uh, max(qbit) AS qbit FROM pc "
+                 f"{d.inner_join} pm USING (pid) GROUP BY sc, qid")
+        split = (
+            f"SELECT sc, qid, sum(n) AS m_s, sum(CASE WHEN (hm & qbit) != 0 THEN n ELSE 0 END) AS m_sh FROM "
+            f"(SELECT sc, qm, hm, count(*) AS n FROM {c.sessions_src} WHERE qm != 0 GROUP BY sc, qm, hm) AS sm "
+            f"JOIN (SELECT DISTINCT qid, qbit FROM pm WHERE qbit != 0) AS qb ON (sm.qm & qb.qbit) != 0 GROUP BY sc, qid"
+        )
+        q_compact = (
+            f"SELECT {c.item_cols(s_aliases + c_aliases)}, CASE WHEN qbit = 0 THEN c_u ELSE m_s END AS c_s, "
+            f"CASE WHEN qbit = 0 THEN c_uh ELSE m_sh END AS c_sh, c_u, c_uh "
+            f"FROM ({units}) AS qu LEFT JOIN ({split}) AS qs USING (sc, qid) "
+            f"{d.inner_join} {c.classes_src} USING (sc) {d.inner_join} "
+            f"(SELECT DISTINCT qid, {c.item_cols(c_aliases)} FROM pm) AS qn USING (qid)"
+        )
+    elif c.classes_src and s_aliases:
+        # integers only until the few thousand (session items, stage) groups are named; a
+        # stage with one possible phase (no numeric attr splits it) is that phase in each
+        # session, so only the stages split into several phases need the grouping
+        per_stage = "SELECT qid FROM pm GROUP BY qid HAVING count(*)"
+        coarse = (f"SELECT sk, qid, 1 AS co_n, ph_hi AS co_h, ph_hi AS co_any FROM {c.phases_src} "
+                  f"WHERE qid IN ({per_stage} = 1) UNION ALL "
+                  f"SELECT sk, qid, count(*) AS co_n, sum(ph_hi) AS co_h, max(ph_hi) AS co_any "
+                  f"FROM {c.phases_src} WHERE qid IN ({per_stage} > 1) GROUP BY sk, qid")
+        joined = (f"SELECT sc, qid, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} "
+                  f"(SELECT sk, sc FROM {c.sessions_src}) AS ss USING (sk)")
+        q_compact = (
+            f"SELECT {sel}, c_s, c_sh, c_u, c_uh FROM (SELECT sc, qid, count(*) AS c_s, sum(co_any) AS c_sh, "
+            f"sum(co_n) AS c_u, sum(co_h) AS c_uh FROM ({joined}) GROUP BY sc, qid) AS qc "
+            f"{d.inner_join} {c.classes_src} USING (sc) {d.inner_join} "
+            f"(SELECT DISTINCT qid, {', '.join(c_aliases)} FROM pm) AS qm USING (qid)"
+        )
+    else:
+        coarse = (
+            f"SELECT session_id, {', '.join(c_aliases)}, count(*) AS co_n, sum(ph_hi) AS co_h, "
+            f"max(ph_hi) AS co_any FROM {c.phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
+        )
+        joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {c.ss_items} USING (session_id)"
+        q_compact = (
+            f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
+            f"FROM ({joined}) GROUP BY {sel}"
+        )
+    return c.exploded("Q", "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, 0 AS x, 0 AS y",
+                      "c_s, c_sh, c_u, c_uh", q_compact)
+
+
+def _timeline_part(c: _PartSql, window: Window, bucket_ms: int, version_alias: str | None) -> str:
+    """T: sessions and high sessions per (first bucket, last bucket, version)."""
+    d = c.d
+    since = int(window.since_ms)
+    b0 = d.idiv(f"t0 - {since}", int(bucket_ms))
+    b1 = d.idiv(f"t1 - {since}", int(bucket_ms))
+    ver = version_alias or "''"
+    return (
+        f"SELECT 'T' AS part, ver AS k, b0 AS a, b1 AS b2, count(*) AS c, sum(s_hi) AS e, 0 AS x, 0 AS y FROM "
+        f"(SELECT {b0} AS b0, {b1} AS b1, {ver} AS ver, s_hi FROM {c.sessions_src}) GROUP BY b0, b1, ver"
+    )
 
 
 ROW_COLUMNS = ("part", "k", "a", "b", "c", "e", "x", "y")  # what every part's SELECT returns, in order
