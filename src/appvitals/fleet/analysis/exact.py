@@ -29,10 +29,11 @@ from collections.abc import Sequence
 
 import msgspec
 
-from appvitals.fleet.analysis.facts import rows_sql
+from appvitals.fleet.analysis.facts import as_number, rows_sql
 from appvitals.fleet.analysis.model import Keys, Window
 from appvitals.fleet.warehouse.base import Warehouse
 from appvitals.fleet.warehouse.dialects import Dialect, dialect_for
+from appvitals.fleet.wire.schema import json_object
 
 GROUPS_PER_STATEMENT = 60  # conditional aggregates stay a few hundred columns wide
 MAX_CUTS = 16  # candidate cut points tried around one threshold
@@ -331,7 +332,17 @@ class Counter:
 
     def distinct_numbers(self, key: str, low: float, high: float, limit: int = 500) -> list[float]:
         """The distinct values of a numeric attr in (low, high], inside the drill path, ascending."""
-        col = self.levels[key].column
+        level = self.levels[key]
+        if level.on_sample and self.keys.sample_texts is not None:
+            # discovery read every attrs text of the window: no statement needed (inside a drill
+            # path this is a superset; a cut no phase has counts the same as its neighbour)
+            found = set()
+            for text in self.keys.sample_texts:
+                x = as_number(json_object(text).get(key))
+                if x is not None and math.isfinite(x) and low < x <= high:
+                    found.add(x)
+            return sorted(found)[:limit]
+        col = level.column
         lo = f" AND {col} > {low!r}" if math.isfinite(low) else ""
         hi = f" AND {col} <= {high!r}" if math.isfinite(high) else ""
         rows = self.wh.query(

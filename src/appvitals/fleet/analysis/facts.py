@@ -171,7 +171,7 @@ def _stats_of_pairs(pairs: Sequence[tuple]) -> list[tuple]:
     ]
 
 
-def _as_number(value) -> float | None:
+def as_number(value) -> float | None:
     """A JSON attr value as a float, as SQL's TRY_CAST would read its text; None when it is not one."""
     if isinstance(value, bool):
         return None
@@ -219,7 +219,7 @@ def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str
         for k, v in json_object(text).items():
             n_of[k] = n_of.get(k, 0) + n
             texts_of.setdefault(k, set()).add(attr_text(v) if isinstance(v, (str, int, float, bool)) else str(v))
-            x = _as_number(v)
+            x = as_number(v)
             if x is not None:
                 numbers = numbers_of.setdefault(k, {})
                 numbers[x] = numbers.get(x, 0) + n

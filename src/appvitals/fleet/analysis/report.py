@@ -627,7 +627,7 @@ def session_detail(wh: Warehouse, session_id: str) -> SessionDetail | None:
         attrs.update({k: str(v) for k, v in zip(keys, values, strict=False)})
     samples = [
         SamplePoint(int(ts), float(cpu), {k: attr_text(v) for k, v in json_object(attrs).items()},
-                    {k: float(v) for k, v in json_object(vals).items() if _facts._as_number(v) is not None})
+                    {k: float(v) for k, v in json_object(vals).items() if _facts.as_number(v) is not None})
         for ts, cpu, attrs, vals in raw["samples"]
     ]
     events = [
