@@ -35,7 +35,7 @@ from appvitals.fleet.warehouse.base import Warehouse
 from appvitals.fleet.warehouse.dialects import Dialect, dialect_for
 from appvitals.fleet.wire.schema import json_object
 
-GROUPS_PER_STATEMENT = 60  # conditional aggregates stay a few hundred columns wide
+GROUPS_PER_STATEMENT = 60  # one bit each in a 64-bit mask per session
 MAX_CUTS = 16  # candidate cut points tried around one threshold
 
 Item = tuple[str, str]
@@ -188,6 +188,55 @@ def phase_rows_sql(d: Dialect, keys: Keys, window: Window, metric: str, threshol
     return sql
 
 
+class _CountSql:
+    """The SQL counting up to 63 groups at once over phase rows.
+
+    Phases matching each group and the high ones among them are plain sums over the phase
+    rows. Per session, one bit per group says whether it has a matching phase (`im`) and a
+    matching high phase (`hm`): two integers a session, however many groups, so the
+    per-session state stays small on a million sessions. Sessions per group sum those bits;
+    clients per group OR them per client first."""
+
+    def __init__(self, d: Dialect, conds: list[str], groups: list[Group], extra: Sequence[str] = ()):
+        assert len(groups) <= 63
+        self.d, self.conds, self.groups, self.extra = d, conds, groups, list(extra)
+        self.columns = [f"{c}_{j}" for j in range(len(groups)) for c in ("s", "sh", "n", "nh", "c", "chi")]
+
+    def units(self, base: str) -> str:
+        sums = []
+        for j, cond in enumerate(self.conds):
+            sums += [f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS n_{j}",
+                     f"sum(CASE WHEN {cond} THEN ph_hi ELSE 0 END) AS nh_{j}"]
+        return f"SELECT {', '.join(sums)} FROM {base}"
+
+    def per_session(self, base: str) -> str:
+        d = self.d
+        im = " + ".join(f"CASE WHEN {cond} THEN {1 << j} ELSE 0 END" for j, cond in enumerate(self.conds))
+        hm = " + ".join(f"CASE WHEN ph_hi = 1 AND {cond} THEN {1 << j} ELSE 0 END" for j, cond in enumerate(self.conds))
+        return (f"SELECT sk, min(client_id) AS client_id, {d.bit_or_agg('m_i')} AS im, {d.bit_or_agg('m_h')} AS hm"
+                f"{''.join(', ' + e for e in self.extra)} "
+                f"FROM (SELECT *, {d.as_mask(im)} AS m_i, {d.as_mask(hm)} AS m_h FROM {base}) GROUP BY sk")
+
+    def _bits(self, im: str, hm: str, names: tuple[str, str]) -> str:
+        d = self.d
+        return ", ".join(f"sum({d.bit_at(mask, j)}) AS {name}_{j}"
+                         for j in range(len(self.conds)) for mask, name in ((im, names[0]), (hm, names[1])))
+
+    def sessions(self, per_session: str) -> str:
+        return f"SELECT {self._bits('im', 'hm', ('s', 'sh'))} FROM {per_session}"
+
+    def clients(self, per_session: str) -> str:
+        d = self.d
+        per_client = (f"SELECT client_id, {d.bit_or_agg('im')} AS cim, {d.bit_or_agg('hm')} AS chm "
+                      f"FROM {per_session} GROUP BY client_id")
+        return f"SELECT {self._bits('cim', 'chm', ('c', 'chi'))} FROM ({per_client})"
+
+    def read(self, row) -> dict[Group, ExactCounts]:
+        by_name = dict(zip(self.columns, row, strict=True)) if row is not None else {}
+        return {g: ExactCounts(*(int(by_name.get(f"{c}_{j}") or 0) for c in ("s", "sh", "n", "nh", "c", "chi")))
+                for j, g in enumerate(self.groups)}
+
+
 class Counter:
     """Counts groups exactly over one window, metric, threshold and drill path."""
 
@@ -223,51 +272,22 @@ class Counter:
         return out
 
     def _count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
-        sql, read = self._count_sql(groups, f"({self.base_for({k for g in groups for k, _ in g})})")
-        row = self.wh.query(sql)
-        return read(row[0] if row else None)
+        base = f"({self.base_for({k for g in groups for k, _ in g})})"
+        q = self._count_sql(groups)
+        per_session = f"({q.per_session(base)})"
+        # nested: ClickHouse 18.16 takes one JOIN per SELECT
+        row = self.wh.query(f"SELECT {', '.join(q.columns)} FROM (SELECT * FROM ({q.units(base)}) AS u CROSS JOIN "
+                            f"({q.sessions(per_session)}) AS s) AS us CROSS JOIN ({q.clients(per_session)}) AS c")
+        return q.read(row[0] if row else None)
 
-    def _count_sql(self, groups: Sequence[Group], base: str, extra: Sequence[str] = ()):
-        """(SQL of one row of counts of each group, a reader of that row). `extra`: more
-        per-session columns (the combined DuckDB statement reads them for the timeline)."""
-        # per session (in / high / phases / high phases of each group), then per client (its
-        # sessions summed, and whether it has any), then the totals: plain sums, no DISTINCT
-        marks: list[str] = []
-        inner: list[str] = []
-        middle: list[str] = []
-        outer: list[str] = []
-        names: list[tuple[Group, list[str]]] = []
-        for j, g in enumerate(groups):
-            cond = " AND ".join(predicate(self.d, self.levels, i) for i in g) or "1 = 1"
-            marks.append(f"CASE WHEN {cond} THEN 1 ELSE 0 END AS m_{j}")  # once per phase row
-            inner += [f"max(m_{j}) AS i_{j}", f"max(m_{j} * ph_hi) AS h_{j}", f"sum(m_{j}) AS u_{j}",
-                      f"sum(m_{j} * ph_hi) AS uh_{j}"]
-            middle += [f"sum(i_{j}) AS si_{j}", f"sum(h_{j}) AS sh_{j}", f"sum(u_{j}) AS su_{j}",
-                       f"sum(uh_{j}) AS suh_{j}", f"max(i_{j}) AS ci_{j}", f"max(h_{j}) AS ch_{j}"]
-            cols = [f"s_{j}", f"sh_{j}", f"n_{j}", f"nh_{j}", f"c_{j}", f"chi_{j}"]
-            outer += [f"sum(si_{j}) AS s_{j}", f"sum(sh_{j}) AS sh_{j}", f"sum(su_{j}) AS n_{j}",
-                      f"sum(suh_{j}) AS nh_{j}", f"sum(ci_{j}) AS c_{j}", f"sum(ch_{j}) AS chi_{j}"]
-            names.append((g, cols))
-        per_session = (f"SELECT session_id, min(client_id) AS client_id, {', '.join([*inner, *extra])} "
-                       f"FROM (SELECT *, {', '.join(marks)} FROM {base}) GROUP BY sk, session_id")
-        columns = [c.rsplit(" AS ", 1)[1] for c in outer]
-
-        def read(row) -> dict[Group, ExactCounts]:
-            by_name = dict(zip(columns, row, strict=True)) if row is not None else {}
-            return {g: ExactCounts(*(int(by_name.get(c) or 0) for c in cols)) for g, cols in names}
-
-        def totals(per_session_sql: str) -> str:
-            per_client = f"SELECT client_id, {', '.join(middle)} FROM ({per_session_sql}) GROUP BY client_id"
-            return f"SELECT {', '.join(outer)} FROM ({per_client})"
-
-        if extra:
-            return per_session, totals, columns, read
-        return totals(per_session), read
+    def _count_sql(self, groups: Sequence[Group], extra: Sequence[str] = ()) -> _CountSql:
+        return _CountSql(self.d, [" AND ".join(predicate(self.d, self.levels, i) for i in g) or "1 = 1"
+                                  for g in groups], list(groups), extra)
 
     def count_all(self, groups: Sequence[Group], row_key: str | None, col_key: str | None, bucket_ms: int,
                   version_key: str | None):
         """count(groups), cells(row_key, col_key) and timeline(bucket_ms, version_key) at once: on
-        DuckDB in one statement over the phase rows and per-session rows computed once."""
+        DuckDB in one statement sharing the per-session rows."""
         todo = list(dict.fromkeys(tuple(g) for g in groups))
         if not self.d.ctes or not todo:  # no CTEs on ClickHouse 18.16: one statement each
             return (self.count(todo), self.cells(row_key, col_key) if row_key else {},
@@ -276,19 +296,22 @@ class Counter:
         d = self.d
         ver = self.levels[version_key].column if version_key in self.levels else "''"
         extra = ["min(ph_t0) AS t0", "max(ph_t1) AS t1", "max(ph_hi) AS hi", f"{d.any_value(ver)} AS ver"]
-        per_session, totals, columns, read = self._count_sql(first, "b", extra)
+        q = self._count_sql(first, extra)
         since = int(self.window.since_ms)
-        parts = [f"SELECT 'G' AS part, NULL AS k1, NULL AS k2, [{', '.join(f'{c}::BIGINT' for c in columns)}] AS v "
-                 f"FROM ({totals('SELECT * FROM ps')})",
+        parts = [f"SELECT 'G' AS part, NULL AS k1, NULL AS k2, [{', '.join(f'{c}::BIGINT' for c in q.columns)}] AS v "
+                 f"FROM ({q.units('b')}) AS u CROSS JOIN ({q.sessions('ps')}) AS s CROSS JOIN ({q.clients('ps')}) AS c",
                  f"SELECT 'T' AS part, ver AS k1, NULL AS k2, [b0, b1, count(*), sum(hi)::BIGINT] AS v FROM "
                  f"(SELECT {d.idiv(f't0 - {since}', int(bucket_ms))} AS b0, {d.idiv(f't1 - {since}', int(bucket_ms))} AS b1, "
                  "ver, hi FROM ps) GROUP BY b0, b1, ver"]
         if row_key:
             parts += [f"SELECT 'C' AS part, rv AS k1, CASE WHEN two = 1 THEN cv END AS k2, [s, h, u, uh] AS v "
-                      f"FROM ({q})" for q in self._cells_sql(row_key, col_key, "b")]
+                      f"FROM ({c})" for c in self._cells_sql(row_key, col_key, "b")]
         needed = {k for g in first for k, _ in g} | {k for k in (row_key, col_key, version_key) if k}
-        sql = (f"WITH b AS MATERIALIZED ({self.base_for(needed)}), ps AS MATERIALIZED ({per_session}) "
+        # the phase rows are read again by each part rather than kept (they can be millions);
+        # the per-session rows (two bit masks and a few numbers each) are kept
+        sql = (f"WITH b AS NOT MATERIALIZED ({self.base_for(needed)}), ps AS MATERIALIZED ({q.per_session('b')}) "
                + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
+        read = q.read
         counts: dict[Group, ExactCounts] = {}
         cells: dict[Group, ExactCounts] = {}
         timeline = []

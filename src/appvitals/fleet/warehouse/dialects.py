@@ -112,6 +112,18 @@ class Dialect:
         """expr, or default when it is NULL."""
         return f"coalesce({expr}, {default})"
 
+    def as_mask(self, expr: str) -> str:
+        """expr as a 64-bit integer to hold bits (signed on DuckDB, unsigned on ClickHouse)."""
+        return f"CAST({expr} AS BIGINT)"
+
+    def bit_or_agg(self, expr: str) -> str:
+        """The bitwise OR of expr over the group."""
+        return f"bit_or({expr})"
+
+    def bit_at(self, expr: str, bit: int) -> str:
+        """Bit number `bit` of the integer expr, as 0 or 1."""
+        return f"(({expr} >> {int(bit)}) & 1)"
+
 
 class DuckDBDialect(Dialect):
     """DuckDB (the embedded warehouse)."""
@@ -188,6 +200,15 @@ class ClickHouseDialect(Dialect):
 
     def if_null(self, expr: str, default: str) -> str:
         return f"ifNull({expr}, {default})"
+
+    def as_mask(self, expr: str) -> str:
+        return f"toUInt64({expr})"
+
+    def bit_or_agg(self, expr: str) -> str:
+        return f"groupBitOr({expr})"
+
+    def bit_at(self, expr: str, bit: int) -> str:
+        return f"bitAnd(bitShiftRight({expr}, {int(bit)}), 1)"
 
 
 DIALECTS: dict[str, type[Dialect]] = {"duckdb": DuckDBDialect, "clickhouse": ClickHouseDialect}
