@@ -26,23 +26,34 @@ DEFAULT_URL = "http://127.0.0.1:8420"
 @click.option("--metric", default="cpu", show_default=True, help="'cpu', or the name of a sample `values` entry.")
 @click.option("--min-support", "min_support", default=None, type=float,
               help="Least high sessions a combination must hold: a share below 1 (default 0.01) or a count.")
+@click.option("--min-risk-ratio", "min_risk_ratio", default=None, type=float,
+              help="Least risk ratio a combination must reach (default 2): how many times more often it is high.")
+@click.option("--max-order", "max_order", default=None, type=click.IntRange(1, 3),
+              help="Most attribute values in one combination (default 3).")
+@click.option("--fdr", default=None, type=float, help="False discovery rate of the explanations (default 0.01).")
+@click.option("--where", "where", multiple=True, metavar="KEY=VALUE",
+              help="Drill into a subset (repeatable): app_version=6.04, stage=indexing, file_name_length>=42.")
 @click.option("--compare", default=None, metavar="A,B", help="Two versions to put side by side.")
 @click.option("--token", default=lambda: os.environ.get("VITALS_READ_TOKEN"), help="Read token for --url (or VITALS_READ_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Print only the report as JSON.")
-def command(db, url, clickhouse, since, until, threshold, metric, min_support, compare, token, as_json) -> None:
+def command(db, url, clickhouse, since, until, threshold, metric, min_support, min_risk_ratio, max_order, fdr, where,
+            compare, token, as_json) -> None:
     """Which versions, stages and attributes make CPU high: the drill-down report."""
     from appvitals.fleet.analysis.report import ReportError, build_report
 
     if sum(bool(x) for x in (db, url, clickhouse)) > 1:
         raise BadUsage("give one of --db, --url or --clickhouse")
-    if threshold < 0:
-        raise BadUsage("--threshold must be >= 0")
+    import math
+
+    if not math.isfinite(threshold) or threshold < 0:
+        raise BadUsage("--threshold must be a finite number >= 0")
     if min_support is not None and min_support <= 0:
         raise BadUsage("--min-support must be > 0")
     pick = [v.strip() for v in compare.split(",") if v.strip()] if compare else None
     if pick is not None and len(pick) != 2:
         raise BadUsage("--compare wants two versions: A,B")
-    kwargs = dict(since=since, until=until, metric=metric, threshold=threshold, min_support=min_support, compare=pick)
+    kwargs = dict(since=since, until=until, metric=metric, threshold=threshold, min_support=min_support,
+                  min_risk_ratio=min_risk_ratio, max_order=max_order, fdr=fdr, where=list(where) or None, compare=pick)
     if db or clickhouse:
         wh = _open(db, clickhouse)
         try:
@@ -93,10 +104,11 @@ def fetch_report(url: str, token: str | None = None, **kwargs):
     """GET {url}/v1/report with the report's parameters and decode it into a Report."""
     from appvitals.fleet.analysis.report import Report
 
-    query = {k: v for k, v in kwargs.items() if v is not None and k != "compare"}
+    query = {k: v for k, v in kwargs.items() if v is not None and k not in ("compare", "where")}
     if kwargs.get("compare"):
         query["compare"] = ",".join(kwargs["compare"])
-    req = urllib.request.Request(f"{url}/v1/report?{urllib.parse.urlencode(query)}")
+    pairs = list(query.items()) + [("where", w) for w in kwargs.get("where") or []]
+    req = urllib.request.Request(f"{url}/v1/report?{urllib.parse.urlencode(pairs)}")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -136,23 +148,32 @@ def print_report(report, console, since: str | None = None, dashboard: str | Non
 
     r = report
     span = f"the last {since}" if since and since[0].isdigit() else f"{r.window.since} – {r.window.until}"
+    if len(r.path) > 1:  # the drill path, each step with its exact counts
+        console.print("\n" + "  ›  ".join(
+            f"{s.label} ({_pct(s.high_share)} of {s.sessions:,} high, {s.high_clients:,} of {s.clients:,} clients)"
+            for s in r.path))
     console.print(
         f"\nOf [bold]{r.sessions:,}[/] sessions in {span}, [bold red]{_pct(r.high_share)}[/] "
-        f"({r.high_sessions:,}) had {r.metric} over {r.threshold:g}% in some stage."
+        f"({r.high_sessions:,}) had {r.metric} over {r.threshold:g}% in some stage, "
+        f"on {r.high_clients:,} of {r.clients:,} clients."
     )
     if not r.sessions:
         console.print("[dim]No samples in this window.[/]")
         return
+    for note in r.notes:
+        console.print(f"[yellow]Note:[/] {note}.")
 
     def add(branch, node) -> None:
         for child in node.children:
             text = (
                 f"[bold]{_pct(child.share_of_parent)}[/] of those: [cyan]{child.label}[/] — "
-                f"{_pct(child.high_share)} of its {child.sessions:,} high, risk ×{child.risk_ratio or 0:.1f}"
+                f"{_pct(child.high_share)} of its {child.sessions:,} high, risk ×{child.risk_ratio or 0:.1f}, "
+                f"{child.high_clients:,} clients affected"
             )
             add(branch.add(text), child)
 
-    tree = Tree(f"{_pct(r.tree.high_share)} of {r.tree.sessions:,} sessions had {r.metric} over {r.threshold:g}%")
+    scope = "" if r.tree.label == "all sessions" else f" ({r.tree.label})"
+    tree = Tree(f"{_pct(r.tree.high_share)} of {r.tree.sessions:,} sessions{scope} had {r.metric} over {r.threshold:g}%")
     add(tree, r.tree)
     console.print(tree)
 

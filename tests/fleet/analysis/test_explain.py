@@ -15,7 +15,7 @@ from appvitals.fleet.analysis.explain import (
     satisfies,
     with_thresholds,
 )
-from appvitals.fleet.analysis.facts import Counts, interval_bounds, interval_labels, nice_edges
+from appvitals.fleet.analysis.model import Counts, interval_bounds, interval_labels, nice_edges
 
 
 def C(sessions, high_sessions, units=None, high_units=None):
@@ -108,6 +108,7 @@ def test_aliases_with_identical_counts_are_folded():
     counts, _ = _fleet()
     counts[combo(os="linux")] = C(40, 36)
     counts[combo(os_version="ubuntu")] = C(40, 36)
+    counts[combo(os="linux", os_version="ubuntu")] = C(40, 36)  # the very same sessions
     total = C(1040, 86)
     result = explain(counts, total)
     assert len(result.explanations) == 1

@@ -253,7 +253,7 @@ def test_event_attr_stats_from_value_counts_equal_the_databases(monkeypatch):
     try:
         wh.insert(lines)
         window = facts.Window(START_MS, START_MS + 3600_000)
-        d = facts.Dialect("duckdb")
+        d = facts.dialect_for("duckdb")
         num = d.number("v")
         pairs = wh.query(f"SELECT k, v, {num} AS x, count(*) AS c FROM ({d.array_join('events', '1 = 1')}) GROUP BY k, v")
         in_sql = wh.query(

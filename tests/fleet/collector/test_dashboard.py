@@ -129,3 +129,50 @@ def test_dashboard_shows_a_clear_error_when_the_report_fails(collector, browser)
     page.wait_for_function("document.body.dataset.state === 'error'", timeout=30_000)
     assert "Could not load the report" in page.inner_text("#headline")
     page.close()
+
+
+def test_dashboard_walks_a_drill_path_with_a_breadcrumb(collector, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(collector + "/?since=4h")
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=60_000)
+    assert page.locator("#breadcrumb").is_hidden()
+    whole = page.evaluate("[REPORT.sessions, REPORT.high_sessions]")
+
+    def drill(attrs_js: str) -> None:
+        page.evaluate(f"showDrill({attrs_js})")
+        page.evaluate("document.body.dataset.state = 'stale'")
+        page.click("[data-testid=drill-in]")
+        page.wait_for_function("document.body.dataset.state === 'ready'", timeout=60_000)
+
+    # step 1: a version; step 2: a stage inside it (any order works)
+    drill("{attrs: {app_version: '7.0.0'}}")
+    assert page.evaluate("REPORT.where") == {"app_version": "7.0.0"}
+    assert "where/app_version%3D7.0.0" in page.url
+    drill("{attrs: {stage: 'login'}}")
+    assert page.evaluate("REPORT.where") == {"app_version": "7.0.0", "stage": "login"}
+    crumbs = page.locator("[data-testid=crumb]")
+    assert crumbs.count() == 3
+    texts = [crumbs.nth(i).inner_text() for i in range(3)]
+    assert texts[0].startswith("all sessions") and texts[1].startswith("app_version = 7.0.0")
+    assert texts[2].startswith("stage = login") and "clients" in texts[2]
+    assert f"of {whole[0]:,} high" in texts[0]
+    # the headline and tree speak of the subset
+    assert "with app_version = 7.0.0, stage = login" in page.inner_text("#headline")
+    assert page.evaluate("REPORT.sessions") < whole[0]
+    page.screenshot(path=str(ARTIFACTS / "dashboard-drill-path.png"), full_page=True)
+    # back up one step through the breadcrumb
+    page.evaluate("document.body.dataset.state = 'stale'")
+    crumbs.nth(1).click()
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=60_000)
+    assert page.evaluate("REPORT.where") == {"app_version": "7.0.0"}
+    assert page.locator("[data-testid=crumb]").count() == 2
+    # and to all sessions
+    page.evaluate("document.body.dataset.state = 'stale'")
+    page.locator("[data-testid=crumb]").first.click()
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=60_000)
+    assert page.evaluate("[REPORT.sessions, REPORT.high_sessions]") == whole
+    assert page.locator("#breadcrumb").is_hidden()
+    assert errors == []
+    page.close()

@@ -17,6 +17,7 @@ from appvitals.fleet.sim.simulate import generate_lines
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 
 MINUTES = 90
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "bench")
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +162,97 @@ def test_cli_report_errors_are_one_line(tmp_path, args, code, needle):
     cli = vitals("report", *[str(db) if a == "__DB__" else a for a in args])
     assert cli.returncode == code, (cli.stdout, cli.stderr)
     assert needle in cli.stderr and len(cli.stderr.strip().splitlines()) == 1 and not cli.stdout
+
+
+@pytest.mark.parametrize("params", [
+    {"threshold": "inf"}, {"threshold": "1e309"}, {"threshold": "nan"}, {"threshold": "-inf"},
+    {"since": "99999999999d"}, {"since": "100000w"}, {"min_support": "inf"}, {"min_risk_ratio": "0.5"},
+    {"max_order": "9"}, {"fdr": "2"}, {"where": "no_such_attr=1"}, {"where": "file_name_length>=inf"},
+    {"where": "=x"},
+])
+def test_bad_report_parameters_are_400(collector, params):
+    r = httpx.get(collector + "/v1/report", params=params, timeout=60)
+    assert r.status_code == 400, (params, r.status_code, r.text[:300])
+    assert r.json()["error"]
+
+
+def test_numbers_near_the_largest_double_do_not_break_the_report():
+    """A client sending 1.79e308 (and a sample's value summing past it) must not turn the
+    report into a 500 for everyone."""
+    from appvitals.fleet.wire.protocol import EventLine, SampleLine, SessionLine
+
+    now_ms = int(time.time() * 1000)
+    lines = []
+    for s in range(40):
+        sid = f"big{s}"
+        lines.append(SessionLine(sid, now_ms - 600_000, 0, client_id=f"c{s}", attrs={"app_version": "1.0"}))
+        lines.append(EventLine(sid, now_ms - 590_000, 1, name="e", attrs={"size": 1.79e308 if s % 2 else -1.79e308}))
+        for i in range(6):
+            lines.append(SampleLine(sid, now_ms - 500_000 + i * 1000, 2 + i, cpu=50.0 if s % 3 else 1.0,
+                                    attrs={"stage": "work", "n": 1.79e308 if i % 2 else float(s * 1e306)}))
+    wh = DuckDBWarehouse(":memory:")
+    wh.insert(lines)
+    with running_app(create_app(wh)) as url:
+        r = httpx.get(url + "/v1/report", params={"since": "1h"}, timeout=60)
+        assert r.status_code == 200, r.text[:500]
+        assert r.json()["sessions"] == 40
+    wh.close()
+
+
+def test_report_drill_path(collector):
+    whole = httpx.get(collector + "/v1/report", params={"since": "12h"}, timeout=60).json()
+    r = httpx.get(collector + "/v1/report", params=[("since", "12h"), ("where", "app_version=7.0.0"),
+                                                   ("where", "stage=login")], timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    body = r.json()
+    assert body["where"] == {"app_version": "7.0.0", "stage": "login"}
+    steps = body["path"]
+    assert [s["label"] for s in steps] == ["all sessions", "app_version = 7.0.0", "stage = login"]
+    assert steps[0]["sessions"] == whole["sessions"] and steps[0]["high_sessions"] == whole["high_sessions"]
+    assert steps[-1]["sessions"] == body["sessions"] <= steps[1]["sessions"] <= steps[0]["sessions"]
+    assert body["high_share"] > 0.8  # 7.0.0 at login is the planted problem
+    assert body["tree"]["label"] == "app_version = 7.0.0, stage = login"
+    assert all(s["clients"] <= s["sessions"] for s in steps) and body["high_clients"] > 0
+
+
+def test_cli_report_drill_path(collector):
+    proc = vitals("report", "--url", collector, "--since", "12h", "--where", "app_version=7.0.0",
+                  "--where", "stage=login", "--json")
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["where"] == {"app_version": "7.0.0", "stage": "login"} and len(body["path"]) == 3
+    proc = vitals("report", "--url", collector, "--since", "12h", "--where", "app_version=7.0.0")
+    assert proc.returncode == 0 and "all sessions" in proc.stdout and "app_version = 7.0.0" in proc.stdout
+    bad = vitals("report", "--url", collector, "--threshold", "inf")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    bad = vitals("report", "--url", collector, "--where", "nonsense")
+    assert bad.returncode == 2 and "where" in bad.stderr, bad.stderr
+
+
+def test_a_report_over_the_memory_limit_is_a_503_and_harms_nothing(tmp_path):
+    """A wide fleet in a collector with little memory: the report may not fit, but it answers
+    503 with what to ask instead (never a 500), and later reports and ingest still work."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_report_wide import workload
+    finally:
+        sys.path.remove(str(BENCH))
+    import msgspec
+
+    from appvitals.fleet.wire.protocol import AnyLine
+
+    bodies, _ = workload(3000, 4)
+    dec = msgspec.json.Decoder(AnyLine)
+    wh = DuckDBWarehouse(str(tmp_path / "small.duckdb"), memory_limit="24MB")
+    wh.insert([dec.decode(line) for body in bodies for line in body.split(b"\n") if line])
+    try:
+        with running_app(create_app(wh)) as url:
+            r = httpx.get(url + "/v1/report", params={"since": "6h"}, timeout=120)
+            assert r.status_code in (200, 503), r.text[:300]
+            if r.status_code == 503:
+                assert "max_order" in r.json()["error"]
+            assert httpx.get(url + "/v1/report", params={"since": "1m"}, timeout=60).status_code == 200
+            line = msgspec.json.encode({"kind": "session", "session_id": "after", "client_id": "c", "ts": 1, "seq": 0})
+            assert httpx.post(url + "/v1/ingest", content=line + b"\n", timeout=60).json()["accepted"] == 1
+    finally:
+        wh.close()

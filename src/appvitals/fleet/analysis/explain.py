@@ -4,16 +4,17 @@ MacroBase-style: every combination of up to three attr values (session attrs, ev
 sample attrs such as stage, numeric attrs as thresholds like ">=40") is a candidate; its
 *risk ratio* says how much more often its units are high than the rest's. A candidate is
 kept when it has enough support (high sessions it covers), a risk ratio of at least
-`min_risk_ratio`, passes a chi-square test (Bonferroni-corrected over every candidate
-tried), and -- for two or three values -- is significantly higher than each simpler
-combination it extends (otherwise it adds nothing). A combination whose excess lies entirely
+`min_risk_ratio` (the effect-size floor), passes a chi-square test whose false discovery
+rate over every candidate tried is held at `fdr` (Benjamini-Hochberg), and -- for two or
+three values -- is significantly higher than each simpler combination it extends
+(otherwise it adds nothing). A combination whose excess lies entirely
 inside its overlap with a stronger explanation (e.g. `stage = receiving` when only long file
 names make receiving high) is kept for the drill-down tree but left out of the ranked list.
 
 Units are *phases* (one session's samples sharing their sample attrs); a combination with
 a sample attr covers the matching phases, one without covers every phase of its sessions.
 The chi-square uses counts scaled to sessions, since phases of one session are not
-independent. Counts come from `facts.fetch_facts`; nothing here touches a database.
+independent. Counts come from `facts.fetch_facts` (types in `model`); nothing here touches a database.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from itertools import combinations
 
 import msgspec
 
-from appvitals.fleet.analysis.facts import Combo, Counts, fmt_number, interval_bounds, interval_labels
+from appvitals.fleet.analysis.model import Combo, Counts, fmt_number, interval_bounds, interval_labels
 
 
 class Settings(msgspec.Struct):
@@ -32,8 +33,9 @@ class Settings(msgspec.Struct):
 
     min_support: float = 0.01  # < 1: share of all high sessions; >= 1: a number of high sessions
     min_support_sessions: int = 3
-    min_risk_ratio: float = 2.0
-    alpha: float = 0.01  # family-wise error rate, Bonferroni over all candidates
+    min_risk_ratio: float = 2.0  # the effect-size floor
+    fdr: float = 0.01  # false discovery rate over all candidates (Benjamini-Hochberg)
+    max_order: int = 3  # attr values in one combination, at most
     max_explanations: int = 20
 
 
@@ -49,6 +51,8 @@ class Explanation(msgspec.Struct):
     units: int
     high_units: int
     p_value: float
+    clients: int = 0  # distinct clients of its sessions
+    high_clients: int = 0  # distinct clients with a high session in it (the clients affected)
     same_as: list[dict[str, str]] = []  # other combinations covering exactly the same units
     examples: list[str] = []  # worst sessions in this combination
 
@@ -168,21 +172,28 @@ def explain(
             c.sessions = total.sessions
         if c.high_sessions > total.high_sessions:
             c.high_sessions = total.high_sessions
-    frequent = {c: n for c, n in counts.items() if n.high_sessions >= min_high and n.units > 0}
-    alpha = s.alpha / max(1, len(frequent))
+    frequent = {c: n for c, n in counts.items()
+                if n.high_sessions >= min_high and n.units > 0 and len(c) <= s.max_order}
     f_all = _factor(total)
 
-    passed: dict[Combo, Explanation] = {}
+    # the test of every supported candidate; Benjamini-Hochberg then keeps the false discovery
+    # rate at s.fdr, and its cut-off is the level of the nested tests below
+    tested: list[tuple[float, Combo, float]] = []
     for combo, n in frequent.items():
         rest_u, rest_h = total.units - n.units, total.high_units - n.high_units
-        if rest_u <= 0 or n.high_units / n.units <= max(0, rest_h) / rest_u:
+        p = 1.0
+        rr = 0.0
+        if rest_u > 0 and n.high_units / n.units > max(0, rest_h) / rest_u:
+            rr = risk_ratio(n.high_units, n.units, rest_h, rest_u)
+            p = _test(n.high_units, n.units, _factor(n), rest_h, rest_u, f_all)
+        tested.append((p, combo, rr))
+    alpha = bh_cutoff([p for p, _, _ in tested], s.fdr)
+
+    passed: dict[Combo, Explanation] = {}
+    for p, combo, rr in tested:
+        if rr < s.min_risk_ratio or p > alpha:
             continue
-        rr = risk_ratio(n.high_units, n.units, rest_h, rest_u)
-        if rr < s.min_risk_ratio:
-            continue
-        p = _test(n.high_units, n.units, _factor(n), rest_h, rest_u, f_all)
-        if p >= alpha:
-            continue
+        n = frequent[combo]
         if len(combo) > 1 and not _adds_to_parents(combo, n, counts, alpha):
             continue
         passed[combo] = Explanation(
@@ -192,7 +203,7 @@ def explain(
             coverage=round(n.high_sessions / total.high_sessions, 4) if total.high_sessions else 0.0,
             units=n.units, high_units=n.high_units, p_value=float(f"{p:.3g}"),
         )
-    nodes = _merge_aliases(passed)
+    nodes = merge_aliases(passed, counts)
     explained = _explained_by_better(nodes, counts, total, s, alpha)
     ranked = sorted(
         (e for c, e in nodes.items() if c not in explained),
@@ -215,6 +226,18 @@ def explain(
     return Result(ranked[: s.max_explanations], tree, len(frequent))
 
 
+def bh_cutoff(p_values: Sequence[float], q: float) -> float:
+    """The Benjamini-Hochberg cut-off: the largest p-value p_(k) with p_(k) <= k/m * q (-1
+    when none passes), so that keeping every p <= cut-off holds the false discovery rate at q."""
+    ordered = sorted(p_values)
+    m = len(ordered)
+    cut = -1.0
+    for k, p in enumerate(ordered, start=1):
+        if p <= k / m * q:
+            cut = p
+    return cut
+
+
 def _adds_to_parents(combo: Combo, n: Counts, counts: Mapping[Combo, Counts], alpha: float) -> bool:
     """True when combo is significantly higher than the rest of every one-item-shorter combination."""
     for parent in combinations(combo, len(combo) - 1):
@@ -226,7 +249,7 @@ def _adds_to_parents(combo: Combo, n: Counts, counts: Mapping[Combo, Counts], al
             return False  # the same units as the parent: nothing added
         if n.high_units / n.units <= 1.1 * rest_h / rest_u:
             return False
-        if _test(n.high_units, n.units, _factor(n), rest_h, rest_u, _factor(pc)) >= alpha:
+        if _test(n.high_units, n.units, _factor(n), rest_h, rest_u, _factor(pc)) > alpha:
             return False
     return True
 
@@ -256,25 +279,36 @@ def _explained_by_better(nodes: Mapping[Combo, Explanation], counts: Mapping[Com
             out_u, out_h = total.units - pc.units, total.high_units - pc.high_units
             rr = risk_ratio(rest_h, rest_u, out_h, out_u)
             p_value = _test(rest_h, rest_u, _factor(pc), out_h, out_u, _factor(total))
-            if rr < s.min_risk_ratio or p_value >= alpha:
+            if rr < s.min_risk_ratio or p_value > alpha:
                 out.add(p_combo)
                 break
     return out
 
 
-def _merge_aliases(passed: Mapping[Combo, Explanation]) -> dict[Combo, Explanation]:
-    """Fold combinations with identical counts and size (os=linux vs os_version=ubuntu) into one."""
-    by_counts: dict[tuple, Combo] = {}
+def merge_aliases(passed: Mapping[Combo, Explanation], counts: Mapping[Combo, Counts]) -> dict[Combo, Explanation]:
+    """Fold combinations that cover the very same sessions (os=linux and os_version=ubuntu) into one.
+
+    Two combinations of one size with equal counts are the same sessions only when their union
+    (both sets of items at once) still has those counts; equal counts alone happen by chance
+    (m1=low and m1=high, two disjoint groups of one size)."""
+    by_counts: dict[tuple, list[Combo]] = {}
     out: dict[Combo, Explanation] = {}
     for combo in sorted(passed, key=lambda c: (len(c), c)):
         e = passed[combo]
         sig = (len(combo), e.units, e.high_units, e.sessions, e.high_sessions)
-        first = by_counts.get(sig)
-        if first is not None and len(set(first) & set(combo)) == len(combo) - 1:
-            out[first].same_as.append(dict(combo))
-            continue
-        by_counts.setdefault(sig, combo)
-        out[combo] = e
+        for first in by_counts.get(sig, []):
+            if len(set(first) & set(combo)) != len(combo) - 1:
+                continue
+            union = tuple(sorted(set(first) | set(combo)))
+            if len({k for k, _ in union}) != len(union):
+                continue  # two values of one attr: never the same sessions
+            uc = counts.get(union)
+            if uc is not None and (uc.units, uc.high_units, uc.sessions, uc.high_sessions) == sig[1:]:
+                out[first].same_as.append(dict(combo))
+                break
+        else:
+            by_counts.setdefault(sig, []).append(combo)
+            out[combo] = e
     return out
 
 

@@ -18,14 +18,31 @@ passes the threshold. A session is high when any of its phases is. Counting rows
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 
 import msgspec
 
+from appvitals.fleet.analysis.model import (  # noqa: F401 - re-exported for the report and tests
+    MAX_EDGES,
+    Combo,
+    Counts,
+    Facts,
+    Item,
+    Keys,
+    NumericKey,
+    SessionFacts,
+    TimelineRow,
+    Window,
+    candidate_edges,
+    fmt_number,
+    interval_bounds,
+    interval_labels,
+    nice_edges,
+)
 from appvitals.fleet.warehouse.base import Warehouse
+from appvitals.fleet.warehouse.dialects import Dialect, dialect_for
 from appvitals.fleet.wire.schema import EMPTY_JSON, attr_text, json_object
 
 GS = "\x1d"  # between a session id and its phase items
@@ -39,270 +56,11 @@ MAX_SAMPLE_KEYS = 3
 MAX_EVENT_KEYS = 4
 MAX_ITEMS = 3
 NUMERIC_QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 5 %, 10 %, ... 95 %
-MAX_EDGES = 12
 KEY_SCAN_ROWS = 200_000
 MAX_ATTR_TEXTS = 20_000
 MAX_STAT_PAIRS = 10_000  # distinct (attr, value) pairs of a key scan read into Python, at most
 MAX_LISTED_TEXTS = 2_000  # at most this many attrs texts are written into the report's SQL
 WORST_LIMIT = 200
-
-
-class Dialect:
-    """The few SQL spellings that differ between DuckDB and ClickHouse."""
-
-    def __init__(self, name: str):
-        if name not in ("duckdb", "clickhouse"):
-            raise ValueError(f"unknown SQL dialect {name!r}")
-        self.name = name
-        self.ch = name == "clickhouse"
-
-    def lit(self, value: str) -> str:
-        """A string literal."""
-        text = str(value)
-        if self.ch:
-            text = text.replace("\\", "\\\\")
-        return "'" + text.replace("'", "''") + "'"
-
-    def attr(self, key: str, keys: str = "attr_keys", values: str = "attr_values") -> str:
-        """Value of one attr from the parallel arrays, '' when absent."""
-        if self.ch:
-            return f"{values}[indexOf({keys}, {self.lit(key)})]"
-        return f"coalesce({values}[list_indexof({keys}, {self.lit(key)})], '')"
-
-    def attr_number(self, key: str, keys: str = "attr_keys", values: str = "attr_values") -> str:
-        """An attr as a float, NULL when absent or not a number (no '' detour: failed casts are slow)."""
-        if self.ch:
-            return f"toFloat64OrNull({values}[indexOf({keys}, {self.lit(key)})])"
-        return f"TRY_CAST({values}[list_indexof({keys}, {self.lit(key)})] AS DOUBLE)"
-
-    def json_path(self, key: str) -> str:
-        """A JSONPath naming one key, as a DuckDB string literal."""
-        return self.lit('$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"')
-
-    def sattr(self, key: str, column: str = "attrs") -> str:
-        """Value of one sample attr from the JSON object text, as text ('' when absent): a JSON
-        string's content, or a number's or boolean's JSON text ('47', 'true')."""
-        if self.ch:
-            raw = f"visitParamExtractRaw({column}, {self.lit(key)})"
-            return f"if(substring({raw}, 1, 1) = '\"', visitParamExtractString({column}, {self.lit(key)}), {raw})"
-        return f"coalesce(json_extract_string({column}, {self.json_path(key)}), '')"
-
-    def sattr_number(self, key: str, column: str = "attrs") -> str:
-        """A sample attr as a float, NULL when absent or not a number."""
-        if self.ch:
-            return f"toFloat64OrNull({self.sattr(key, column)})"
-        return f"TRY_CAST(json_extract_string({column}, {self.json_path(key)}) AS DOUBLE)"
-
-    def table(self, name: str) -> str:
-        """A table to count from: on ClickHouse with FINAL, so copies that two racing collectors
-        both stored (collapsed only at the next merge) count once."""
-        return f"{name} FINAL" if self.ch else name
-
-    def number(self, expr: str) -> str:
-        """A string cast to a float, NULL when it is not a number."""
-        return f"toFloat64OrNull({expr})" if self.ch else f"TRY_CAST({expr} AS DOUBLE)"
-
-    def idiv(self, a: str, b: int) -> str:
-        """Integer division (floor for the non-negative numbers used here)."""
-        return f"intDiv({a}, {b})" if self.ch else f"(({a}) // {b})"
-
-    def concat(self, *parts: str) -> str:
-        """String concatenation."""
-        return parts[0] if len(parts) == 1 else "concat(" + ", ".join(parts) + ")"
-
-    def in_list(self, expr: str, values: Sequence[str]) -> str:
-        """`expr IN (...)`, false for an empty list."""
-        if not values:
-            return "(1 = 0)"
-        return f"{expr} IN (" + ", ".join(self.lit(v) for v in values) + ")"
-
-    @property
-    def left_join(self) -> str:
-        return "ANY LEFT JOIN" if self.ch else "LEFT JOIN"
-
-    @property
-    def inner_join(self) -> str:
-        return "ANY INNER JOIN" if self.ch else "INNER JOIN"
-
-    def array_join(self, table_sql: str, where: str, limit: int | None = None) -> str:
-        """Rows (k, v) of every attr of the rows of `table_sql` matching `where`."""
-        lim = f" LIMIT {limit}" if limit else ""
-        if self.ch:
-            return (
-                f"SELECT k, v FROM (SELECT attr_keys, attr_values FROM {table_sql} WHERE {where}{lim}) "
-                "ARRAY JOIN attr_keys AS k, attr_values AS v"
-            )
-        return (
-            f"SELECT unnest(attr_keys) AS k, unnest(attr_values) AS v FROM "
-            f"(SELECT attr_keys, attr_values FROM {table_sql} WHERE {where}{lim})"
-        )
-
-    def explode(self, select: str, array_items: Sequence[str], source: str, alias: str) -> str:
-        """SELECT `select`, one row per element of the array `array_items` (named `alias`) per row of `source`."""
-        arr = "[" + ", ".join(array_items) + "]"
-        if self.ch:
-            return f"SELECT {select}, {alias} FROM ({source}) ARRAY JOIN {arr} AS {alias}"
-        return f"SELECT {select}, unnest({arr}) AS {alias} FROM ({source})"
-
-    def quantiles(self, expr: str, qs: Sequence[float]) -> str:
-        """An array of quantiles of expr."""
-        if self.ch:
-            # DuckDB's quantile_disc takes the element at 1-based position ceil(q * n) of the sorted
-            # values; ClickHouse's quantilesExact takes floor(q * n) + 1, one further on exact
-            # multiples. Spelled out, so both backends cut numbers at the same edges.
-            picks = ", ".join(
-                f"{'(arraySort(groupArray(' + expr + ')) AS _qsorted)' if i == 0 else '_qsorted'}"
-                f"[toUInt64(greatest(1, ceil({q} * length(_qsorted))))]"
-                for i, q in enumerate(qs)
-            )
-            return f"[{picks}]"
-        return f"quantile_disc({expr}, [{', '.join(str(q) for q in qs)}])"
-
-    def hash_of(self, columns: Sequence[str]) -> str:
-        """A 64-bit hash of several columns (the phase key)."""
-        return f"cityHash64({', '.join(columns)})" if self.ch else f"hash({', '.join(columns)})"
-
-    def rows_of(self, literals: Sequence[str], alias: str) -> str:
-        """SELECT one row per literal, in column `alias` (no row when there is none)."""
-        if not literals:
-            return f"SELECT {self.lit('')} AS {alias} WHERE 1 = 0"
-        fn = "arrayJoin" if self.ch else "unnest"
-        return f"SELECT {fn}([{', '.join(literals)}]) AS {alias}"
-
-    def any_value(self, expr: str) -> str:
-        """Any one value of expr in the group (all equal where it is used)."""
-        return f"any({expr})" if self.ch else f"any_value({expr})"
-
-    def count_distinct(self, expr: str) -> str:
-        return f"uniqExact({expr})" if self.ch else f"count(DISTINCT {expr})"
-
-
-class Window(msgspec.Struct):
-    """The report's time range, Unix epoch milliseconds [since_ms, until_ms)."""
-
-    since_ms: int
-    until_ms: int
-
-
-class NumericKey(msgspec.Struct):
-    """A numeric attr and the edges it is bucketed at."""
-
-    key: str
-    edges: list[float]
-
-
-class Keys(msgspec.Struct):
-    """Which attrs the report looks at, and the values it keeps apart (rarer ones become '')."""
-
-    session: dict[str, list[str]] = {}
-    sample: list[str] = []
-    sample_numeric: list[NumericKey] = []
-    event_numeric: list[NumericKey] = []
-    event_text: list[str] = []
-    # every distinct sample attrs text in the window, when discovery saw them all (few enough):
-    # the report then lists them instead of scanning the samples for them again
-    sample_texts: list[str] | None = None
-
-    def numeric_edges(self) -> dict[str, list[float]]:
-        """Edges of every numeric attr by name."""
-        return {nk.key: nk.edges for nk in (*self.sample_numeric, *self.event_numeric)}
-
-
-class Counts(msgspec.Struct, array_like=True):
-    """Counts of one combination: sessions, high sessions, phases (units), high phases, samples, metric sum."""
-
-    sessions: int = 0
-    high_sessions: int = 0
-    units: int = 0
-    high_units: int = 0
-    samples: int = 0
-    metric_sum: float = 0.0
-
-    def add(self, other: Counts) -> None:
-        """Add another combination's counts into this one."""
-        self.sessions += other.sessions
-        self.high_sessions += other.high_sessions
-        self.units += other.units
-        self.high_units += other.high_units
-        self.samples += other.samples
-        self.metric_sum += other.metric_sum
-
-
-Item = tuple[str, str]
-Combo = tuple[Item, ...]
-
-
-class TimelineRow(msgspec.Struct, array_like=True):
-    """Sessions active in one time bucket for one version, and how many of them were high."""
-
-    bucket: int
-    version: str
-    sessions: int
-    high_sessions: int
-
-
-class SessionFacts(msgspec.Struct):
-    """One session's numbers in the window, for the worst-sessions list."""
-
-    session_id: str
-    samples: int
-    mean: float
-    max: float
-    phases: list[tuple[Combo, bool]] = []
-    attrs: dict[str, str] = {}
-    items: dict[str, str] = {}
-
-
-class Facts(msgspec.Struct):
-    """Everything the report needs from the warehouse, already aggregated."""
-
-    keys: Keys
-    counts: dict[Combo, Counts]
-    total: Counts
-    timeline: list[TimelineRow]
-    worst: list[SessionFacts]
-
-
-def fmt_number(x: float) -> str:
-    """A number as short text: 40 rather than 40.0."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def nice_edges(quantiles: Sequence[float | None]) -> list[float]:
-    """Round quantiles to readable steps (1, 5, 10, 50...) and drop duplicates."""
-    edges: list[float] = []
-    for q in quantiles:
-        if q is None or not math.isfinite(q):
-            continue
-        if q == 0:
-            e = 0.0
-        else:
-            mag = 10 ** math.floor(math.log10(abs(q)))
-            step = mag / 2 if abs(q) >= 2 * mag else mag / 10
-            e = round(round(q / step) * step, 10)
-        if e not in edges:
-            edges.append(float(e))
-    return sorted(edges)
-
-
-def interval_labels(edges: Sequence[float]) -> list[str]:
-    """Labels of the intervals the edges cut: '<10', '[10,20)', ..., '>=60'."""
-    labels = [f"<{fmt_number(edges[0])}"]
-    labels += [f"[{fmt_number(a)},{fmt_number(b)})" for a, b in zip(edges, edges[1:], strict=False)]
-    labels.append(f">={fmt_number(edges[-1])}")
-    return labels
-
-
-def interval_bounds(edges: Sequence[float]) -> dict[str, tuple[float, float]]:
-    """Label -> (low, high) of each interval the edges cut."""
-    return _interval_bounds(tuple(edges))
-
-
-@functools.lru_cache(maxsize=256)
-def _interval_bounds(edges: tuple[float, ...]) -> dict[str, tuple[float, float]]:
-    lows = [-math.inf, *edges]
-    highs = [*edges, math.inf]
-    return dict(zip(interval_labels(edges), zip(lows, highs, strict=True), strict=True))
 
 
 def metric_expr(d: Dialect, metric: str) -> tuple[str, str]:
@@ -315,20 +73,6 @@ def metric_expr(d: Dialect, metric: str) -> tuple[str, str]:
 
 def _ts(window: Window) -> str:
     return f"ts >= {int(window.since_ms)} AND ts < {int(window.until_ms)}"
-
-
-def candidate_edges(quantiles: Sequence[float | None]) -> list[float]:
-    """Readable cut points: the rounded quantiles, plus the middle of any unusually wide gap
-    between two quantiles (names of 6-32 and of 40-90 characters get an edge near 36)."""
-    qs = sorted({float(q) for q in quantiles if q is not None and math.isfinite(q)})
-    gaps = sorted(b - a for a, b in zip(qs, qs[1:], strict=False))
-    wide = 3 * gaps[len(gaps) // 2] if gaps else math.inf
-    mids = [(a + b) / 2 for a, b in zip(qs, qs[1:], strict=False) if b - a > wide]
-    edges = nice_edges(qs)
-    if len(edges) > MAX_EDGES - len(mids):
-        keep = max(1, MAX_EDGES - len(mids))
-        edges = [edges[int(i * len(edges) / keep)] for i in range(keep)]
-    return sorted(set(edges) | set(nice_edges(mids)))
 
 
 def _time_slices(window: Window, rows: int, slices: int = 20) -> str:
@@ -354,7 +98,7 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu",
 
     `rollup`: the warehouse's rollup state (DuckDB); sample attrs are then counted from it
     where it covers the window (~5x fewer rows than the samples)."""
-    d = Dialect(wh.dialect)
+    d = dialect_for(wh.dialect)
     session_where = f"ts >= {int(window.since_ms) - SESSION_LOOKBACK_MS} AND ts < {int(window.until_ms)}"
     rows = wh.query(
         f"SELECT k, v, count(*) AS n FROM ({d.array_join(d.table('sessions'), session_where)}) "
@@ -399,6 +143,7 @@ def discover_keys(wh: Warehouse, window: Window, metric: str = "cpu",
     return Keys(
         session=session, sample=sorted(sample), sample_numeric=sample_numeric,
         event_numeric=event_numeric, event_text=event_text, sample_texts=texts,
+        sessions_seen=max(totals.values(), default=0),
     )
 
 
@@ -426,7 +171,7 @@ def _stats_of_pairs(pairs: Sequence[tuple]) -> list[tuple]:
     ]
 
 
-def _as_number(value) -> float | None:
+def as_number(value) -> float | None:
     """A JSON attr value as a float, as SQL's TRY_CAST would read its text; None when it is not one."""
     if isinstance(value, bool):
         return None
@@ -462,7 +207,7 @@ def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str
     every sample in the window counts, and the SQL needs no JSON key listing (which ClickHouse
     18.16 lacks)."""
     if rollup is not None:  # the same counts, most of them from the rollup
-        source = f"SELECT attrs, sum(n) AS n FROM ({_rows_sql(d, window, metric, rollup)}) GROUP BY attrs"
+        source = f"SELECT attrs, sum(n) AS n FROM ({rows_sql(d, window, metric, rollup)}) GROUP BY attrs"
     else:
         source = f"SELECT attrs, count(*) AS n FROM {d.table('samples')} WHERE {_ts(window)}{condition} GROUP BY attrs"
     rows = wh.query(f"{source} ORDER BY n DESC, attrs LIMIT {MAX_ATTR_TEXTS}")
@@ -474,7 +219,7 @@ def _sample_attr_stats(wh: Warehouse, d: Dialect, window: Window, condition: str
         for k, v in json_object(text).items():
             n_of[k] = n_of.get(k, 0) + n
             texts_of.setdefault(k, set()).add(attr_text(v) if isinstance(v, (str, int, float, bool)) else str(v))
-            x = _as_number(v)
+            x = as_number(v)
             if x is not None:
                 numbers = numbers_of.setdefault(k, {})
                 numbers[x] = numbers.get(x, 0) + n
@@ -521,6 +266,7 @@ class _Cols(msgspec.Struct):
 
     session: list[tuple[str, str]]
     phase: list[tuple[str, str]]
+    order: int = MAX_ITEMS  # items in one combination, at most
 
 
 def _columns(keys: Keys) -> _Cols:
@@ -529,7 +275,7 @@ def _columns(keys: Keys) -> _Cols:
     session += [(f"et_{i}", k) for i, k in enumerate(keys.event_text)]
     phase = [(f"sp_{i}", k) for i, k in enumerate(keys.sample)]
     phase += [(f"sn_{i}", nk.key) for i, nk in enumerate(keys.sample_numeric)]
-    return _Cols(session, phase)
+    return _Cols(session, phase, min(MAX_ITEMS, max(1, keys.max_order)))
 
 
 class _Sql(msgspec.Struct):
@@ -566,12 +312,17 @@ def mask_stages_fit(keys: Keys) -> bool:
     return True
 
 
-def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, list[int]] | None) -> str:
+def rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, list[int]] | None,
+             population: str = "") -> str:
     """The window's samples as rows (session_id, attrs, n, s, mx, t0, t1): one row a sample, or,
     for the metric cpu in closed buckets the warehouse rolled up, one row per (session, attrs,
     bucket) from `sample_rollup` -- and samples for the rest (window edges, newer and dirty
-    buckets). The sums are the same either way."""
+    buckets). The sums are the same either way.
+
+    `population`: a condition on (session_id, attrs) keeping only the drill path's rows."""
     value, cond = metric_expr(d, metric)
+    if population:
+        cond = f"{cond} AND {population}"
 
     def raw(lo: int, hi: int) -> str:
         return (
@@ -591,7 +342,7 @@ def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, l
     skip = f" AND bucket NOT IN ({', '.join(map(str, dirty))})" if dirty else ""
     rolled = (
         f"SELECT session_id, attrs, n, cpu_sum AS s, cpu_max AS mx, ts_min AS t0, ts_max AS t1 FROM sample_rollup "
-        f"WHERE bucket >= {first} AND bucket < {end}{skip}"
+        f"WHERE bucket >= {first} AND bucket < {end}{skip}{' AND ' + population if population else ''}"
     )
     # the rest as plain ts ranges, so each scan skips every row group outside it (zone maps)
     ranges = [(since, first * width), (end * width, until)] + [(b * width, (b + 1) * width) for b in dirty]
@@ -600,7 +351,7 @@ def _rows_sql(d: Dialect, window: Window, metric: str, rollup: tuple[int, int, l
 
 def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, threshold: float, phases_src: str,
                      rollup: tuple[int, int, list[int]] | None = None, narrow: bool = False,
-                     masks: bool = False) -> _Sql:
+                     masks: bool = False, population: str = "") -> _Sql:
     """SQL for the phase rows, and for the per-session rows built from `phases_src` (the phase rows).
 
     `narrow`: the phase rows keep their 64-bit key instead of their items (see _Sql): grouping
@@ -616,8 +367,8 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     # bucketed once, into its phase items and a 64-bit phase key, and the samples are then
     # grouped by (session_id, phase key) -- one string and one integer, far cheaper to hash
     # than the item strings, and no JSON is parsed per sample.
-    where = f"WHERE {_ts(window)} AND {cond}"
-    samples = _rows_sql(d, window, metric, rollup)
+    where = f"WHERE {_ts(window)} AND {cond}{' AND ' + population if population else ''}"
+    samples = rows_sql(d, window, metric, rollup, population)
     thr = float(threshold)
     stats = (
         f"sum(n) AS ph_n, sum(s) AS ph_sum, max(mx) AS ph_max, min(t0) AS ph_t0, max(t1) AS ph_t1, "
@@ -694,12 +445,35 @@ def _building_blocks(d: Dialect, keys: Keys, window: Window, metric: str, thresh
     return _Sql(phases=phases, sessions=sql, phase_items=phase_items, masks=masks)
 
 
-def _combo_specs(cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = ()) -> list[list[tuple[str, str]]]:
+GROUP_BUDGET = 100_000  # combinations the search may count in one report, about
+
+
+def search_order(keys: Keys, wanted: int = MAX_ITEMS) -> int:
+    """The largest order (items per combination, at most `wanted`) whose possible combinations
+    stay within GROUP_BUDGET: each set of columns holds at most the product of their value
+    counts, and at most as many as there are sessions. Ten attrs of 4-40 values have ~1M
+    combinations of three values but ~19k of two; six low-cardinality ones ~14k of three."""
+    cards = [len(v) + 1 for v in keys.session.values()] + [len(nk.edges) + 1 for nk in keys.event_numeric]
+    cards += [MAX_VALUES_PER_KEY for _ in keys.event_text] + [MAX_VALUES_PER_KEY // 4 for _ in keys.sample]
+    cards += [len(nk.edges) + 1 for nk in keys.sample_numeric]
+    cap = max(1, keys.sessions_seen) if keys.sessions_seen else None
+    order = max(1, min(wanted, MAX_ITEMS))
+    while order > 1:
+        groups = sum(min(cap, math.prod(c)) if cap else math.prod(c)
+                     for k in range(1, order + 1) for c in combinations(cards, k))
+        if groups <= GROUP_BUDGET:
+            break
+        order -= 1
+    return order
+
+
+def _combo_specs(cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]] = (),
+                 order: int = MAX_ITEMS) -> list[list[tuple[str, str]]]:
     """Every combination of up to MAX_ITEMS columns (alias, attr name) of distinct attrs, holding
     one of `must` if given, its columns ordered by attr name."""
     out = []
     allc = list(cols)
-    for size in range(1, MAX_ITEMS + 1):
+    for size in range(1, order + 1):
         for combo in combinations(allc, size):
             names = [k for _, k in combo]
             if len(set(names)) != len(names):
@@ -721,9 +495,9 @@ def _part_specs(cols: _Cols) -> dict[str, list[list[tuple[str, str]]]]:
     cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
     num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
     return {
-        "S": [[]] + _combo_specs(cols.session),
-        "P": _combo_specs(cols.session + cols.phase, must=num) if num else [],
-        "Q": _combo_specs(cols.session + cat, must=cat) if cat else [],
+        "S": [[]] + _combo_specs(cols.session, order=cols.order),
+        "P": _combo_specs(cols.session + cols.phase, must=num, order=cols.order) if num else [],
+        "Q": _combo_specs(cols.session + cat, must=cat, order=cols.order) if cat else [],
     }
 
 
@@ -780,6 +554,40 @@ def _coded_decoder(specs: Sequence[Sequence[tuple[str, str]]], values: Mapping[s
     return decode
 
 
+class _PartSql:
+    """What the statements of one report share: dialect, item columns, combinations to explode,
+    the relations they read, and whether combinations are coded as integers."""
+
+    def __init__(self, d: Dialect, keys: Keys, phases_src: str, sessions_src: str, classes_src: str | None,
+                 keyed_src: str, masks: bool):
+        self.d = d
+        self.cols = _columns(keys)
+        self.s_aliases = [a for a, _ in self.cols.session]
+        self.cat = [(a, k) for a, k in self.cols.phase if a.startswith("sp_")]
+        self.num = [(a, k) for a, k in self.cols.phase if a.startswith("sn_")]
+        self.phases_src, self.sessions_src, self.classes_src, self.keyed_src = (
+            phases_src, sessions_src, classes_src, keyed_src)
+        self.coded = masks and bool(classes_src) and bool(self.s_aliases)
+        self.specs = _part_specs(self.cols)
+        self.ss_items = f"(SELECT session_id{''.join(', ' + a for a in self.s_aliases)} FROM {sessions_src}) AS ss"
+
+    def item_cols(self, aliases: Sequence[str]) -> str:
+        """The item columns as the statements group them: their codes when coded."""
+        return ", ".join(f"{a}_c" for a in aliases) if self.coded else ", ".join(aliases)
+
+    def exploded(self, part: str, sums: str, counts: str, source: str) -> str:
+        """One row per combination of `part`: the rows of `source` exploded into their
+        combinations (integer or string keys) and summed."""
+        d = self.d
+        if self.coded:
+            return (f"SELECT '{part}' AS part, CAST(combo AS VARCHAR) AS k, {sums} FROM ("
+                    + d.explode(counts, _coded_combo_exprs(self.specs[part]), source, "combo")
+                    + ") WHERE combo >= 0 GROUP BY combo")
+        return (f"SELECT '{part}' AS part, combo AS k, {sums} FROM ("
+                + d.explode(counts, _combo_exprs(d, self.specs[part]), source, "combo")
+                + ") WHERE combo != '' GROUP BY combo")
+
+
 def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias: str | None,
            phases_src: str, sessions_src: str, classes_src: str | None = None,
            keyed_src: str = "ph0", masks: bool = False) -> dict[str, str]:
@@ -799,146 +607,26 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     phases per (session, stage). The combinations are then also spelled as integers (see
     _coded_combo_exprs; `classes_src` and `pm` carry each item column's code `{alias}_c`), and
     part D lists the codes: (k: value, a: code, b: the column's index in _coded_columns)."""
-    cols = _columns(keys)
-    s_aliases = [a for a, _ in cols.session]
-    coded = masks and bool(classes_src) and bool(s_aliases)
-    specs = _part_specs(cols)
-    if coded:
-        def item_cols(aliases: Sequence[str]) -> str:
-            return ", ".join(f"{a}_c" for a in aliases)
-
-        def exploded(part: str, sums: str, counts: str, source: str) -> str:
-            return (f"SELECT '{part}' AS part, CAST(combo AS VARCHAR) AS k, {sums} FROM ("
-                    + d.explode(counts, _coded_combo_exprs(specs[part]), source, "combo")
-                    + ") WHERE combo >= 0 GROUP BY combo")
-    else:
-        def item_cols(aliases: Sequence[str]) -> str:
-            return ", ".join(aliases)
-
-        def exploded(part: str, sums: str, counts: str, source: str) -> str:
-            return (f"SELECT '{part}' AS part, combo AS k, {sums} FROM ("
-                    + d.explode(counts, _combo_exprs(d, specs[part]), source, "combo")
-                    + ") WHERE combo != '' GROUP BY combo")
-    s_sums = "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, sum(c_n) AS x, sum(c_m) AS y"
-    s_counts = "c_s, c_sh, c_u, c_uh, c_n, c_m"
-    if coded:  # per session class, named (coded) from the map
-        s_compact = (
-            f"SELECT {item_cols(s_aliases)}, c_s, c_sh, c_u, c_uh, c_n, c_m FROM (SELECT sc, count(*) AS c_s, "
-            f"sum(s_hi) AS c_sh, sum(n_ph) AS c_u, sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m "
-            f"FROM {sessions_src} GROUP BY sc) AS sg {d.inner_join} {classes_src} USING (sc)"
-        )
-    else:
-        s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
-        s_compact = (
-            f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
-            f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {sessions_src}{s_group}"
-        )
-    parts = {"S": exploded("S", s_sums, s_counts, s_compact)}
-    cat = [(a, k) for a, k in cols.phase if a.startswith("sp_")]
-    num = [(a, k) for a, k in cols.phase if a.startswith("sn_")]
-    ss_items = f"(SELECT session_id{''.join(', ' + a for a in s_aliases)} FROM {sessions_src}) AS ss"
-    if num:
-        # combinations naming a numeric sample attr: counted on the phases themselves
-        sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
-        has_num = " OR ".join(f"{a} != ''" for a, _ in num)
-        if coded:
-            p_compact = (
-                f"SELECT {item_cols(s_aliases + [a for a, _ in cols.phase])}, c_n, c_h FROM pc {d.inner_join} pm "
-                f"USING (pid) {d.inner_join} {classes_src} USING (sc) WHERE {has_num}"
-            )
-        elif classes_src and s_aliases:
-            # the phases picked and grouped by integer keys (sc, pid), named from the maps after
-            joined = (
-                f"SELECT sc, pid, ph_hi FROM (SELECT sk, pid, ph_hi FROM {keyed_src} "
-                f"WHERE pid IN (SELECT pid FROM pm WHERE {has_num})) AS ph "
-                f"{d.inner_join} (SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)"
-            )
-            p_compact = (
-                f"SELECT {sel}, c_n, c_h FROM (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) "
-                f"GROUP BY sc, pid) AS pc {d.inner_join} pm USING (pid) {d.inner_join} {classes_src} USING (sc)"
-            )
-        else:
-            joined = (
-                f"SELECT {sel}, ph_hi FROM (SELECT * FROM {phases_src} WHERE {has_num}) AS ph "
-                f"{d.inner_join} {ss_items} USING (session_id)"
-            )
-            p_compact = f"SELECT {sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) GROUP BY {sel}"
-        # high phases summed in the group, not a group key: up to half the rows to explode
-        parts["P"] = exploded("P", "sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, sum(c_h) AS e, 0 AS x, 0 AS y",
-                              "c_n, c_h", p_compact)
-    if cat:
-        # combinations naming only categorical sample attrs (stage): one row per (session, stage), so
-        # sessions are exact, and the phases inside it are counted too
-        c_aliases = [a for a, _ in cat]
-        sel = ", ".join(s_aliases + c_aliases)
-        if coded:
-            # phases per (session items, stage) from pc; sessions per (session items, stage): a
-            # stage that only one phase can have is that phase in each session, a split stage is
-            # counted from the sessions' stage masks (qm: ran it, hm: was high in it)
-            units = (f"SELECT sc, qid, sum(c_n) AS c_u, sum(c_h) AS c_uh, max(qbit) AS qbit FROM pc "
-                     f"{d.inner_join} pm USING (pid) GROUP BY sc, qid")
-            split = (
-                f"SELECT sc, qid, sum(n) AS m_s, sum(CASE WHEN (hm & qbit) != 0 THEN n ELSE 0 END) AS m_sh FROM "
-                f"(SELECT sc, qm, hm, count(*) AS n FROM {sessions_src} WHERE qm != 0 GROUP BY sc, qm, hm) AS sm "
-                f"JOIN (SELECT DISTINCT qid, qbit FROM pm WHERE qbit != 0) AS qb ON (sm.qm & qb.qbit) != 0 GROUP BY sc, qid"
-            )
-            q_compact = (
-                f"SELECT {item_cols(s_aliases + c_aliases)}, CASE WHEN qbit = 0 THEN c_u ELSE m_s END AS c_s, "
-                f"CASE WHEN qbit = 0 THEN c_uh ELSE m_sh END AS c_sh, c_u, c_uh "
-                f"FROM ({units}) AS qu LEFT JOIN ({split}) AS qs USING (sc, qid) "
-                f"{d.inner_join} {classes_src} USING (sc) {d.inner_join} "
-                f"(SELECT DISTINCT qid, {item_cols(c_aliases)} FROM pm) AS qn USING (qid)"
-            )
-        elif classes_src and s_aliases:
-            # integers only until the few thousand (session items, stage) groups are named; a
-            # stage with one possible phase (no numeric attr splits it) is that phase in each
-            # session, so only the stages split into several phases need the grouping
-            per_stage = "SELECT qid FROM pm GROUP BY qid HAVING count(*)"
-            coarse = (f"SELECT sk, qid, 1 AS co_n, ph_hi AS co_h, ph_hi AS co_any FROM {phases_src} "
-                      f"WHERE qid IN ({per_stage} = 1) UNION ALL "
-                      f"SELECT sk, qid, count(*) AS co_n, sum(ph_hi) AS co_h, max(ph_hi) AS co_any "
-                      f"FROM {phases_src} WHERE qid IN ({per_stage} > 1) GROUP BY sk, qid")
-            joined = (f"SELECT sc, qid, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} "
-                      f"(SELECT sk, sc FROM {sessions_src}) AS ss USING (sk)")
-            q_compact = (
-                f"SELECT {sel}, c_s, c_sh, c_u, c_uh FROM (SELECT sc, qid, count(*) AS c_s, sum(co_any) AS c_sh, "
-                f"sum(co_n) AS c_u, sum(co_h) AS c_uh FROM ({joined}) GROUP BY sc, qid) AS qc "
-                f"{d.inner_join} {classes_src} USING (sc) {d.inner_join} "
-                f"(SELECT DISTINCT qid, {', '.join(c_aliases)} FROM pm) AS qm USING (qid)"
-            )
-        else:
-            coarse = (
-                f"SELECT session_id, {', '.join(c_aliases)}, count(*) AS co_n, sum(ph_hi) AS co_h, "
-                f"max(ph_hi) AS co_any FROM {phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
-            )
-            joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {ss_items} USING (session_id)"
-            q_compact = (
-                f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
-                f"FROM ({joined}) GROUP BY {sel}"
-            )
-        parts["Q"] = exploded("Q", "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, 0 AS x, 0 AS y",
-                              "c_s, c_sh, c_u, c_uh", q_compact)
-    if coded:  # the codes of every item column's values
+    c = _PartSql(d, keys, phases_src, sessions_src, classes_src, keyed_src, masks)
+    parts = {"S": _session_part(c)}
+    if c.num:
+        parts["P"] = _numeric_part(c)
+    if c.cat:
+        parts["Q"] = _stage_part(c)
+    if c.coded:  # the codes of every item column's values
         parts["D"] = " UNION ALL ".join(
             f"SELECT DISTINCT 'D' AS part, {a} AS k, {a}_c AS a, {i} AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y "
-            f"FROM {classes_src if i < len(s_aliases) else 'pm'} WHERE {a}_c > 0"
-            for i, a in enumerate(_coded_columns(cols))
+            f"FROM {classes_src if i < len(c.s_aliases) else 'pm'} WHERE {a}_c > 0"
+            for i, a in enumerate(_coded_columns(c.cols))
         )
-    since = int(window.since_ms)
-    b0 = d.idiv(f"t0 - {since}", int(bucket_ms))
-    b1 = d.idiv(f"t1 - {since}", int(bucket_ms))
-    ver = version_alias or "''"
-    parts["T"] = (
-        f"SELECT 'T' AS part, ver AS k, b0 AS a, b1 AS b2, count(*) AS c, sum(s_hi) AS e, 0 AS x, 0 AS y FROM "
-        f"(SELECT {b0} AS b0, {b1} AS b1, {ver} AS ver, s_hi FROM {sessions_src}) GROUP BY b0, b1, ver"
-    )
+    parts["T"] = _timeline_part(c, window, bucket_ms, version_alias)
     parts["W"] = (
         "SELECT 'W' AS part, session_id AS k, n_samples AS a, s_hi AS b, 0 AS c, 0 AS e, "
         f"m_sum / n_samples AS x, peak AS y FROM {sessions_src} ORDER BY x DESC, k LIMIT {WORST_LIMIT}"
     )
-    if cols.phase and not d.ch:
+    if c.cols.phase and d.ctes:  # the worst sessions' phases in the same statement (else _fill_worst reads them)
         enc: list[str] = []
-        for i, (alias, name) in enumerate(cols.phase):
+        for i, (alias, name) in enumerate(c.cols.phase):
             enc += [d.lit((RS if i else GS) + name + US), alias]
         parts["V"] = (
             f"SELECT 'V' AS part, {d.concat('session_id', *enc)} AS k, ph_hi AS a, 0 AS b, 0 AS c, 0 AS e, "
@@ -947,18 +635,166 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
     return parts
 
 
+def _session_part(c: _PartSql) -> str:
+    """S: per combination of session items (and the total): sessions, high sessions, phases,
+    high phases, samples and metric sum."""
+    d, s_aliases = c.d, c.s_aliases
+    s_sums = "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, sum(c_n) AS x, sum(c_m) AS y"
+    s_counts = "c_s, c_sh, c_u, c_uh, c_n, c_m"
+    if c.coded:  # per session class, named (coded) from the map
+        s_compact = (
+            f"SELECT {c.item_cols(s_aliases)}, c_s, c_sh, c_u, c_uh, c_n, c_m FROM (SELECT sc, count(*) AS c_s, "
+            f"sum(s_hi) AS c_sh, sum(n_ph) AS c_u, sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m "
+            f"FROM {c.sessions_src} GROUP BY sc) AS sg {d.inner_join} {c.classes_src} USING (sc)"
+        )
+    else:
+        s_group = f" GROUP BY {', '.join(s_aliases)}" if s_aliases else ""
+        s_compact = (
+            f"SELECT {''.join(a + ', ' for a in s_aliases)}count(*) AS c_s, sum(s_hi) AS c_sh, sum(n_ph) AS c_u, "
+            f"sum(n_hi) AS c_uh, sum(n_samples) AS c_n, sum(m_sum) AS c_m FROM {c.sessions_src}{s_group}"
+        )
+    return c.exploded("S", s_sums, s_counts, s_compact)
+
+
+def _numeric_part(c: _PartSql) -> str:
+    """P: combinations naming a numeric sample attr, counted on the phases themselves."""
+    d, s_aliases, cols = c.d, c.s_aliases, c.cols
+    sel = ", ".join(s_aliases + [a for a, _ in cols.phase])
+    has_num = " OR ".join(f"{a} != ''" for a, _ in c.num)
+    if c.coded:
+        p_compact = (
+            f"SELECT {c.item_cols(s_aliases + [a for a, _ in cols.phase])}, c_n, c_h FROM pc {d.inner_join} pm "
+            f"USING (pid) {d.inner_join} {c.classes_src} USING (sc) WHERE {has_num}"
+        )
+    elif c.classes_src and s_aliases:
+        # the phases picked and grouped by integer keys (sc, pid), named from the maps after
+        joined = (
+            f"SELECT sc, pid, ph_hi FROM (SELECT sk, pid, ph_hi FROM {c.keyed_src} "
+            f"WHERE pid IN (SELECT pid FROM pm WHERE {has_num})) AS ph "
+            f"{d.inner_join} (SELECT sk, sc FROM {c.sessions_src}) AS ss USING (sk)"
+        )
+        p_compact = (
+            f"SELECT {sel}, c_n, c_h FROM (SELECT sc, pid, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) "
+            f"GROUP BY sc, pid) AS pc {d.inner_join} pm USING (pid) {d.inner_join} {c.classes_src} USING (sc)"
+        )
+    else:
+        joined = (
+            f"SELECT {sel}, ph_hi FROM (SELECT * FROM {c.phases_src} WHERE {has_num}) AS ph "
+            f"{d.inner_join} {c.ss_items} USING (session_id)"
+        )
+        p_compact = f"SELECT {sel}, count(*) AS c_n, sum(ph_hi) AS c_h FROM ({joined}) GROUP BY {sel}"
+    # high phases summed in the group, not a group key: up to half the rows to explode
+    return c.exploded("P", "sum(c_n) AS a, sum(c_h) AS b, sum(c_n) AS c, sum(c_h) AS e, 0 AS x, 0 AS y",
+                      "c_n, c_h", p_compact)
+
+
+def _stage_part(c: _PartSql) -> str:
+    """Q: combinations naming only categorical sample attrs (stage): one row per (session,
+    stage), so sessions are exact, and the phases inside it are counted too."""
+    d, s_aliases = c.d, c.s_aliases
+    c_aliases = [a for a, _ in c.cat]
+    sel = ", ".join(s_aliases + c_aliases)
+    if c.coded:
+        # phases per (session items, stage) from pc; sessions per (session items, stage): a
+        # stage that only one phase can have is that phase in each session, a split stage is
+        # counted from the sessions' stage masks (qm: ran it, hm: was high in it)
+        units = (f"SELECT sc, qid, sum(c_n) AS c_u, sum(c_h) AS c_uh, max(qbit) AS qbit FROM pc "
+                 f"{d.inner_join} pm USING (pid) GROUP BY sc, qid")
+        split = (
+            f"SELECT sc, qid, sum(n) AS m_s, sum(CASE WHEN (hm & qbit) != 0 THEN n ELSE 0 END) AS m_sh FROM "
+            f"(SELECT sc, qm, hm, count(*) AS n FROM {c.sessions_src} WHERE qm != 0 GROUP BY sc, qm, hm) AS sm "
+            f"JOIN (SELECT DISTINCT qid, qbit FROM pm WHERE qbit != 0) AS qb ON (sm.qm & qb.qbit) != 0 GROUP BY sc, qid"
+        )
+        q_compact = (
+            f"SELECT {c.item_cols(s_aliases + c_aliases)}, CASE WHEN qbit = 0 THEN c_u ELSE m_s END AS c_s, "
+            f"CASE WHEN qbit = 0 THEN c_uh ELSE m_sh END AS c_sh, c_u, c_uh "
+            f"FROM ({units}) AS qu LEFT JOIN ({split}) AS qs USING (sc, qid) "
+            f"{d.inner_join} {c.classes_src} USING (sc) {d.inner_join} "
+            f"(SELECT DISTINCT qid, {c.item_cols(c_aliases)} FROM pm) AS qn USING (qid)"
+        )
+    elif c.classes_src and s_aliases:
+        # integers only until the few thousand (session items, stage) groups are named; a
+        # stage with one possible phase (no numeric attr splits it) is that phase in each
+        # session, so only the stages split into several phases need the grouping
+        per_stage = "SELECT qid FROM pm GROUP BY qid HAVING count(*)"
+        coarse = (f"SELECT sk, qid, 1 AS co_n, ph_hi AS co_h, ph_hi AS co_any FROM {c.phases_src} "
+                  f"WHERE qid IN ({per_stage} = 1) UNION ALL "
+                  f"SELECT sk, qid, count(*) AS co_n, sum(ph_hi) AS co_h, max(ph_hi) AS co_any "
+                  f"FROM {c.phases_src} WHERE qid IN ({per_stage} > 1) GROUP BY sk, qid")
+        joined = (f"SELECT sc, qid, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} "
+                  f"(SELECT sk, sc FROM {c.sessions_src}) AS ss USING (sk)")
+        q_compact = (
+            f"SELECT {sel}, c_s, c_sh, c_u, c_uh FROM (SELECT sc, qid, count(*) AS c_s, sum(co_any) AS c_sh, "
+            f"sum(co_n) AS c_u, sum(co_h) AS c_uh FROM ({joined}) GROUP BY sc, qid) AS qc "
+            f"{d.inner_join} {c.classes_src} USING (sc) {d.inner_join} "
+            f"(SELECT DISTINCT qid, {', '.join(c_aliases)} FROM pm) AS qm USING (qid)"
+        )
+    else:
+        coarse = (
+            f"SELECT session_id, {', '.join(c_aliases)}, count(*) AS co_n, sum(ph_hi) AS co_h, "
+            f"max(ph_hi) AS co_any FROM {c.phases_src} GROUP BY session_id, {', '.join(c_aliases)}"
+        )
+        joined = f"SELECT {sel}, co_n, co_h, co_any FROM ({coarse}) AS co {d.inner_join} {c.ss_items} USING (session_id)"
+        q_compact = (
+            f"SELECT {sel}, count(*) AS c_s, sum(co_any) AS c_sh, sum(co_n) AS c_u, sum(co_h) AS c_uh "
+            f"FROM ({joined}) GROUP BY {sel}"
+        )
+    return c.exploded("Q", "sum(c_s) AS a, sum(c_sh) AS b, sum(c_u) AS c, sum(c_uh) AS e, 0 AS x, 0 AS y",
+                      "c_s, c_sh, c_u, c_uh", q_compact)
+
+
+def _timeline_part(c: _PartSql, window: Window, bucket_ms: int, version_alias: str | None) -> str:
+    """T: sessions and high sessions per (first bucket, last bucket, version)."""
+    d = c.d
+    since = int(window.since_ms)
+    b0 = d.idiv(f"t0 - {since}", int(bucket_ms))
+    b1 = d.idiv(f"t1 - {since}", int(bucket_ms))
+    ver = version_alias or "''"
+    return (
+        f"SELECT 'T' AS part, ver AS k, b0 AS a, b1 AS b2, count(*) AS c, sum(s_hi) AS e, 0 AS x, 0 AS y FROM "
+        f"(SELECT {b0} AS b0, {b1} AS b1, {ver} AS ver, s_hi FROM {c.sessions_src}) GROUP BY b0, b1, ver"
+    )
+
+
+ROW_COLUMNS = ("part", "k", "a", "b", "c", "e", "x", "y")  # what every part's SELECT returns, in order
+# what the generic columns a..y hold in each part (see _parts): rows are read back by these names
+PART_FIELDS: dict[str, dict[str, str]] = {
+    "S": {"a": "sessions", "b": "high_sessions", "c": "units", "e": "high_units", "x": "samples", "y": "metric_sum"},
+    "P": {"a": "sessions", "b": "high_sessions", "c": "units", "e": "high_units"},
+    "Q": {"a": "sessions", "b": "high_sessions", "c": "units", "e": "high_units"},
+    "D": {"k": "value", "a": "code", "b": "column"},
+    "T": {"k": "version", "a": "first_bucket", "b": "last_bucket", "c": "sessions", "e": "high_sessions"},
+    "W": {"k": "session_id", "a": "samples", "b": "high", "x": "mean", "y": "max"},
+    "V": {"k": "phase", "a": "high", "x": "first_ts"},
+}
+
+
+def named(row: Sequence) -> dict:
+    """One row of the report's statement as {field: value}, by the names of its part."""
+    raw = dict(zip(ROW_COLUMNS, row, strict=True))
+    fields = PART_FIELDS[raw["part"]]
+    out = {"part": raw["part"], "key": raw["k"]}
+    out.update({name: raw[col] for col, name in fields.items()})
+    return out
+
+
 def _decode_combo(key: str) -> Combo:
     return tuple(tuple(item.split(US, 1)) for item in key.split(RS))  # type: ignore[misc]
 
 
 def fetch_facts(
     wh: Warehouse, window: Window, metric: str, threshold: float, bucket_ms: int,
-    version_key_pref: Sequence[str] = (),
+    version_key_pref: Sequence[str] = (), keys: Keys | None = None, population: str = "",
+    rollup: tuple[int, int, list[int]] | None = None,
 ) -> Facts:
-    """Aggregate the window into combination counts, a timeline, and the worst sessions."""
-    d = Dialect(wh.dialect)
-    rollup = wh.rollup_state() if not d.ch and hasattr(wh, "rollup_state") else None
-    keys = discover_keys(wh, window, metric, rollup)
+    """Aggregate the window into combination counts, a timeline, and the worst sessions.
+
+    `keys`: the attrs to look at (default: discovered); `population`: a condition on sample
+    rows (session_id, attrs) keeping only the drill path (see exact.population_sql);
+    `rollup`: the warehouse's rollup state, when it keeps one."""
+    d = dialect_for(wh.dialect)
+    if keys is None:
+        keys = discover_keys(wh, window, metric, rollup)
     cols = _columns(keys)
     version_alias = next((a for k in version_key_pref for a, name in cols.session if name == k and a.startswith("sa_")), None)
     rows: list[tuple] = []
@@ -966,9 +802,9 @@ def fetch_facts(
     def name_of(part: str, k: str) -> Combo:  # a combination's key back as its items (the total: ())
         return () if k == TOTAL else _decode_combo(k)
 
-    if d.ch:
+    if not d.ctes:
         # no CTEs before ClickHouse 20: inline the phase and session subqueries into each statement
-        blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__")
+        blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__", population=population)
         ph = f"({blocks.phases})"
         ss = "(" + blocks.sessions.replace("__PH__", ph) + ")"
         parts = _parts(d, keys, window, bucket_ms, version_alias, ph, ss)
@@ -977,15 +813,17 @@ def fetch_facts(
     else:
         s_aliases = [a for a, _ in cols.session]
         masks = bool(s_aliases) and mask_stages_fit(keys)
-        rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, masks)
-        codes = [r for r in rows if r[0] == "D"] if coded else []
-        if codes and max(int(r[2]) for r in codes) >> CODE_BITS:  # too many values to code: spell them out
-            rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, False)
+        rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, masks,
+                                    population)
+        codes = [named(r) for r in rows if r[0] == "D"] if coded else []
+        if codes and max(int(r["code"]) for r in codes) >> CODE_BITS:  # too many values to code: spell them out
+            rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, False,
+                                        population)
         if coded:
             names = _coded_columns(cols)
             values: dict[str, dict[int, str]] = {a: {} for a in names}
-            for _, k, a, b, *_ in codes:
-                values[names[int(b)]][int(a)] = str(k)
+            for r in codes:
+                values[names[int(r["column"])]][int(r["code"])] = str(r["value"])
             decoders = {part: _coded_decoder(specs, values) for part, specs in _part_specs(cols).items()}
 
             def name_of(part: str, k: str) -> Combo:
@@ -995,46 +833,53 @@ def fetch_facts(
     worst: list[SessionFacts] = []
     phases_of: dict[str, list] = {}
     timeline_acc: dict[tuple[int, str], list[int]] = {}
-    for part, k, a, b, c, e, x, y in rows:
-        a, b, c, e = int(a or 0), int(b or 0), int(c or 0), int(e or 0)  # sums over no rows are NULL
+    def n(value) -> int:  # sums over no rows are NULL
+        return int(value or 0)
+
+    for row in map(named, rows):
+        part, k = row["part"], row["key"]
         if part == "S":
-            cnt = Counts(a, b, c, e, int(x or 0), float(y or 0.0))
+            cnt = Counts(n(row["sessions"]), n(row["high_sessions"]), n(row["units"]), n(row["high_units"]),
+                         n(row["samples"]), float(row["metric_sum"] or 0.0))
             combo = name_of(part, k)
             if combo:
                 counts[combo] = cnt
             else:
                 total = cnt
         elif part in ("P", "Q"):
-            counts[name_of(part, k)] = Counts(a, b, c, e)
+            counts[name_of(part, k)] = Counts(n(row["sessions"]), n(row["high_sessions"]), n(row["units"]),
+                                              n(row["high_units"]))
         elif part == "D":
             pass  # read above
         elif part == "T":
-            for bucket in range(a, b + 1):  # a session counts in every bucket it was active
+            for bucket in range(n(row["first_bucket"]), n(row["last_bucket"]) + 1):  # active in every bucket
                 per_bucket = timeline_acc.setdefault((bucket, str(k)), [0, 0])
-                per_bucket[0] += c
-                per_bucket[1] += e
+                per_bucket[0] += n(row["sessions"])
+                per_bucket[1] += n(row["high_sessions"])
         elif part == "V":
             sid, _, enc = str(k).partition(GS)
-            items = tuple((n, v) for n, v in (i.split(US, 1) for i in enc.split(RS)) if v)
-            phases_of.setdefault(sid, []).append((float(x or 0), items, bool(a)))
+            items = tuple((name, v) for name, v in (i.split(US, 1) for i in enc.split(RS)) if v)
+            phases_of.setdefault(sid, []).append((float(row["first_ts"] or 0), items, bool(row["high"])))
         else:
-            worst.append(SessionFacts(session_id=str(k), samples=int(a), mean=float(x or 0.0), max=float(y or 0.0)))
+            worst.append(SessionFacts(session_id=str(k), samples=n(row["samples"]), mean=float(row["mean"] or 0.0),
+                                      max=float(row["max"] or 0.0)))
     timeline = [TimelineRow(b, v, n, h) for (b, v), (n, h) in sorted(timeline_acc.items())]
     worst.sort(key=lambda f: (-f.mean, f.session_id))
     for f in worst:
         f.phases = [(items, hi) for _, items, hi in sorted(phases_of.get(f.session_id, []))]
-    _fill_worst(wh, d, keys, window, metric, threshold, worst)
+    _fill_worst(wh, d, keys, window, metric, threshold, worst, population)
     return Facts(keys=keys, counts=counts, total=total, timeline=timeline, worst=worst)
 
 
 def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
                  bucket_ms: int, version_alias: str | None, rollup: tuple[int, int, list[int]] | None,
-                 masks: bool) -> tuple[list[tuple], bool]:
+                 masks: bool, population: str = "") -> tuple[list[tuple], bool]:
     """The rows of every part, in one statement over materialized building blocks (DuckDB), and
     whether the combinations in them are coded (see _parts)."""
     cols = _columns(keys)
     s_aliases = [a for a, _ in cols.session]
-    blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True, masks=masks)
+    blocks = _building_blocks(d, keys, window, metric, threshold, "ph0", rollup, narrow=True, masks=masks,
+                              population=population)
     parts = _parts(d, keys, window, bucket_ms, version_alias, "ph", "ss", "sc_map" if s_aliases else None,
                    masks=blocks.masks)
     union = " UNION ALL ".join(f"SELECT * FROM ({sql})" for sql in parts.values())
@@ -1064,7 +909,7 @@ def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: 
 
 
 def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: str, threshold: float,
-                worst: list[SessionFacts]) -> None:
+                worst: list[SessionFacts], population: str = "") -> None:
     """Attach attrs, phases and event items to the worst sessions (small queries by session id)."""
     if not worst:
         return
@@ -1073,7 +918,7 @@ def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: s
     for sid, k, v in wh.query(f"SELECT session_id, attr_keys, attr_values FROM sessions WHERE {ids}"):
         found[sid].attrs.update({kk: str(vv) for kk, vv in zip(k, v, strict=False)})
     cols = _columns(keys)
-    blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__")
+    blocks = _building_blocks(d, keys, window, metric, threshold, "__PH__", population=population)
     need_phases = cols.phase and not any(f.phases for f in worst)
     phase_sql = blocks.phases.replace(f"WHERE {_ts(window)}", f"WHERE {ids} AND {_ts(window)}", 1)
     aliases = [a for a, _ in cols.phase]
@@ -1109,7 +954,7 @@ def _fill_worst(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: s
 
 def fetch_session(wh: Warehouse, session_id: str, limit: int = 50_000) -> dict:
     """One session's attrs, samples, events and end, in time order (raw rows)."""
-    d = Dialect(wh.dialect)
+    d = dialect_for(wh.dialect)
     sid = d.lit(session_id)
     sessions = wh.query(
         f"SELECT client_id, ts, attr_keys, attr_values FROM sessions WHERE session_id = {sid} ORDER BY ts"

@@ -10,12 +10,14 @@ the worst sessions to open.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 
 import msgspec
 
+from appvitals.fleet.analysis import exact as _exact
 from appvitals.fleet.analysis import explain as _explain
 from appvitals.fleet.analysis import facts as _facts
 from appvitals.fleet.analysis.explain import Explanation, Settings
@@ -30,6 +32,10 @@ MAX_TIMELINE_SERIES = 8
 MAX_HEATMAP_ROWS = 12
 WORST_SESSIONS = 20
 _NICE_BUCKETS_S = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
+MAX_WINDOW_DAYS = 3660  # a report reads at most ten years: bounds the work one read can ask for
+MAX_THRESHOLD = 1e15
+MAX_WHERE = 8
+_WHERE = re.compile(r"^\s*([^=<>]{1,128}?)\s*(>=|<|=)\s*(.{1,256}?)\s*$", re.S)
 
 
 class ReportError(ValueError):
@@ -55,7 +61,21 @@ class TreeNode(msgspec.Struct):
     high_share: float
     share_of_parent: float  # of the parent's high sessions, the share that are in this node
     risk_ratio: float | None = None
+    clients: int = 0  # distinct clients of its sessions
+    high_clients: int = 0  # distinct clients with a high session in it: the clients affected
     children: list[TreeNode] = []
+
+
+class PathStep(msgspec.Struct):
+    """One step of the drill path, from all sessions down to the group the report is about."""
+
+    label: str
+    attrs: dict[str, str]
+    sessions: int
+    high_sessions: int
+    high_share: float
+    clients: int
+    high_clients: int
 
 
 class TimelineSeries(msgspec.Struct):
@@ -135,6 +155,10 @@ class Report(msgspec.Struct):
     high_share: float
     units: int
     high_units: int
+    clients: int
+    high_clients: int
+    where: dict[str, str]  # the drill path: the report is about the sessions (and phases) matching it
+    path: list[PathStep]  # all sessions -> each step of `where`, with exact counts
     explanations: list[Explanation]
     tree: TreeNode
     timeline: Timeline
@@ -144,6 +168,7 @@ class Report(msgspec.Struct):
     keys: dict[str, list[str]]
     settings: Settings
     candidates: int = 0
+    notes: list[str] = []  # what the report left out, and why
     took_ms: float = 0.0
 
 
@@ -155,12 +180,73 @@ def resolve_window(since: str | None = "12h", until: str | None = None, now: dt.
         start = parse_time(since, now) if since else end - dt.timedelta(hours=12)
     except TimeParseError as exc:
         raise ReportError(str(exc))
+    except (OverflowError, ValueError) as exc:  # '99999999999d' lies before year 1
+        raise ReportError(f"since/until: out of range ({exc})")
     if start >= end:
         raise ReportError(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
+    if end - start > dt.timedelta(days=MAX_WINDOW_DAYS):
+        raise ReportError(f"the window is too long: a report reads at most {MAX_WINDOW_DAYS} days")
     return ReportWindow(
         since=start.isoformat().replace("+00:00", "Z"), until=end.isoformat().replace("+00:00", "Z"),
         since_ms=int(start.timestamp() * 1000), until_ms=int(end.timestamp() * 1000),
     )
+
+
+def parse_where(items: Sequence[str] | Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """Drill path items ('app_version=6.04', 'file_name_length>=42', 'stage=indexing') as
+    (attr, requirement) pairs: '6.04', '>=42', '<42'. Raises ReportError on bad input."""
+    if not items:
+        return ()
+    raw = [f"{k}={v}" for k, v in items.items()] if isinstance(items, Mapping) else list(items)
+    if len(raw) > MAX_WHERE:
+        raise ReportError(f"where: at most {MAX_WHERE} items")
+    out: dict[str, str] = {}
+    for text in raw:
+        m = _WHERE.match(str(text))
+        if not m:
+            raise ReportError(f"where: expected key=value, key>=number or key<number, got {str(text)[:60]!r}")
+        key, op, value = m.groups()
+        if key in out:
+            raise ReportError(f"where: {key!r} given twice")
+        if op == "=" and value[:2] == ">=":  # 'key=>=42' as the JSON spells a threshold
+            op, value = ">=", value[2:]
+        elif op == "=" and value[:1] == "<":
+            op, value = "<", value[1:]
+        if op != "=":
+            try:
+                x = float(value)
+            except ValueError:
+                raise ReportError(f"where: {key}{op} wants a number, got {value[:40]!r}")
+            if not math.isfinite(x) or abs(x) > MAX_THRESHOLD:
+                raise ReportError(f"where: {key}{op}{value[:40]} is not a finite number")
+            value = op + _facts.fmt_number(x)
+        out[key] = value
+    return tuple(sorted(out.items()))
+
+
+def _counts_of(c: _exact.ExactCounts) -> Counts:
+    return Counts(c.sessions, c.high_sessions, c.units, c.high_units)
+
+
+def _share(h: int, n: int) -> float:
+    return round(h / n, 4) if n else 0.0
+
+
+def _apply_exact(e: Explanation, group: Combo, c: _exact.ExactCounts, total: _exact.ExactCounts) -> None:
+    """Replace an explanation's numbers (search estimates) by the exact counts of its group."""
+    e.attrs = dict(group)
+    e.sessions, e.high_sessions = c.sessions, c.high_sessions
+    e.units, e.high_units = c.units, c.high_units
+    e.clients, e.high_clients = c.clients, c.high_clients
+    e.high_share = _share(c.high_sessions, c.sessions)
+    e.coverage = _share(c.high_sessions, total.high_sessions)
+    e.risk_ratio = round(_exact.risk_ratio_of(c, total), 3)
+    rest_u, rest_h = total.units - c.units, total.high_units - c.high_units
+    f_in = min(1.0, c.sessions / c.units) if c.units else 1.0
+    f_out = min(1.0, total.sessions / total.units) if total.units else 1.0
+    p = _explain.chi2_p(c.high_units * f_in, (c.units - c.high_units) * f_in,
+                        max(0, rest_h) * f_out, max(0, rest_u - rest_h) * f_out)
+    e.p_value = float(f"{p:.3g}")
 
 
 def build_report(
@@ -173,40 +259,120 @@ def build_report(
     compare: Sequence[str] | None = None,
     settings: Settings | None = None,
     now: dt.datetime | None = None,
+    where: Sequence[str] | Mapping[str, str] | None = None,
+    min_risk_ratio: float | None = None,
+    max_order: int | None = None,
+    fdr: float | None = None,
 ) -> Report:
-    """Build the drill-down report over a warehouse for a time window."""
+    """Build the drill-down report over a warehouse for a time window.
+
+    `where`: the drill path ('app_version=6.04', 'stage=indexing', 'file_name_length>=42'):
+    the report is then about the sessions and phases matching every item, and its tree reads
+    "of those". Every count shown is exact (exact.py); the search only picks what to show."""
     t0 = time.perf_counter()
-    if threshold is None or threshold != threshold or threshold < 0:
-        raise ReportError("threshold must be a number >= 0")
+    if threshold is None or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+            or not 0 <= threshold <= MAX_THRESHOLD:
+        raise ReportError(f"threshold must be a finite number from 0 to {MAX_THRESHOLD:g}")
     if not metric or not re.fullmatch(r"[\w.:-]{1,128}", metric):
         raise ReportError(f"metric: not a metric name: {metric!r}")
     settings = msgspec.structs.replace(settings or Settings())
     if min_support is not None:
-        if min_support <= 0:
+        if not math.isfinite(min_support) or min_support <= 0:
             raise ReportError("min_support must be > 0 (a share of high sessions below 1, a count from 1)")
         settings.min_support = float(min_support)
+    if min_risk_ratio is not None:
+        if not math.isfinite(min_risk_ratio) or min_risk_ratio < 1:
+            raise ReportError("min_risk_ratio must be a number >= 1")
+        settings.min_risk_ratio = float(min_risk_ratio)
+    if max_order is not None:
+        if int(max_order) != max_order or not 1 <= max_order <= _facts.MAX_ITEMS:
+            raise ReportError(f"max_order must be 1 to {_facts.MAX_ITEMS}")
+        settings.max_order = int(max_order)
+    if fdr is not None:
+        if not math.isfinite(fdr) or not 0 < fdr < 1:
+            raise ReportError("fdr must be between 0 and 1 (the false discovery rate, e.g. 0.01)")
+        settings.fdr = float(fdr)
+    path = parse_where(where)
     rw = resolve_window(since, until, now)
     window = Window(rw.since_ms, rw.until_ms)
 
     bucket_ms = _bucket_ms(rw.until_ms - rw.since_ms)
-    facts = _facts.fetch_facts(wh, window, metric, threshold, bucket_ms, VERSION_KEYS)
-    keys, total = facts.keys, facts.total
+    rollup = wh.rollup_state()
+    keys = _facts.discover_keys(wh, window, metric, rollup)
+    known = _exact.levels(keys)
+    for k, _ in path:
+        if k not in known:
+            raise ReportError(f"where: no attribute {k!r} in this window (known: {', '.join(sorted(known)) or 'none'})")
+    keys.max_order = _facts.search_order(keys, settings.max_order)
+    notes = []
+    if keys.max_order < settings.max_order:
+        notes.append(f"combinations of more than {keys.max_order} values were not searched: this window has too many "
+                     f"attribute values for them (the report counts about {_facts.GROUP_BUDGET:,} combinations at most)")
+    counter = _exact.Counter(wh, keys, window, metric, threshold, path, rollup)
+    while True:
+        try:
+            facts = _facts.fetch_facts(wh, window, metric, threshold, bucket_ms, VERSION_KEYS, keys=keys,
+                                       population=counter.population, rollup=rollup)
+            break
+        except Exception as exc:  # the warehouse's memory limit: search fewer values at once
+            if "OutOfMemory" not in type(exc).__name__ or keys.max_order <= 1:
+                raise
+            keys.max_order -= 1
+            notes.append(f"the search ran out of the warehouse's memory and was redone with combinations of at "
+                         f"most {keys.max_order} values")
     numeric = keys.numeric_edges()
-    result = _explain.explain(facts.counts, total, settings, numeric)
-    for e in {id(e): e for e in result.explanations + result.tree_nodes}.values():
-        e.examples = [f.session_id for f in facts.worst if _explain.matches(e.attrs, f.items, f.phases, numeric)][:5]
-
+    result = _explain.explain(facts.counts, facts.total, settings, numeric)
     version_key = next((k for k in VERSION_KEYS if k in keys.session), None)
     stage_key = next((k for k in STAGE_KEYS if k in keys.sample), keys.sample[0] if keys.sample else None)
+
+    # exact counts of everything shown, in few statements: the path's root and each node with
+    # its numeric threshold tried at every observed value between the neighbouring edges; then
+    # the heatmap and comparison cells by GROUP BY
+    shown = list({id(e): e for e in result.explanations + result.tree_nodes}.values())
+    variants: dict[int, list[Combo]] = {}
+    groups: list[Combo] = [()]
+    for e in shown:
+        group = tuple(sorted(e.attrs.items()))
+        num = next((k for k, _ in group if k in numeric), None)
+        variants[id(e)] = _exact.threshold_variants(counter, group, num, numeric[num]) if num else [group]
+        groups += variants[id(e)]
+    exact, exact_cells, exact_timeline = counter.count_all(groups, version_key, stage_key, bucket_ms, version_key)
+    root = exact[()]
+    min_high = settings.min_support if settings.min_support >= 1 else settings.min_support * root.high_sessions
+    min_high = max(float(settings.min_support_sessions), min_high)
+    for e in shown:
+        group = tuple(sorted(e.attrs.items()))
+        best = _exact.best_variant(variants[id(e)], exact, root, min_high) if len(variants[id(e)]) > 1 else None
+        _apply_exact(e, *(best or (group, exact[group])), root)
+    ranked = sorted(result.explanations, key=lambda e: (-e.risk_ratio, -e.high_sessions, sorted(e.attrs.items())))
+    ranked = _explain._one_threshold_per_shape(ranked, set(numeric))
+    tree_nodes = _explain._one_threshold_per_shape(sorted(result.tree_nodes, key=lambda e: -e.risk_ratio),
+                                                   set(numeric))
+    # the heatmap and comparison read exact cells, over the search's sums and samples
+    versions = list(keys.session.get(version_key, [])) if version_key else []
+    cells = dict(facts.counts)
+    if version_key:
+        for g, c in exact_cells.items():
+            old = cells.get(g) or Counts()
+            cells[g] = Counts(c.sessions, c.high_sessions, c.units, c.high_units, old.samples, old.metric_sum)
+    timeline_rows: dict[tuple[int, str], list[int]] = {}
+    for b0, b1, v, n, h in exact_timeline:
+        v = v if v in versions else ""
+        for b in range(b0, min(b1, b0 + 100_000) + 1):
+            acc = timeline_rows.setdefault((b, v), [0, 0])
+            acc[0] += n
+            acc[1] += h
+    timeline = [_facts.TimelineRow(b, v, n, h) for (b, v), (n, h) in sorted(timeline_rows.items())]
     report = Report(
-        window=rw, metric=metric, threshold=float(threshold), sessions=total.sessions,
-        high_sessions=total.high_sessions,
-        high_share=round(total.high_sessions / total.sessions, 4) if total.sessions else 0.0,
-        units=total.units, high_units=total.high_units, explanations=result.explanations,
-        tree=build_tree(result.tree_nodes, total),
-        timeline=_timeline(facts.timeline, rw, bucket_ms, version_key),
-        heatmap=_heatmap(facts.counts, keys, version_key, stage_key),
-        compare=_compare(facts.counts, keys, version_key, stage_key, compare),
+        window=rw, metric=metric, threshold=float(threshold), sessions=root.sessions,
+        high_sessions=root.high_sessions, high_share=_share(root.high_sessions, root.sessions),
+        units=root.units, high_units=root.high_units, clients=root.clients, high_clients=root.high_clients,
+        where=dict(path), path=_path_steps(wh, keys, window, metric, threshold, path, rollup, root),
+        explanations=ranked[: settings.max_explanations],
+        tree=build_tree(tree_nodes, _counts_of(root), root_label=_path_label(path), root_clients=root),
+        timeline=_timeline(timeline, rw, bucket_ms, version_key),
+        heatmap=_heatmap(cells, keys, version_key, stage_key),
+        compare=_compare(cells, keys, version_key, stage_key, compare),
         worst_sessions=[_worst(f) for f in facts.worst[:WORST_SESSIONS]],
         keys={
             "session": list(keys.session), "sample": list(keys.sample),
@@ -214,17 +380,40 @@ def build_report(
             "event_numeric": [nk.key for nk in keys.event_numeric], "event_text": list(keys.event_text),
             "version": [version_key] if version_key else [], "stage": [stage_key] if stage_key else [],
         },
-        settings=settings, candidates=result.candidates,
+        settings=settings, candidates=result.candidates, notes=notes,
     )
+    for e in {id(e): e for e in report.explanations + tree_nodes}.values():
+        e.examples = [f.session_id for f in facts.worst if _explain.matches(e.attrs, f.items, f.phases, numeric)][:5]
     report.took_ms = round((time.perf_counter() - t0) * 1000, 1)
     return report
 
 
-def build_tree(explanations: Sequence[Explanation], tot: Counts) -> TreeNode:
+def _path_label(path: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{k} {_fmt_value(v)}" for k, v in path) if path else "all sessions"
+
+
+def _path_steps(wh: Warehouse, keys: _facts.Keys, window: Window, metric: str, threshold: float,
+                path: Sequence[tuple[str, str]], rollup, root: _exact.ExactCounts) -> list[PathStep]:
+    """All sessions, then each step of the path with its exact counts (the breadcrumb)."""
+    prefixes: list[Combo] = [tuple(path[:i]) for i in range(len(path))]
+    counted = _exact.Counter(wh, keys, window, metric, threshold, (), rollup).count(prefixes) if path else {}
+    steps = []
+    for i in range(len(path) + 1):
+        c = root if i == len(path) else counted[prefixes[i]]
+        label = "all sessions" if i == 0 else f"{path[i - 1][0]} {_fmt_value(path[i - 1][1])}"
+        steps.append(PathStep(label=label, attrs=dict(path[:i]), sessions=c.sessions, high_sessions=c.high_sessions,
+                              high_share=_share(c.high_sessions, c.sessions), clients=c.clients,
+                              high_clients=c.high_clients))
+    return steps
+
+
+def build_tree(explanations: Sequence[Explanation], tot: Counts, root_label: str = "all sessions",
+               root_clients: _exact.ExactCounts | None = None) -> TreeNode:
     """Nest explanations under the largest simpler explanation they extend: the drill-down tree."""
     root = TreeNode(
-        label="all sessions", attrs={}, sessions=tot.sessions, high_sessions=tot.high_sessions,
+        label=root_label, attrs={}, sessions=tot.sessions, high_sessions=tot.high_sessions,
         high_share=round(tot.high_sessions / tot.sessions, 4) if tot.sessions else 0.0, share_of_parent=1.0,
+        clients=root_clients.clients if root_clients else 0, high_clients=root_clients.high_clients if root_clients else 0,
     )
     nodes: dict[tuple, TreeNode] = {}
     ordered = sorted(explanations, key=lambda e: (len(e.attrs), -e.risk_ratio))
@@ -242,7 +431,7 @@ def build_tree(explanations: Sequence[Explanation], tot: Counts) -> TreeNode:
             label=", ".join(f"{k} {_fmt_value(v)}" for k, v in added), attrs=dict(e.attrs), sessions=e.sessions,
             high_sessions=e.high_sessions, high_share=e.high_share,
             share_of_parent=round(e.high_sessions / parent.high_sessions, 4) if parent.high_sessions else 0.0,
-            risk_ratio=e.risk_ratio,
+            risk_ratio=e.risk_ratio, clients=e.clients, high_clients=e.high_clients,
         )
         nodes[key] = node
         parent.children.append(node)
@@ -314,7 +503,7 @@ def _get(counts: Mapping[Combo, Counts], **attrs: str) -> Counts | None:
 
 def _values_by_sessions(counts: Mapping[Combo, Counts], key: str, values: Sequence[str]) -> list[str]:
     found = [(v, _get(counts, **{key: v})) for v in values]
-    return [v for v, c in sorted(found, key=lambda vc: -(vc[1].sessions if vc[1] else 0)) if c]
+    return [v for v, c in sorted(found, key=lambda vc: -(vc[1].sessions if vc[1] else 0)) if c and c.sessions]
 
 
 def _stage_values(counts: Mapping[Combo, Counts], stage_key: str | None) -> list[str]:
@@ -438,7 +627,7 @@ def session_detail(wh: Warehouse, session_id: str) -> SessionDetail | None:
         attrs.update({k: str(v) for k, v in zip(keys, values, strict=False)})
     samples = [
         SamplePoint(int(ts), float(cpu), {k: attr_text(v) for k, v in json_object(attrs).items()},
-                    {k: float(v) for k, v in json_object(vals).items() if _facts._as_number(v) is not None})
+                    {k: float(v) for k, v in json_object(vals).items() if _facts.as_number(v) is not None})
         for ts, cpu, attrs, vals in raw["samples"]
     ]
     events = [

@@ -35,9 +35,21 @@ def _float(request: Request, name: str, default: float | None) -> float | None:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ReportError(f"{name}: expected a number, got {raw[:40]!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ReportError(f"{name}: expected a finite number, got {raw[:40]!r}")
+    return value
+
+
+def _int(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 3:
+        raise ReportError(f"{name}: expected a small whole number, got {raw[:40]!r}")
+    return int(raw)
 
 
 def report_params(request: Request) -> dict:
@@ -50,6 +62,10 @@ def report_params(request: Request) -> dict:
         "metric": q.get("metric") or "cpu",
         "threshold": _float(request, "threshold", 30.0),
         "min_support": _float(request, "min_support", None),
+        "min_risk_ratio": _float(request, "min_risk_ratio", None),
+        "max_order": _int(request, "max_order"),
+        "fdr": _float(request, "fdr", None),
+        "where": q.getlist("where") or None,
         "compare": compare,
     }
 
@@ -67,6 +83,10 @@ def read_routes(warehouse_getter: Callable, check_read: Callable) -> list:
         except ReportError as exc:
             return _error(400, str(exc))
         except Exception as exc:  # a warehouse failure: one JSON line, details in the log
+            if "OutOfMemory" in type(exc).__name__:  # the collector's memory limit, not a bug: say what to do
+                log.warning("report ran out of memory: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                return _error(503, "the report needs more memory than the collector's limit: ask for a shorter "
+                                   "window (since/until), max_order=2, or a drill path (where=)")
             log.exception("report failed")
             return _error(500, f"report failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return Response(_encoder.encode(result), media_type="application/json")

@@ -5,7 +5,21 @@ const PALETTE = ["#2f6fde", "#d64545", "#2a9d6f", "#e8a33d", "#8e5bd6", "#1fa3b8
 const params = new URLSearchParams(location.search);
 const TOKEN = params.get("token");
 let REPORT = null;
+let PATH = [];  // the drill path: ["app_version=6.04", "stage=indexing"], kept in the hash (#/where/...)
 let plots = [];
+
+const pathFromHash = () => {
+  const m = location.hash.match(/^#\/where\/(.*)$/);
+  return m ? m[1].split("&").filter(Boolean).map(decodeURIComponent) : [];
+};
+const hashOfPath = (p) => (p.length ? "#/where/" + p.map(encodeURIComponent).join("&") : "#/");
+
+function drillInto(attrs) {
+  // walk one step further: the path's items, then the group's items on other attrs
+  const keys = new Set(PATH.map((w) => w.split("=")[0]));
+  const more = Object.entries(attrs).filter(([k]) => !keys.has(k)).map(([k, v]) => k + "=" + v);
+  location.hash = hashOfPath([...PATH, ...more]);
+}
 
 function api(path) {
   const headers = TOKEN ? { Authorization: "Bearer " + TOKEN } : {};
@@ -48,7 +62,8 @@ function loadReport() {
   const form = document.getElementById("controls");
   const q = new URLSearchParams();
   for (const name of ["since", "metric", "threshold"]) q.set(name, form.elements[name].value);
-  for (const name of ["until", "min_support", "compare"]) if (params.get(name)) q.set(name, params.get(name));
+  for (const name of ["until", "min_support", "min_risk_ratio", "max_order", "fdr", "compare"]) if (params.get(name)) q.set(name, params.get(name));
+  for (const w of PATH) q.append("where", w);
   document.body.dataset.state = "loading";
   return api("/v1/report?" + q.toString()).then((r) => {
     REPORT = r;
@@ -62,6 +77,7 @@ function loadReport() {
 
 function renderReport(r) {
   destroyPlots();
+  renderBreadcrumb(r);
   renderHeadline(r);
   renderExplanations(r);
   renderTree(r);
@@ -73,16 +89,30 @@ function renderReport(r) {
   else document.getElementById("drill").replaceChildren(el("p", { class: "muted" }, "Nothing to drill into."));
 }
 
+function renderBreadcrumb(r) {
+  const nav = document.getElementById("breadcrumb");
+  const steps = r.path || [];
+  nav.hidden = steps.length < 2;
+  nav.replaceChildren(...steps.flatMap((s, i) => {
+    const text = `${s.label} (${pct(s.high_share)} of ${num(s.sessions)} high, ${num(s.high_clients)} of ${num(s.clients)} clients)`;
+    const item = i === steps.length - 1
+      ? el("b", { "data-testid": "crumb" }, text)
+      : el("a", { href: hashOfPath(PATH.slice(0, i)), "data-testid": "crumb" }, text);
+    return i ? [el("span", { class: "sep" }, " › "), item] : [item];
+  }));
+}
+
 function renderHeadline(r) {
   const h = document.getElementById("headline");
   const since = document.getElementById("controls").elements.since.value;
   const top = r.explanations[0];
   h.replaceChildren(
     el("p", {}, el("span", { class: "big", "data-testid": "high-share" }, pct(r.high_share)),
-      ` of ${num(r.sessions)} sessions in the last ${since} had ${r.metric} over ${r.threshold}% in some stage (${num(r.high_sessions)} sessions).`),
+      ` of ${num(r.sessions)} sessions${PATH.length ? " with " + r.tree.label : ""} in the last ${since} had ${r.metric} over ${r.threshold}% in some stage (${num(r.high_sessions)} sessions, on ${num(r.high_clients)} of ${num(r.clients)} clients).`),
     top ? el("p", {}, "Most likely cause: ", chips(top.attrs),
       ` — ${pct(top.high_share)} of its ${num(top.sessions)} sessions were high, ${top.risk_ratio.toFixed(1)}× more often than the rest.`)
       : el("p", { class: "muted" }, "No attribute combination stands out."),
+    ...(r.notes || []).map((n) => el("p", { class: "muted", "data-testid": "note" }, "Note: " + n + ".")),
     el("p", { class: "muted" }, `${timeText(r.window.since_ms)} – ${timeText(r.window.until_ms)} · ${r.candidates} combinations tested · ${r.took_ms} ms`),
   );
 }
@@ -135,8 +165,11 @@ function showDrill(item) {
   const crumbs = el("p", { class: "muted" }, path.map((n, i) => (i === 0 ? "all sessions" : n.label)).join(" → "));
   const sentence = el("p", { class: "sentence", "data-testid": "drill-sentence" },
     `Of ${num(expl.sessions)} sessions with `, chips(expl.attrs), `, ${num(expl.high_sessions)} (${pct(expl.high_share)}) had ${r.metric} over ${r.threshold}%`,
+    ` on ${num(expl.high_clients || 0)} of ${num(expl.clients || 0)} clients`,
     expl.risk_ratio ? ` — ${expl.risk_ratio.toFixed(1)}× more often than the rest.` : ".");
-  const parts = [crumbs, sentence];
+  const drill = el("button", { type: "button", "data-testid": "drill-in", onclick: () => drillInto(expl.attrs) },
+    "Drill into these sessions →");
+  const parts = [crumbs, sentence, drill];
   if (expl.coverage !== undefined) parts.push(el("p", {}, `They hold ${pct(expl.coverage)} of all high sessions (p = ${expl.p_value}).`));
   if (expl.same_as && expl.same_as.length) parts.push(el("p", { class: "muted" }, "Same sessions as: ", expl.same_as.map((a) => el("span", {}, chips(a), " "))));
   if (node && node !== r.tree && node.children && node.children.length) {
@@ -292,14 +325,20 @@ function route() {
   const m = location.hash.match(/^#\/session\/(.+)$/);
   document.getElementById("report-view").hidden = !!m;
   document.getElementById("session-view").hidden = !m;
-  if (m) return loadSession(decodeURIComponent(m[1]));
-  if (REPORT) { document.body.dataset.state = "ready"; renderReport(REPORT); return null; }
+  if (m) {
+    document.getElementById("back-to-report").href = hashOfPath(PATH);
+    return loadSession(decodeURIComponent(m[1]));
+  }
+  const path = pathFromHash();
+  const samePath = JSON.stringify(path) === JSON.stringify(PATH);
+  PATH = path;
+  if (REPORT && samePath) { document.body.dataset.state = "ready"; renderReport(REPORT); return null; }
   return loadReport();
 }
 
 document.getElementById("controls").addEventListener("submit", (ev) => {
   ev.preventDefault();
-  if (location.hash.startsWith("#/session/")) location.hash = "#/";
+  if (location.hash.startsWith("#/session/")) location.hash = hashOfPath(PATH);
   loadReport();
 });
 for (const name of ["since", "metric", "threshold"]) {
