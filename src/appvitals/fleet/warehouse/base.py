@@ -87,11 +87,6 @@ class Warehouse(abc.ABC):
     def apply_retention(self, days: int) -> None:
         """Drop data older than `days` days."""
 
-    def rollup_state(self) -> tuple[int, int, list[int]] | None:
-        """(bucket width in ms, watermark, dirty buckets) of the sample rollup the report may read,
-        or None when the backend keeps none (the report then reads samples)."""
-        return None
-
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections and files."""
