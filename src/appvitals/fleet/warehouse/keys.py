@@ -6,13 +6,14 @@ grew in memory with the table). So the warehouse keeps, per session, the lowest 
 seq it has stored and the lowest and highest ts of that session's keyed lines. Clients number
 a session's lines in increasing order, so a new line's seq lies above its session's highest
 (or, for a backlog sent newest first, below its lowest): a write made of such lines needs no
-lookup at all. Only a line inside its session's stored seq range (a resend, or lines that
-fill a gap) is looked up in DuckDB -- joined on (session_id, seq), restricted to the stored
+lookup at all. Only a write with a session whose lines reach into its stored seq range (a
+resend, lines that fill a gap, or lines below and above it at once) is looked up in DuckDB -- joined on (session_id, seq), restricted to the stored
 ts span of the sessions concerned, which DuckDB's zone maps turn into a read of those row
 groups only. The same key sent again with another ts is found like any other.
 
 Memory: one entry per session of the file (a dict entry and 32 bytes of arrays), read at
-open with one pass over the tables, and dropped by retention once a session's lines are gone.
+open with one pass over the tables, and dropped by retention once a session's lines are gone
+(its slot then goes to a new session).
 """
 
 from __future__ import annotations
