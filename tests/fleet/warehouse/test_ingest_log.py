@@ -381,3 +381,38 @@ def test_duckdb_runs_on_one_thread_while_ingesting_and_on_every_core_for_a_read(
         assert memory.query("SELECT count(*) FROM samples") == [(3,)]
     finally:
         memory.close()
+
+
+# -- the stored-keys check (keys.py) --
+
+def test_a_write_of_many_sessions_straddling_their_stored_ranges_finds_each_duplicate(tmp_path):
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", ingest_log=True)
+    try:
+        wh.insert_many([batch(10, start=10, session="a"), batch(10, start=10, session="b")])
+        # a: below, inside (a resend, another ts) and above its stored range; b: inside and above
+        mixed = [sample("a", 5, T0), sample("a", 15, T0 + 9_000), sample("a", 25, T0 + 25),
+                 sample("b", 19, T0 - 9_000), sample("b", 30, T0 + 30), sample("c", 1, T0 + 1)]
+        assert (wh.insert(mixed).accepted, wh.insert(mixed).duplicates) == (4, 6)
+        # one session's lines straddling its range: the single-session path
+        one = [sample("a", 0, T0), sample("a", 12, T0 + 5), sample("a", 40, T0 + 40)]
+        assert (wh.insert(one).accepted, wh.insert(one).duplicates) == (2, 3)
+        assert len(rows(wh)) == 26
+    finally:
+        wh.close()
+
+
+def test_retention_gives_the_slots_of_dropped_sessions_to_new_ones(tmp_path):
+    now = int(time.time() * 1000)
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb")
+    try:
+        wh.insert(batch(5, session="kept", ts0=now))
+        for round_ in range(3):  # sessions come and go: the entries must not pile up
+            wh.insert_many([batch(2, session=f"r{round_}-{i}", ts0=now - 10 * 86_400_000) for i in range(300)])
+            assert len(wh.keys) == 301
+            wh.apply_retention(3)
+            assert len(wh.keys) == 1
+        assert len(wh.keys._sids) <= 301
+        assert wh.insert(batch(5, session="kept", ts0=now + 1)).duplicates == 5  # still known
+        assert wh.insert(batch(2, session="r0-0", ts0=now)).accepted == 2  # its lines are gone
+    finally:
+        wh.close()
