@@ -73,7 +73,7 @@ def test_small_fleet_keeps_the_login_problem(seed):
 def test_planted_limit_is_reported_where_the_data_changes():
     """File names of 5-90 characters, receiving hot from 42 on: the report says >=42, not a
     rounded quantile edge such as >=50 or >=40."""
-    from fleet.analysis.test_report_quality import BASE, MINUTES
+    from support.fleets import BASE, MINUTES
 
     from appvitals.fleet.sim.scenario import parse_scenario
 

@@ -8,7 +8,7 @@ import math
 
 import msgspec
 import pytest
-from test_report_quality import BASE, MINUTES, PLANTED, START_MS, _now
+from support.fleets import BASE, MINUTES, PLANTED, START_MS, _now
 
 from appvitals.fleet.analysis.report import build_report
 from appvitals.fleet.sim.scenario import parse_scenario
