@@ -204,20 +204,26 @@ class _CountSql:
         self.d, self.conds, self.groups, self.extra = d, conds, groups, list(extra)
         self.columns = [f"{c}_{j}" for j in range(len(groups)) for c in ("s", "sh", "n", "nh", "c", "chi")]
 
-    def units(self, base: str) -> str:
-        sums = []
-        for j, cond in enumerate(self.conds):
-            sums += [f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS n_{j}",
-                     f"sum(CASE WHEN {cond} THEN ph_hi ELSE 0 END) AS nh_{j}"]
-        return f"SELECT {', '.join(sums)} FROM {base}"
-
-    def per_session(self, base: str) -> str:
+    def masked(self, base: str) -> str:
+        """The phase rows with their two masks: `m_i` (the groups the phase matches) and `m_h`
+        (the same, when the phase is high)."""
         d = self.d
         im = " + ".join(f"CASE WHEN {cond} THEN {1 << j} ELSE 0 END" for j, cond in enumerate(self.conds))
         hm = " + ".join(f"CASE WHEN ph_hi = 1 AND {cond} THEN {1 << j} ELSE 0 END" for j, cond in enumerate(self.conds))
+        return f"SELECT *, {d.as_mask(im)} AS m_i, {d.as_mask(hm)} AS m_h FROM {base}"
+
+    def units(self, masked: str) -> str:
+        """Phases per group: the masked phase rows grouped by their masks first (few distinct
+        pairs), then each bit summed with its pair's count."""
+        d = self.d
+        sums = ", ".join(f"sum({d.bit_at(mask, j)} * k) AS {name}_{j}"
+                         for j in range(len(self.conds)) for mask, name in (("m_i", "n"), ("m_h", "nh")))
+        return f"SELECT {sums} FROM (SELECT m_i, m_h, count(*) AS k FROM {masked} GROUP BY m_i, m_h) AS mk"
+
+    def per_session(self, masked: str) -> str:
+        d = self.d
         return (f"SELECT sk, min(client_id) AS client_id, {d.bit_or_agg('m_i')} AS im, {d.bit_or_agg('m_h')} AS hm"
-                f"{''.join(', ' + e for e in self.extra)} "
-                f"FROM (SELECT *, {d.as_mask(im)} AS m_i, {d.as_mask(hm)} AS m_h FROM {base}) GROUP BY sk")
+                f"{''.join(', ' + e for e in self.extra)} FROM {masked} GROUP BY sk")
 
     def _bits(self, im: str, hm: str, names: tuple[str, str]) -> str:
         d = self.d
@@ -276,9 +282,10 @@ class Counter:
     def _count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
         base = f"({self.base_for({k for g in groups for k, _ in g})})"
         q = self._count_sql(groups)
-        per_session = f"({q.per_session(base)})"
+        masked = f"({q.masked(base)})"
+        per_session = f"({q.per_session(masked)})"
         # nested: ClickHouse 18.16 takes one JOIN per SELECT
-        row = self.wh.query(f"SELECT {', '.join(q.columns)} FROM (SELECT * FROM ({q.units(base)}) AS u CROSS JOIN "
+        row = self.wh.query(f"SELECT {', '.join(q.columns)} FROM (SELECT * FROM ({q.units(masked)}) AS u CROSS JOIN "
                             f"({q.sessions(per_session)}) AS s) AS us CROSS JOIN ({q.clients(per_session)}) AS c")
         return q.read(row[0] if row else None)
 
@@ -315,11 +322,12 @@ class Counter:
         needed = {k for g in first for k, _ in g} | {k for k in (row_key, col_key, version_key) if k}
         # the phase rows are kept when they are small enough, else read again by each part (they
         # can be millions); the per-session rows (two bit masks and a few numbers each) are kept
-        width = 7 + len(self.keys.sample) + len(self.keys.sample_numeric) + len(needed)
+        width = 9 + len(self.keys.sample) + len(self.keys.sample_numeric) + len(needed)
         keep = phases is not None and phases * width * BYTES_PER_VALUE * KEEP_SHARE <= self._memory_bytes()
         base = (f"SELECT * EXCLUDE (session_id, ph_n, ph_sum), {d.hash_of(['session_id'])} AS sk "
                 f"FROM ({phase_rows_sql(d, *self._args, only=needed)})")
-        sql = (f"WITH b AS {'' if keep else 'NOT '}MATERIALIZED ({base}), ps AS MATERIALIZED ({q.per_session('b')}) "
+        sql = (f"WITH b AS {'' if keep else 'NOT '}MATERIALIZED ({q.masked(f'({base})')}), "
+               f"ps AS MATERIALIZED ({q.per_session('b')}) "
                + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
         read = q.read
         counts: dict[Group, ExactCounts] = {}
