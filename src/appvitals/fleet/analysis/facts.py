@@ -521,8 +521,13 @@ CODE_BITS = 16  # a value's code in a coded combination key; codes are 1.. (0: n
 COMBO_SHIFT = CODE_BITS * MAX_ITEMS  # the combination's index sits above its values' codes
 
 
-def _code_sql(alias: str) -> str:
-    """A column's value as a small integer code: 0 for '', else its rank among the distinct values (DuckDB window)."""
+def _code_sql(alias: str, values: Sequence[str] | None = None) -> str:
+    """A column's value as a small integer code: 0 for '', else its place in `values` (SQL
+    literals) when the column can hold only those (a lookup per row), else its rank among the
+    distinct values (a DuckDB window: a sort)."""
+    if values is not None:
+        listed = ", ".join(values)
+        return f"CASE WHEN {alias} = '' THEN 0 ELSE coalesce(list_position([{listed}], {alias}), 0) END AS {alias}_c"
     return f"CASE WHEN {alias} = '' THEN 0 ELSE dense_rank() OVER (PARTITION BY {alias} = '' ORDER BY {alias}) END AS {alias}_c"
 
 
@@ -894,7 +899,9 @@ def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: 
     if s_aliases:
         classes = f"SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss"
         if blocks.masks:  # with their values' codes
-            classes = f"SELECT *, {', '.join(_code_sql(a) for a in s_aliases)} FROM ({classes})"
+            # a session attr holds one of its kept values or '': coded by lookup, not by rank
+            listed = {a: [d.lit(v) for v in keys.session[k]] for a, k in cols.session if a.startswith("sa_")}
+            classes = f"SELECT *, {', '.join(_code_sql(a, listed.get(a)) for a in s_aliases)} FROM ({classes})"
         ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
                  f"sc_map AS MATERIALIZED ({classes})")
         if blocks.masks:  # phases per (session items, phase), for the numeric and the stage combinations
