@@ -36,7 +36,7 @@ from appvitals.fleet.warehouse.dialects import Dialect, dialect_for
 from appvitals.fleet.wire.schema import json_object
 
 GROUPS_PER_STATEMENT = 60  # one bit each in a 64-bit mask per session
-KEEP_SHARE = 4  # the phase rows are kept for reuse when they take at most 1/KEEP_SHARE of memory
+KEEP_SHARE = 2  # the phase rows are kept for reuse when they take at most 1/KEEP_SHARE of memory
 BYTES_PER_VALUE = 16  # a kept value, as the estimate reckons it (DuckDB's inline string size)
 MAX_CUTS = 16  # candidate cut points tried around one threshold
 
@@ -326,14 +326,23 @@ class Counter:
         keep = phases is not None and phases * width * BYTES_PER_VALUE * KEEP_SHARE <= self._memory_bytes()
         base = (f"SELECT * EXCLUDE (session_id, ph_n, ph_sum), {d.hash_of(['session_id'])} AS sk "
                 f"FROM ({phase_rows_sql(d, *self._args, only=needed)})")
-        sql = (f"WITH b AS {'' if keep else 'NOT '}MATERIALIZED ({q.masked(f'({base})')}), "
-               f"ps AS MATERIALIZED ({q.per_session('b')}) "
-               + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
+
+        def statement(kept: bool) -> str:
+            return (f"WITH b AS {'' if kept else 'NOT '}MATERIALIZED ({q.masked(f'({base})')}), "
+                    f"ps AS MATERIALIZED ({q.per_session('b')}) "
+                    + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
+
+        try:
+            rows = self.wh.query(statement(keep))
+        except Exception as exc:  # the estimate was short of the warehouse's memory: read them again
+            if not keep or "OutOfMemory" not in type(exc).__name__:
+                raise
+            rows = self.wh.query(statement(False))
         read = q.read
         counts: dict[Group, ExactCounts] = {}
         cells: dict[Group, ExactCounts] = {}
         timeline = []
-        for part, k1, k2, v in self.wh.query(sql):
+        for part, k1, k2, v in rows:
             if part == "G":
                 counts = read(v)
             elif part == "T":
