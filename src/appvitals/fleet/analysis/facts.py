@@ -486,8 +486,11 @@ def _combo_specs(cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]
 
 def _listed_values(keys: Keys, cols: _Cols) -> dict[str, list[str]]:
     """The columns coded by their place in a known list (session attrs: one of their kept values
-    or ''), and that list; code i (from 1) is the list's i-th value."""
-    return {a: list(keys.session[k]) for a, k in cols.session if a.startswith("sa_")}
+    or ''; numeric event attrs: one of their interval labels or ''), and that list; code i (from
+    1) is the list's i-th value."""
+    listed = {a: list(keys.session[k]) for a, k in cols.session if a.startswith("sa_")}
+    listed.update((f"en_{i}", interval_labels(nk.edges)) for i, nk in enumerate(keys.event_numeric))
+    return listed
 
 
 def _coded_columns(cols: _Cols) -> list[str]:
@@ -911,7 +914,8 @@ def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: 
     if s_aliases:
         classes = f"SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss"
         if blocks.masks:  # with their values' codes
-            # a session attr holds one of its kept values or '': coded by lookup, not by rank
+            # a session attr (numeric event attr) holds one of its kept values (interval labels) or '':
+            # coded by lookup, not by rank
             listed = {a: [d.lit(v) for v in vs] for a, vs in _listed_values(keys, cols).items()}
             classes = f"SELECT *, {', '.join(_code_sql(a, listed.get(a)) for a in s_aliases)} FROM ({classes})"
         ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
