@@ -7,8 +7,9 @@ time (both threads), not absolute times. An A/A run (the same tree twice) shows 
 
     python bench/pair_report.py OLD_TREE NEW_TREE FILE.duckdb [--pairs 16]
 
-FILE is a warehouse such as the one bench/bench_report.py builds (its report window: the 12
-hours from 2025-11-24 16:00 UTC). Not a test.
+FILE is a warehouse such as the one bench/bench_report.py builds (its report window, the
+default: the 12 hours from 2025-11-24 16:00 UTC); for another, give --now (epoch seconds)
+and --since. --memory sets DuckDB's memory limit (the collector's is 256MB). Not a test.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import sys, time, datetime as dt
 sys.path.insert(0, sys.argv[1] + "/src")
 from appvitals.fleet.analysis.report import build_report
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
-wh = DuckDBWarehouse(sys.argv[2], memory_limit="2GB")
-now = dt.datetime.fromtimestamp(1_764_000_000 + 12 * 3600, dt.timezone.utc)
-build_report(wh, since="12h", threshold=30, now=now)  # warm
+wh = DuckDBWarehouse(sys.argv[2], memory_limit=sys.argv[5])
+now = dt.datetime.fromtimestamp(float(sys.argv[3]), dt.timezone.utc)
+build_report(wh, since=sys.argv[4], threshold=30, now=now)  # warm
 print("ready", flush=True)
 for _ in sys.stdin:
     t, c = time.perf_counter(), time.process_time()
-    build_report(wh, since="12h", threshold=30, now=now)
+    build_report(wh, since=sys.argv[4], threshold=30, now=now)
     print(f"{time.perf_counter() - t:.4f} {time.process_time() - c:.4f}", flush=True)
 """
 
@@ -43,13 +44,17 @@ def main() -> None:
     ap.add_argument("new")
     ap.add_argument("file")
     ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--now", type=float, default=1_764_000_000 + 12 * 3600, help="the report's end, epoch seconds")
+    ap.add_argument("--since", default="12h")
+    ap.add_argument("--memory", default="2GB", help="DuckDB's memory limit")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="pair-report-") as tmp:
         workers = []
         for name, tree in (("a", args.old), ("b", args.new)):
             copy = Path(tmp) / f"{name}.duckdb"
             shutil.copyfile(args.file, copy)
-            p = subprocess.Popen([sys.executable, "-c", WORKER, str(Path(tree).resolve()), str(copy)],
+            p = subprocess.Popen([sys.executable, "-c", WORKER, str(Path(tree).resolve()), str(copy), str(args.now),
+                                  args.since, args.memory],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert p.stdout.readline().strip() == "ready"
             workers.append(p)

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.clickhouse import clickhouse_url, fresh_database  # noqa: F401 - pytest fixture
 
-from appvitals.fleet.analysis.exact import parse_requirement
+from appvitals.fleet.analysis import exact
+from appvitals.fleet.analysis.exact import parse_bytes, parse_requirement
 from appvitals.fleet.analysis.report import build_report
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 from appvitals.fleet.wire.protocol import EventLine, SampleLine, SessionLine
@@ -194,3 +195,21 @@ def test_report_counts_equal_brute_force_on_clickhouse(clickhouse_url, seed):  #
         check_report(ch, lines, where=["app_version=2.0", "size>=5"])
     finally:
         ch.close()
+
+
+def test_counts_exact_when_phase_rows_are_not_kept(monkeypatch):
+    """Too big for memory, the phase rows are computed again by each part: same exact counts."""
+    monkeypatch.setattr(exact, "KEEP_SHARE", 10**15)
+    lines = random_fleet(5)
+    wh = _duck(lines)
+    try:
+        assert check_report(wh, lines) >= 1
+        check_report(wh, lines, where=["stage=work"])
+    finally:
+        wh.close()
+
+
+def test_memory_limit_texts_parse():
+    assert parse_bytes("244.1 MiB") == 244.1 * 2**20
+    assert parse_bytes("2GB") == 2e9
+    assert parse_bytes("unlimited") == 0.0

@@ -36,6 +36,8 @@ from appvitals.fleet.warehouse.dialects import Dialect, dialect_for
 from appvitals.fleet.wire.schema import json_object
 
 GROUPS_PER_STATEMENT = 60  # one bit each in a 64-bit mask per session
+KEEP_SHARE = 2  # the phase rows are kept for reuse when they take at most 1/KEEP_SHARE of memory
+BYTES_PER_VALUE = 16  # a kept value, as the estimate reckons it (DuckDB's inline string size)
 MAX_CUTS = 16  # candidate cut points tried around one threshold
 
 Item = tuple[str, str]
@@ -202,20 +204,26 @@ class _CountSql:
         self.d, self.conds, self.groups, self.extra = d, conds, groups, list(extra)
         self.columns = [f"{c}_{j}" for j in range(len(groups)) for c in ("s", "sh", "n", "nh", "c", "chi")]
 
-    def units(self, base: str) -> str:
-        sums = []
-        for j, cond in enumerate(self.conds):
-            sums += [f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END) AS n_{j}",
-                     f"sum(CASE WHEN {cond} THEN ph_hi ELSE 0 END) AS nh_{j}"]
-        return f"SELECT {', '.join(sums)} FROM {base}"
-
-    def per_session(self, base: str) -> str:
+    def masked(self, base: str) -> str:
+        """The phase rows with their two masks: `m_i` (the groups the phase matches) and `m_h`
+        (the same, when the phase is high)."""
         d = self.d
         im = " + ".join(f"CASE WHEN {cond} THEN {1 << j} ELSE 0 END" for j, cond in enumerate(self.conds))
         hm = " + ".join(f"CASE WHEN ph_hi = 1 AND {cond} THEN {1 << j} ELSE 0 END" for j, cond in enumerate(self.conds))
+        return f"SELECT *, {d.as_mask(im)} AS m_i, {d.as_mask(hm)} AS m_h FROM {base}"
+
+    def units(self, masked: str) -> str:
+        """Phases per group: the masked phase rows grouped by their masks first (few distinct
+        pairs), then each bit summed with its pair's count."""
+        d = self.d
+        sums = ", ".join(f"sum({d.bit_at(mask, j)} * k) AS {name}_{j}"
+                         for j in range(len(self.conds)) for mask, name in (("m_i", "n"), ("m_h", "nh")))
+        return f"SELECT {sums} FROM (SELECT m_i, m_h, count(*) AS k FROM {masked} GROUP BY m_i, m_h) AS mk"
+
+    def per_session(self, masked: str) -> str:
+        d = self.d
         return (f"SELECT sk, min(client_id) AS client_id, {d.bit_or_agg('m_i')} AS im, {d.bit_or_agg('m_h')} AS hm"
-                f"{''.join(', ' + e for e in self.extra)} "
-                f"FROM (SELECT *, {d.as_mask(im)} AS m_i, {d.as_mask(hm)} AS m_h FROM {base}) GROUP BY sk")
+                f"{''.join(', ' + e for e in self.extra)} FROM {masked} GROUP BY sk")
 
     def _bits(self, im: str, hm: str, names: tuple[str, str]) -> str:
         d = self.d
@@ -274,9 +282,10 @@ class Counter:
     def _count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
         base = f"({self.base_for({k for g in groups for k, _ in g})})"
         q = self._count_sql(groups)
-        per_session = f"({q.per_session(base)})"
+        masked = f"({q.masked(base)})"
+        per_session = f"({q.per_session(masked)})"
         # nested: ClickHouse 18.16 takes one JOIN per SELECT
-        row = self.wh.query(f"SELECT {', '.join(q.columns)} FROM (SELECT * FROM ({q.units(base)}) AS u CROSS JOIN "
+        row = self.wh.query(f"SELECT {', '.join(q.columns)} FROM (SELECT * FROM ({q.units(masked)}) AS u CROSS JOIN "
                             f"({q.sessions(per_session)}) AS s) AS us CROSS JOIN ({q.clients(per_session)}) AS c")
         return q.read(row[0] if row else None)
 
@@ -285,9 +294,13 @@ class Counter:
                                   for g in groups], list(groups), extra)
 
     def count_all(self, groups: Sequence[Group], row_key: str | None, col_key: str | None, bucket_ms: int,
-                  version_key: str | None):
+                  version_key: str | None, phases: int | None = None):
         """count(groups), cells(row_key, col_key) and timeline(bucket_ms, version_key) at once: on
-        DuckDB in one statement sharing the per-session rows."""
+        DuckDB in one statement sharing the per-session rows.
+
+        `phases`: about how many phase rows the window has (the search's total); when they fit
+        in a share of the warehouse's memory they are computed once and kept for every part,
+        else each part computes them again."""
         todo = list(dict.fromkeys(tuple(g) for g in groups))
         if not self.d.ctes or not todo:  # no CTEs on ClickHouse 18.16: one statement each
             return (self.count(todo), self.cells(row_key, col_key) if row_key else {},
@@ -307,15 +320,29 @@ class Counter:
             parts += [f"SELECT 'C' AS part, rv AS k1, CASE WHEN two = 1 THEN cv END AS k2, [s, h, u, uh] AS v "
                       f"FROM ({c})" for c in self._cells_sql(row_key, col_key, "b")]
         needed = {k for g in first for k, _ in g} | {k for k in (row_key, col_key, version_key) if k}
-        # the phase rows are read again by each part rather than kept (they can be millions);
-        # the per-session rows (two bit masks and a few numbers each) are kept
-        sql = (f"WITH b AS NOT MATERIALIZED ({self.base_for(needed)}), ps AS MATERIALIZED ({q.per_session('b')}) "
-               + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
+        # the phase rows are kept when they are small enough, else read again by each part (they
+        # can be millions); the per-session rows (two bit masks and a few numbers each) are kept
+        width = 9 + len(self.keys.sample) + len(self.keys.sample_numeric) + len(needed)
+        keep = phases is not None and phases * width * BYTES_PER_VALUE * KEEP_SHARE <= self._memory_bytes()
+        base = (f"SELECT * EXCLUDE (session_id, ph_n, ph_sum), {d.hash_of(['session_id'])} AS sk "
+                f"FROM ({phase_rows_sql(d, *self._args, only=needed)})")
+
+        def statement(kept: bool) -> str:
+            return (f"WITH b AS {'' if kept else 'NOT '}MATERIALIZED ({q.masked(f'({base})')}), "
+                    f"ps AS MATERIALIZED ({q.per_session('b')}) "
+                    + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
+
+        try:
+            rows = self.wh.query(statement(keep))
+        except Exception as exc:  # the estimate was short of the warehouse's memory: read them again
+            if not keep or "OutOfMemory" not in type(exc).__name__:
+                raise
+            rows = self.wh.query(statement(False))
         read = q.read
         counts: dict[Group, ExactCounts] = {}
         cells: dict[Group, ExactCounts] = {}
         timeline = []
-        for part, k1, k2, v in self.wh.query(sql):
+        for part, k1, k2, v in rows:
             if part == "G":
                 counts = read(v)
             elif part == "T":
@@ -326,6 +353,11 @@ class Counter:
         if rest:
             counts.update(self.count(rest))
         return counts, cells, timeline
+
+    def _memory_bytes(self) -> float:
+        """The warehouse's memory limit in bytes (0 when it does not say)."""
+        rows = self.wh.query(self.d.memory_limit_sql) if self.d.memory_limit_sql else []
+        return parse_bytes(str(rows[0][0])) if rows and rows[0][0] is not None else 0.0
 
     def cells(self, row_key: str, col_key: str | None) -> dict[Group, ExactCounts]:
         """Exact counts of every (row_key = v) and (row_key = v, col_key = w) group, by GROUP BY
@@ -387,6 +419,18 @@ class Counter:
                 f"ver, count(*) AS n, sum(hi) AS h FROM ({per_session}) GROUP BY b0, b1, ver"
             )
         ]
+
+
+def parse_bytes(text: str) -> float:
+    """'244.1 MiB' -> 255958630.4; '2GB' -> 2e9; anything else -> 0."""
+    units = {"b": 1, "bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+             "kib": 2.0 ** 10, "mib": 2.0 ** 20, "gib": 2.0 ** 30, "tib": 2.0 ** 40}
+    parts = text.strip().lower().replace(" ", "")
+    number = parts.rstrip("abcdefghijklmnopqrstuvwxyz")
+    try:
+        return float(number) * units.get(parts[len(number):] or "b", 0)
+    except ValueError:
+        return 0.0
 
 
 def risk_ratio_of(c: ExactCounts, total: ExactCounts) -> float:

@@ -484,6 +484,15 @@ def _combo_specs(cols: Sequence[tuple[str, str]], must: Sequence[tuple[str, str]
     return out
 
 
+def _listed_values(keys: Keys, cols: _Cols) -> dict[str, list[str]]:
+    """The columns coded by their place in a known list (session attrs: one of their kept values
+    or ''; numeric event attrs: one of their interval labels or ''), and that list; code i (from
+    1) is the list's i-th value."""
+    listed = {a: list(keys.session[k]) for a, k in cols.session if a.startswith("sa_")}
+    listed.update((f"en_{i}", interval_labels(nk.edges)) for i, nk in enumerate(keys.event_numeric))
+    return listed
+
+
 def _coded_columns(cols: _Cols) -> list[str]:
     """The item columns whose codes part D lists, in order: session items, then phase items."""
     return [a for a, _ in cols.session + cols.phase]
@@ -521,8 +530,13 @@ CODE_BITS = 16  # a value's code in a coded combination key; codes are 1.. (0: n
 COMBO_SHIFT = CODE_BITS * MAX_ITEMS  # the combination's index sits above its values' codes
 
 
-def _code_sql(alias: str) -> str:
-    """A column's value as a small integer code: 0 for '', else its rank among the distinct values (DuckDB window)."""
+def _code_sql(alias: str, values: Sequence[str] | None = None) -> str:
+    """A column's value as a small integer code: 0 for '', else its place in `values` (SQL
+    literals) when the column can hold only those (a lookup per row), else its rank among the
+    distinct values (a DuckDB window: a sort)."""
+    if values is not None:
+        listed = ", ".join(values)
+        return f"CASE WHEN {alias} = '' THEN 0 ELSE coalesce(list_position([{listed}], {alias}), 0) END AS {alias}_c"
     return f"CASE WHEN {alias} = '' THEN 0 ELSE dense_rank() OVER (PARTITION BY {alias} = '' ORDER BY {alias}) END AS {alias}_c"
 
 
@@ -613,11 +627,13 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         parts["P"] = _numeric_part(c)
     if c.cat:
         parts["Q"] = _stage_part(c)
-    if c.coded:  # the codes of every item column's values
+    if c.coded:  # the codes of every item column's values (of a listed one, known without reading)
+        listed = _listed_values(keys, c.cols)
         parts["D"] = " UNION ALL ".join(
-            f"SELECT DISTINCT 'D' AS part, {a} AS k, {a}_c AS a, {i} AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y "
-            f"FROM {classes_src if i < len(c.s_aliases) else 'pm'} WHERE {a}_c > 0"
-            for i, a in enumerate(_coded_columns(c.cols))
+            [f"SELECT DISTINCT 'D' AS part, {a} AS k, {a}_c AS a, {i} AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y "
+             f"FROM {classes_src if i < len(c.s_aliases) else 'pm'} WHERE {a}_c > 0"
+             for i, a in enumerate(_coded_columns(c.cols)) if a not in listed]
+            or ["SELECT 'D' AS part, '' AS k, 0 AS a, 0 AS b, 0 AS c, 0 AS e, 0 AS x, 0 AS y WHERE 1 = 0"]
         )
     parts["T"] = _timeline_part(c, window, bucket_ms, version_alias)
     parts["W"] = (
@@ -816,6 +832,10 @@ def fetch_facts(
         rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, masks,
                                     population)
         codes = [named(r) for r in rows if r[0] == "D"] if coded else []
+        if coded:
+            names = _coded_columns(cols)
+            codes += [{"value": v, "code": i, "column": names.index(a)}
+                      for a, vs in _listed_values(keys, cols).items() for i, v in enumerate(vs, 1)]
         if codes and max(int(r["code"]) for r in codes) >> CODE_BITS:  # too many values to code: spell them out
             rows, coded = _duckdb_rows(wh, d, keys, window, metric, threshold, bucket_ms, version_alias, rollup, False,
                                         population)
@@ -894,7 +914,10 @@ def _duckdb_rows(wh: Warehouse, d: Dialect, keys: Keys, window: Window, metric: 
     if s_aliases:
         classes = f"SELECT DISTINCT sc, {', '.join(s_aliases)} FROM ss"
         if blocks.masks:  # with their values' codes
-            classes = f"SELECT *, {', '.join(_code_sql(a) for a in s_aliases)} FROM ({classes})"
+            # a session attr (numeric event attr) holds one of its kept values (interval labels) or '':
+            # coded by lookup, not by rank
+            listed = {a: [d.lit(v) for v in vs] for a, vs in _listed_values(keys, cols).items()}
+            classes = f"SELECT *, {', '.join(_code_sql(a, listed.get(a)) for a in s_aliases)} FROM ({classes})"
         ctes += (f", ss AS MATERIALIZED (SELECT *, hash({', '.join(s_aliases)}) AS sc FROM ({blocks.sessions})), "
                  f"sc_map AS MATERIALIZED ({classes})")
         if blocks.masks:  # phases per (session items, phase), for the numeric and the stage combinations

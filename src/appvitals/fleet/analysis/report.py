@@ -336,7 +336,8 @@ def build_report(
         num = next((k for k, _ in group if k in numeric), None)
         variants[id(e)] = _exact.threshold_variants(counter, group, num, numeric[num]) if num else [group]
         groups += variants[id(e)]
-    exact, exact_cells, exact_timeline = counter.count_all(groups, version_key, stage_key, bucket_ms, version_key)
+    exact, exact_cells, exact_timeline = counter.count_all(groups, version_key, stage_key, bucket_ms, version_key,
+                                                                 phases=facts.total.units)
     root = exact[()]
     min_high = settings.min_support if settings.min_support >= 1 else settings.min_support * root.high_sessions
     min_high = max(float(settings.min_support_sessions), min_high)

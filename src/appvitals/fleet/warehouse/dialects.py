@@ -20,6 +20,7 @@ class Dialect:
     name = "duckdb"
     ctes = True  # WITH ... AS MATERIALIZED (...): one statement can share its building blocks
     final = False  # tables are read with FINAL (copies collapsed only at the next merge)
+    memory_limit_sql = "SELECT current_setting('memory_limit')"  # '' when there is no such setting
 
     def lit(self, value: str) -> str:
         """A string literal."""
@@ -134,6 +135,7 @@ class ClickHouseDialect(Dialect):
 
     name = "clickhouse"
     ctes = False
+    memory_limit_sql = ""
     final = True  # copies that two racing collectors both stored count once
     left_join = "ANY LEFT JOIN"
     inner_join = "ANY INNER JOIN"
