@@ -138,9 +138,13 @@ def apply(snap: _snap.Snapshot, q: Query) -> _snap.Snapshot:
     """The query's filters applied to a snapshot (the window is applied by whoever read it)."""
     if q.where:
         check_where(snap, q.where)
-    if not (q.where or q.metrics or q.groups):
+        snap = _snap.filter_snapshot(snap, where=q.where)
+    # ratios and status are derived over the series the filter kept, before --metric/--group
+    # drop the metrics they refer to
+    snap = _snap.derive(snap)
+    if not (q.metrics or q.groups):
         return snap
-    return _snap.filter_snapshot(snap, where=q.where, metrics=q.metrics, groups=q.groups)
+    return _snap.filter_snapshot(snap, metrics=q.metrics, groups=q.groups)
 
 
 def read_registry(registry: Any, q: Query) -> _snap.Snapshot:
