@@ -17,16 +17,14 @@ import collections
 import itertools
 import keyword
 import math
+import operator
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from appvitals.stats.sketch import INV_LOG_GAMMA, MIN_POSITIVE
-
-if TYPE_CHECKING:  # pragma: no cover
-    from appvitals.stats.registry import Registry
 
 MUTATION_LOCK = threading.Lock()
 OVERFLOW = "__overflow__"
@@ -40,6 +38,22 @@ _now = time.time
 
 class LabelError(ValueError):
     """Wrong, missing or extra label names."""
+
+
+class Hooks:
+    """What an instrument may tell its owner, and nothing more: a family reached its series
+    limit (`overflow(name)`, called with MUTATION_LOCK held), or a state/event changed
+    (`changed()`, called after the lock is released, from the mutating thread)."""
+
+    __slots__ = ("changed", "overflow")
+
+    def __init__(self, overflow: Callable[[str], None] | None = None, changed: Callable[[], None] | None = None) -> None:
+        self.overflow = overflow or _ignore
+        self.changed = changed
+
+
+def _ignore(name: str) -> None:
+    pass
 
 
 # ---------------------------------------------------------------- how one number is stored
@@ -68,16 +82,18 @@ class _CounterChild(itertools.count):
     def get(self) -> float:
         """The current value (not synchronised with other series; use a snapshot for that)."""
         with MUTATION_LOCK:
-            return _count_of(repr(self)) + self._extra
+            return count_of(repr(self)) + self._extra
 
     def _zero(self) -> None:  # caller holds MUTATION_LOCK
-        self._extra = -_count_of(repr(self))
+        self._extra = -count_of(repr(self))
 
 
 _PREFIX = len("_CounterChild(")
+_EXTRA = operator.attrgetter("_extra")
 
 
-def _count_of(text: str) -> int:
+def count_of(text: str) -> int:
+    """A counter cell's unit count from its repr (the snapshot sweep reads reprs)."""
     return int(text[_PREFIX:-1])
 
 
@@ -260,7 +276,7 @@ class Metric:
 
     kind = ""
 
-    def __init__(self, registry: Registry, name: str, help: str, unit: str, labels: Sequence[str],
+    def __init__(self, hooks: Hooks, name: str, help: str, unit: str, labels: Sequence[str],
                  group: str, max_series: int, **options: Any) -> None:
         if not _METRIC_NAME.match(name):
             raise ValueError(f"invalid metric name {name!r}: use letters, digits, '_' and ':'")
@@ -270,7 +286,7 @@ class Metric:
                 raise ValueError(f"invalid label name {label!r} for metric {name!r}")
         if len(set(label_names)) != len(label_names):
             raise ValueError(f"duplicate label names for metric {name!r}")
-        self._registry = registry
+        self._hooks = hooks
         self.name, self.help, self.unit, self.group = name, help, unit, group
         self.label_names = label_names
         self.max_series = max_series
@@ -353,7 +369,7 @@ class Metric:
         child = self._children.get(key)
         if child is None:
             child = self._add_series_locked(key)
-        self._registry._note_overflow(self.name)
+        self._hooks.overflow(self.name)
         return child
 
     def _add_series(self, key: tuple[str, ...]):
@@ -366,6 +382,17 @@ class Metric:
         self._keys.append(key)
         self._cells.append(child)
         return child
+
+    def child_locked(self, key: tuple[str, ...]):
+        """The child of canonical `key`, created if new (caller holds MUTATION_LOCK; no series limit)."""
+        child = self._children.get(key)
+        if child is None:
+            child = self._add_series_locked(key)
+        return child
+
+    def raw_locked(self) -> list[tuple[tuple[str, ...], Any]]:
+        """(key, raw value) of every series (caller holds MUTATION_LOCK); see collect.py."""
+        return [(key, child._read()) for key, child in zip(self._keys, self._cells)]
 
     @property
     def _series(self) -> dict[tuple[str, ...], Any]:
@@ -418,6 +445,16 @@ class Counter(Metric):
 
     def _new_child(self) -> _CounterChild:
         return _CounterChild()
+
+    def cells_locked(self) -> tuple[list[tuple[str, ...]], list[_CounterChild]]:
+        """The canonical keys and the cells, side by side (caller holds MUTATION_LOCK). The lists
+        are replaced, never edited in place, when series are removed: identity tells a change."""
+        return self._keys, self._cells
+
+    @staticmethod
+    def extras_of(cells: list[_CounterChild]) -> list[float]:
+        """The non-unit amounts of `cells` (add them to the cells' counts)."""
+        return list(map(_EXTRA, cells))
 
 
 class Gauge(Metric):
@@ -484,7 +521,7 @@ class State(Metric):
         return self._solo.current if not self._n else None
 
     def _new_child(self) -> _StateChild:
-        return _StateChild(self.states, self.history_size, self._registry._notify_change)
+        return _StateChild(self.states, self.history_size, self._hooks.changed)
 
 
 class Events(Metric):
@@ -504,7 +541,7 @@ class Events(Metric):
         raise LabelError(f"metric {self.name!r} has labels: use .labels(...).record()")
 
     def _new_child(self) -> _EventsChild:
-        return _EventsChild(self.capacity, self._registry._notify_change)
+        return _EventsChild(self.capacity, self._hooks.changed)
 
     def remove_records(self, **match: Any) -> int:
         """Drop the records whose fields include `match`; returns how many were dropped."""

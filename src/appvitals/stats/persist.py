@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from appvitals.stats.instruments import Counter, _count_of
+from appvitals.stats import collect as _collect
 from appvitals.stats.store import HistoryPolicy, Store, encode_labels, encode_series
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,12 +57,16 @@ class Persister:
         reg = self.registry
         run, past, tracking_since = self.store.begin_run(reg.session_started_at)
         self.run_id = run
-        reg._set_past(past, tracking_since)
+        reg.restore_past(past, tracking_since)
         self._last_history = self.store.last_history_at()
         self._thread = threading.Thread(target=self._loop, name="appvitals-flush", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
         self._install_sigterm()
+
+    def paused(self) -> threading.Lock:
+        """Hold this (a context manager) to keep flushes out, e.g. while forgetting."""
+        return self._flush_lock
 
     def stop(self) -> None:
         """Final flush; stop the thread; close the store."""
@@ -145,19 +149,20 @@ class Persister:
         """Write what changed since the last flush, in one transaction; returns the number of rows written."""
         with self._flush_lock:
             reg = self.registry
-            now, raw = reg._collect_raw()
+            collected = reg.collect()
+            now = collected.now
             rows: list[tuple] = []
             defs: list[tuple] = []
             pending: dict[str, Any] = {}
             run = self.run_id
-            for metric, data in raw:
+            for metric, data in collected.entries:
                 d = (metric.name, metric.kind, metric.help, metric.unit, metric.group,
                      msgspec.json.encode(list(metric.label_names)).decode(),
                      getattr(metric, "capacity", None) or getattr(metric, "history_size", None))
                 if self._defs_written.get(metric.name) != d:
                     defs.append(d)
                     pending["__def__" + metric.name] = d
-                if isinstance(metric, Counter):
+                if isinstance(data, _collect.CounterCells):
                     rows.extend(self._counter_rows(metric, data, run, pending))
                 else:
                     rows.extend(self._other_rows(metric, data, run, now, pending))
@@ -187,8 +192,8 @@ class Persister:
                 self._label_json[cache_key] = text
         return text
 
-    def _counter_rows(self, metric: Counter, data, run: int, pending: dict) -> list[tuple]:
-        keys, texts, extras = data
+    def _counter_rows(self, metric, data: _collect.CounterCells, run: int, pending: dict) -> list[tuple]:
+        keys, texts, extras = data.keys, data.texts, data.extras
         prev = self._written.get(metric.name)
         n = len(texts)
         if prev is not None and prev[0] is keys and len(prev[1]) <= n:
@@ -202,7 +207,7 @@ class Persister:
             changed.extend(range(m, n))
         else:
             changed = range(n)
-        rows = [(run, metric.name, self._labels(metric, keys[i]), _count_of(texts[i]) + extras[i], None) for i in changed]
+        rows = [(run, metric.name, self._labels(metric, keys[i]), data.value(i), None) for i in changed]
         pending[metric.name] = (keys, texts, extras)
         return rows
 
@@ -217,7 +222,7 @@ class Persister:
         for key, value in data:
             current[key] = value
         if changed:
-            snap = self.registry._metric_snapshot(metric, changed, now)
+            snap = _collect.metric_snapshot(metric, changed, now)
             by_key = {tuple(s.labels.get(n, "") for n in metric.label_names): s for s in snap.series}
             for key, _ in changed:
                 s = by_key[key]

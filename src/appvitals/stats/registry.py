@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import itertools
-import operator
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from appvitals.stats import collect as _collect
 from appvitals.stats import snapshot as _snap
 from appvitals.stats.instruments import (
     KINDS,
@@ -21,17 +19,15 @@ from appvitals.stats.instruments import (
     Events,
     Gauge,
     Histogram,
+    Hooks,
     Metric,
     State,
-    _count_of,
 )
-from appvitals.stats.sketch import SketchData
 
 if TYPE_CHECKING:  # pragma: no cover
     from appvitals.stats.store import Store
 
 DEFAULT_MAX_SERIES = 10_000
-_EXTRA = operator.attrgetter("_extra")
 
 
 class Registry:
@@ -53,6 +49,7 @@ class Registry:
         self._persister = None
         self._backup_unknown: dict[str, str] = {}
         self._listeners: tuple = ()
+        self._hooks = Hooks(overflow=self._note_overflow, changed=self._notify_change)
 
     # ------------------------------------------------------------ factories
 
@@ -91,7 +88,7 @@ class Registry:
                         f"metric {name!r} is already registered as a {existing.kind} with labels {list(existing.label_names)}"
                     )
                 return existing
-            metric = cls(self, name, help, unit, labels, group, max_series or self.max_series, **options)
+            metric = cls(self._hooks, name, help, unit, labels, group, max_series or self.max_series, **options)
             self._metrics[name] = metric
             return metric
 
@@ -125,13 +122,10 @@ class Registry:
     def _note_overflow(self, name: str) -> None:
         # called with MUTATION_LOCK held: the overflow counter's child is a lock-free counter
         if self._overflow is None:
-            self._overflow = Counter(self, "appvitals_series_overflow", "Updates sent to the overflow series because a "
+            self._overflow = Counter(self._hooks, "appvitals_series_overflow", "Updates sent to the overflow series because a "
                                      "metric reached its series limit", "", ("metric",), "", 10_000)
             self._metrics["appvitals_series_overflow"] = self._overflow
-        child = self._overflow._children.get((name,))
-        if child is None:
-            child = self._overflow._add_series_locked((name,))
-        child.inc()
+        self._overflow.child_locked((name,)).inc()
         if name not in self._warned:
             self._warned.add(name)
             warnings.warn(f"appvitals: metric {name!r} reached its series limit; new label values go to "
@@ -164,85 +158,14 @@ class Registry:
         merged.taken_at = session.taken_at
         return merged
 
-    def _collect_raw(self) -> tuple[float, list[tuple[Metric, list]]]:
-        """Every series' raw value, read atomically under the mutation lock.
-
-        Counters come back as (metric, keys, texts, extras): `texts` are the reprs of the
-        lock-free cells, read in one C-level sweep; everything else as (metric, [(key, raw)])."""
-        metrics = list(self._metrics.values())
-        counters = [m for m in metrics if isinstance(m, Counter)]
-        raw: list[tuple[Metric, Any]] = []
-        with MUTATION_LOCK:
-            cell_lists = [c._cells for c in counters]
-            gc_enabled = gc.isenabled()
-            gc.disable()  # a collection could run Python finalizers, letting another thread in mid-sweep
-            try:
-                # one C-level call: no bytecode runs, so no thread switch: all counters at one instant
-                texts = list(map(repr, itertools.chain.from_iterable(cell_lists)))
-            finally:
-                if gc_enabled:
-                    gc.enable()
-            now = self._clock()
-            offset = 0
-            for c in counters:
-                n = len(c._cells)
-                raw.append((c, (c._keys, texts[offset:offset + n], list(map(_EXTRA, c._cells)))))
-                offset += n
-            for m in metrics:
-                if not isinstance(m, Counter):
-                    raw.append((m, [(key, child._read()) for key, child in zip(m._keys, m._cells)]))
-        return now, raw
+    def collect(self) -> _collect.Collected:
+        """This session's raw values at one instant (see collect.py); used by the persister."""
+        return _collect.collect(self._metrics.values(), self._clock)
 
     def _collect(self) -> _snap.Snapshot:
         """This session's values as a Snapshot."""
-        now, raw = self._collect_raw()
-        out = []
-        for m, data in raw:
-            if isinstance(m, Counter):
-                keys, texts, extras = data
-                data = [(keys[i], _count_of(texts[i]) + extras[i]) for i in range(len(texts))]
-            out.append(self._metric_snapshot(m, data, now))
-        out.sort(key=lambda m: m.name)
-        return _snap.Snapshot(
-            taken_at=_snap.to_datetime(now),
-            tracking_since=_snap.to_datetime(self.session_started_at if self._store else self.tracking_since),
-            session_started_at=_snap.to_datetime(self.session_started_at),
-            scope="session",
-            metrics=out,
-        )
-
-    def _metric_snapshot(self, m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
-        names = m.label_names
-        series: list[_snap.Series] = []
-        kind = m.kind
-        capacity = None
-        if kind in ("counter", "gauge"):
-            series = [_snap.Series(labels=dict(zip(names, key)), value=float(v)) for key, v in rows]
-        elif kind == "histogram":
-            for key, (count, total, lo, hi, zero, pos, neg) in rows:
-                data = SketchData(pos=pos, neg=neg, zero=zero)
-                labels = dict(zip(names, key))
-                series.append(_snap._hist_from(labels, count, total, lo if count else None, hi if count else None, data))
-        elif kind == "state":
-            capacity = m.history_size  # type: ignore[attr-defined]
-            for key, (current, entered, times, transitions, history) in rows:
-                if current is not None:
-                    times[current] = times.get(current, 0.0) + max(0.0, now - entered)
-                series.append(_snap.Series(
-                    labels=dict(zip(names, key)), current=current, entered_at=_snap.to_datetime(entered),
-                    time_in_state=times, transitions=transitions,
-                    history=[_snap.Transition(at=_snap.to_datetime(at), from_=frm, to=to, reason=reason)
-                             for at, frm, to, reason in history],
-                ))
-        elif kind == "events":
-            capacity = m.capacity  # type: ignore[attr-defined]
-            for key, (total, by_type, recent) in rows:
-                for r in recent:
-                    r["at"] = _snap.to_datetime(r["at"]).isoformat()
-                series.append(_snap.Series(labels=dict(zip(names, key)), total=total, by_type=by_type, recent=recent))
-        series.sort(key=lambda s: tuple(s.labels.values()))
-        return _snap.MetricSnapshot(name=m.name, kind=kind, help=m.help, unit=m.unit, group=m.group,
-                                    label_names=list(names), capacity=capacity, series=series)
+        return _collect.to_snapshot(self.collect(), self.session_started_at if self._store else self.tracking_since,
+                                    self.session_started_at)
 
     # ------------------------------------------------------------ forgetting
 
@@ -270,7 +193,7 @@ class Registry:
     def _persistence_paused(self):
         """No flush may interleave with a forget or reset (it could write back what was just removed)."""
         if self._persister is not None:
-            return self._persister._flush_lock
+            return self._persister.paused()
         return contextlib.nullcontext()
 
     def reset(self) -> None:
@@ -353,7 +276,8 @@ class Registry:
                 self._store.add_past(loaded)
         return loaded
 
-    def _set_past(self, past: _snap.Snapshot | None, tracking_since: float) -> None:
+    def restore_past(self, past: _snap.Snapshot | None, tracking_since: float) -> None:
+        """Adopt earlier sessions (read back from a store) as the past; used when attaching."""
         with MUTATION_LOCK:
             self._past = past
             self.tracking_since = tracking_since
