@@ -199,6 +199,6 @@ def _metric(draw):
 def test_any_snapshot_renders(metrics, compare):
     snap = S.Snapshot(taken_at=T, tracking_since=_ago(100), session_started_at=_ago(50), metrics=metrics)
     text = R.render_text(snap, previous=snap if compare else None, tz=UTC)
-    assert text.startswith("Metrics (all sessions)\n")
+    assert text.startswith("Metrics\n━")
     for m in metrics:
         assert R.title_of(m) in text

@@ -126,4 +126,4 @@ def metric_snapshot(m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
             series.append(_snap.Series(labels=dict(zip(names, key)), total=total, by_type=by_type, recent=recent))
     series.sort(key=lambda s: tuple(s.labels.values()))
     return _snap.MetricSnapshot(name=m.name, kind=kind, help=m.help, unit=m.unit, group=m.group,
-                                label_names=list(names), capacity=capacity, series=series)
+                                label_names=list(names), capacity=capacity, series=series, view=m.view)

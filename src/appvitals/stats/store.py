@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, started_at REAL NOT NULL, flushed_at REAL);
 CREATE TABLE IF NOT EXISTS metrics(
     name TEXT PRIMARY KEY, kind TEXT NOT NULL, help TEXT NOT NULL DEFAULT '', unit TEXT NOT NULL DEFAULT '',
-    grp TEXT NOT NULL DEFAULT '', label_names TEXT NOT NULL DEFAULT '[]', capacity INTEGER);
+    grp TEXT NOT NULL DEFAULT '', label_names TEXT NOT NULL DEFAULT '[]', capacity INTEGER, view TEXT);
 CREATE TABLE IF NOT EXISTS series(
     run INTEGER NOT NULL, metric TEXT NOT NULL, labels TEXT NOT NULL, value REAL, data BLOB,
     PRIMARY KEY(run, metric, labels)) WITHOUT ROWID;
@@ -188,6 +188,8 @@ class Store:
                 )
                 if int(self._meta(conn, "format", "1")) < FORMAT:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),))
+                if not _has_column(conn, "metrics", "view"):  # a file from before declared views
+                    conn.execute("ALTER TABLE metrics ADD COLUMN view TEXT")
             return conn
         except BaseException:
             try:
@@ -245,9 +247,10 @@ class Store:
             return float(self._meta(self._conn, "tracking_since", "0"))
 
     def _metric_defs(self) -> dict[str, dict[str, Any]]:
-        rows = self._conn.execute("SELECT name, kind, help, unit, grp, label_names, capacity FROM metrics").fetchall()
+        view = "view" if _has_column(self._conn, "metrics", "view") else "NULL"
+        rows = self._conn.execute(f"SELECT name, kind, help, unit, grp, label_names, capacity, {view} FROM metrics").fetchall()
         return {r[0]: {"kind": r[1], "help": r[2], "unit": r[3], "group": r[4], "label_names": r[5],
-                       "capacity": r[6]} for r in rows if r[1] in KINDS}
+                       "capacity": r[6], "view": _decode_view(r[7])} for r in rows if r[1] in KINDS}
 
     # ------------------------------------------------------------ runs
 
@@ -333,8 +336,9 @@ class Store:
             merged = _snap.merge(current, snap, scope="past")
             with self._transaction():
                 conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
-                conn.executemany("INSERT OR IGNORE INTO metrics(name, kind, help, unit, grp, label_names, capacity) VALUES (?, ?, ?, ?, ?, ?, ?)", [
-                    (m.name, m.kind, m.help, m.unit, m.group, msgspec.json.encode(m.label_names).decode(), m.capacity)
+                conn.executemany("INSERT OR IGNORE INTO metrics(name, kind, help, unit, grp, label_names, capacity, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+                    (m.name, m.kind, m.help, m.unit, m.group, msgspec.json.encode(m.label_names).decode(), m.capacity,
+                     encode_view(m.view))
                     for m in snap.metrics])
                 conn.execute("DELETE FROM series WHERE run = 0")
                 conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)", list(self._rows_for(merged, run=0)))
@@ -348,7 +352,8 @@ class Store:
             conn = self._conn
             with self._transaction():
                 if metric_defs:
-                    conn.executemany("INSERT OR REPLACE INTO metrics(name, kind, help, unit, grp, label_names, capacity) VALUES (?, ?, ?, ?, ?, ?, ?)", metric_defs)
+                    conn.executemany("INSERT OR REPLACE INTO metrics(name, kind, help, unit, grp, label_names, capacity, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                     [(*d, None) if len(d) == 7 else d for d in metric_defs])
                 if rows:
                     conn.executemany("INSERT OR REPLACE INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)", rows)
                 conn.execute("UPDATE runs SET flushed_at = ? WHERE id = ?", (now, run))
@@ -500,7 +505,7 @@ class Store:
                 label_names = []
             metrics.append(_snap.MetricSnapshot(name=name, kind=d["kind"], help=d["help"], unit=d["unit"],
                                                 group=d["group"], label_names=label_names, capacity=d["capacity"],
-                                                series=by_metric[name]))
+                                                series=by_metric[name], view=d["view"]))
         return _snap.Snapshot(taken_at=_snap.to_datetime(flushed), tracking_since=_snap.to_datetime(tracking),
                               session_started_at=_snap.to_datetime(started), scope="all", metrics=metrics)
 
@@ -555,6 +560,27 @@ class Store:
         # secure_delete zeroed the freed content; moving the WAL into the file and truncating it
         # removes the older page images that still held the deleted values.
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+def _has_column(conn, table: str, column: str) -> bool:
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+_view_decoder = msgspec.json.Decoder(_snap.View)
+
+
+def encode_view(view: _snap.View | None) -> str | None:
+    """A metric's declared view as stored (JSON), or None."""
+    return _encoder.encode(view).decode() if view is not None else None
+
+
+def _decode_view(text: str | None) -> _snap.View | None:
+    if not text:
+        return None
+    try:
+        return _view_decoder.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # an unreadable view only costs the layout hints
 
 
 def _json_path_key(key: str) -> str:
