@@ -3,6 +3,7 @@ file (--db), --json, --watch in a real terminal (tmux), bad input, --since acros
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -64,12 +65,15 @@ def test_url_view_reads_like_seed_003(app):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "\x1b[" not in out  # not a terminal: plain text
-    assert out.startswith("Sync Metrics (all sessions)\n━")
+    assert out.startswith("Sync Metrics\n━")  # the title exactly; the scope on the header line
+    assert out.splitlines()[2].startswith("All sessions · taken at ")
     for line in ("State\n", "  Sync state\n", "    Current: Backfilling\n", "Operations\n",
                  "  Changes received: 1,234\n", "  ├─ A: 1,200 (97%)\n", "  Sent: 45.2 MB\n",
                  "network: 1 (100%) — timeout", "network: timeout (peer=B)", "\nOther\n  Retry queue: 0\n"):
         assert line in out, out
-    assert out.index("State") < out.index("Operations") < out.index("Performance") < out.index("Errors")
+    # sections in the order the app declared its groups (ungrouped last)
+    assert (out.index("\nOperations\n") < out.index("\nData\n") < out.index("\nPerformance\n")
+            < out.index("\nState\n") < out.index("\nErrors\n") < out.index("\nOther\n"))
 
 
 def test_url_filters_and_json(app):
@@ -81,7 +85,7 @@ def test_url_filters_and_json(app):
     assert doc["metrics"][0]["series"] == [{"labels": {"peer": "B", "model": "tag"}, "value": 34.0}]
     proc = vitals("metrics", "--url", h.url, "--group", "errors", "--group", "state", "--scope", "session")
     assert proc.returncode == 0
-    assert "(this session)" in proc.stdout and "Operations" not in proc.stdout
+    assert "\nThis session · taken at " in proc.stdout and "Operations" not in proc.stdout
     assert proc.stdout.index("Errors") < proc.stdout.index("State")  # --group order is the section order
 
 
@@ -163,7 +167,7 @@ def test_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path, no_color
                 second = ticks_shown(screen())
             assert second != first, screen()
             shown = screen()
-            assert shown.count("Metrics (all sessions)") == 1  # redrawn in place, not appended
+            assert shown.count("All sessions · taken at") == 1  # redrawn in place, not appended
             assert "Refreshing every 1s · Ctrl-C to quit" in shown
             colours = _tmux(sock, "capture-pane", "-p", "-e", "-t", "0").stdout
             if no_color:
@@ -324,3 +328,69 @@ def test_watch_into_a_pipe_prints_each_refresh_and_stops_on_sigint():
         assert seen[0] == "Hits: 0" and len(set(seen)) >= 2
         assert proc.returncode == 0 and "Traceback" not in err
         assert "\x1b[" not in "".join(seen) + out
+
+
+# ---------------------------------------------------------------- the example app's store: view, shortcuts, JSON, HTTP
+
+
+def _derived(doc: dict) -> dict:
+    """What the view adds to a snapshot document: declared views, ratios, moments, status words."""
+    return {m["name"]: (m.get("view"), m.get("ratio"),
+                        sorted((json.dumps(s["labels"], sort_keys=True), s.get("at"), s.get("status"))
+                               for s in m["series"]))
+            for m in doc["metrics"]}
+
+
+def test_example_store_through_the_cli_json_and_http(tmp_path, monkeypatch):
+    from test_render import EXAMPLE_TITLE, GOLDEN, run_sync_example
+
+    db = tmp_path / "sync.db"
+    reg, _ = run_sync_example(db, monkeypatch)
+    env = _env(TZ="UTC")
+
+    def view(*args: str) -> str:
+        proc = vitals("metrics", "--db", str(db), *args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    # the CLI prints the golden view of the store (tests/stats/golden/sync_example.txt)
+    assert view("--title", EXAMPLE_TITLE) == (GOLDEN / "sync_example.txt").read_text(encoding="utf-8")
+
+    # Spacedrive's shortcuts: --peer B, --model entry are --where; --errors, --state are --group
+    by_peer = view("--peer", "B")
+    assert by_peer == view("--where", "peer=B") and "Device B (Desktop)" in by_peer and "Device A" not in by_peer
+    assert view("--model=entry") == view("--where", "model=entry")
+    assert view("--errors") == view("--group", "errors")
+    both = view("--state", "--operations")
+    assert both == view("--group", "state", "--group", "operations")
+    assert both.index("\nState\n") < both.index("\nOperations\n") and "\nData\n" not in both
+    assert view("--operations", "--state").index("\nOperations\n") < view("--operations", "--state").index("\nState\n")
+    bad = vitals("metrics", "--db", str(db), "--colour", "red", env=env)
+    _one_clear_line(bad, 2, "no such option --colour")
+    assert "labels: --direction, --kind, --message, --model, --peer, --type;" in bad.stderr
+    assert "groups: --data, --errors, --operations, --performance, --state" in bad.stderr
+    _one_clear_line(vitals("metrics", "--db", str(db), "--peer", env=env), 2, "--peer needs a value")
+    _one_clear_line(vitals("metrics", "--db", str(db), "stray", env=env), 2, "unexpected argument 'stray'")
+
+    # --json carries what the view shows: order, ratios, moments (ISO 8601) and status words
+    doc = _json("--db", str(db), env=env)
+    metrics = {m["name"]: m for m in doc["metrics"]}
+    assert [m["view"]["order"] for m in doc["metrics"]] and metrics["sync_state"]["view"]["order"] == 1
+    assert metrics["changes_applied"]["view"]["share_of"] == "changes_received"
+    assert metrics["changes_applied"]["ratio"] == _value(doc, "changes_applied") / _value(doc, "changes_received")
+    assert metrics["broadcast_batches_sent"]["ratio"] == (_value(doc, "broadcasts_sent")
+                                                          / _value(doc, "broadcast_batches_sent"))
+    last = {s["labels"]["peer"]: s for s in metrics["last_sync"]["series"]}
+    moment = datetime.datetime.fromisoformat(last["A"]["at"].replace("Z", "+00:00"))
+    assert moment.timestamp() == last["A"]["value"] and last["A"]["at"].startswith("2025-10-23T")
+    assert last["A"]["status"] == "online"
+    device = {s["labels"]["peer"]: s for s in metrics["records_by_device"]["series"]}
+    assert device["B"]["status"] == "online" and "status" not in device["self"]
+    assert metrics["records_by_device"]["view"]["display"]["A"] == "Device A (MacBook)"
+    # ... and so does /v1/snapshot, served by the app's registry
+    with appvitals.serve(reg, port=0) as h:
+        import urllib.request
+
+        with urllib.request.urlopen(h.url + "/v1/snapshot", timeout=10) as response:
+            served = json.loads(response.read())
+    assert _derived(served) == _derived(doc)

@@ -7,7 +7,11 @@ Regenerate the golden files after an intended layout change with
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
+import random
+import re
+import time
 from pathlib import Path
 
 import msgspec
@@ -15,9 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import appvitals
+from appvitals.stats import instruments
 from appvitals.stats import render as R
 from appvitals.stats import snapshot as S
-from appvitals.stats.query import Query, apply
+from appvitals.stats.query import Query, apply, build, read_store
 from appvitals.stats.sketch import SketchData, bucket_index
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -202,3 +208,103 @@ def test_any_snapshot_renders(metrics, compare):
     assert text.startswith("Metrics\n━")
     for m in metrics:
         assert R.title_of(m) in text
+
+
+# ---------------------------------------------------------------- the example app's store, as Spacedrive lays it out
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_TITLE = "Sync Metrics (Library: My Library)"
+EXAMPLE_UPTIME = 9252.0  # 2h 34m 12s, as in Spacedrive's example
+EXAMPLE_TICK = 6.0
+
+
+def load_sync_example():
+    """examples/sync_engine.py as a module (its SyncMetrics declarations and SyncEngine)."""
+    spec = importlib.util.spec_from_file_location("sync_engine_example", ROOT / "examples" / "sync_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when told."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run_sync_example(path: Path, monkeypatch) -> tuple[appvitals.Registry, FakeClock]:
+    """The example's engine, run for 2h 34m 12s of fake time into a store at `path` (deterministic:
+    a seeded RNG and a fake clock for the registry, the instruments and the store); ends at T."""
+    example = load_sync_example()
+    clock = FakeClock(T.timestamp() - EXAMPLE_UPTIME)
+    monkeypatch.setattr(time, "time", clock)
+    monkeypatch.setattr(instruments, "_now", clock)
+    reg = appvitals.Registry(clock=clock)
+    metrics = example.SyncMetrics(reg)
+    reg.attach(appvitals.Store(path), interval=300)
+    engine = example.SyncEngine(metrics, random.Random(3), phase_seconds=1440, clock=clock)
+    steps = int(EXAMPLE_UPTIME / EXAMPLE_TICK)
+    for i in range(steps):
+        clock.t += EXAMPLE_TICK
+        engine.step()
+        if i % 100 == 99:  # a flush (and a history point, for windows) every 10 minutes
+            reg.flush()
+    clock.t = T.timestamp()
+    reg.detach()  # the final flush, at T
+    return reg, clock
+
+
+@pytest.fixture
+def example_store(tmp_path, monkeypatch):
+    path = tmp_path / "sync.db"
+    reg, clock = run_sync_example(path, monkeypatch)
+    return path, reg
+
+
+def _read(path: Path, **query) -> S.Snapshot:
+    store = appvitals.Store.open_readonly(path)
+    try:
+        return read_store(store, build(**query))
+    finally:
+        store.close()
+
+
+def test_example_store_renders_like_spacedrive(example_store):
+    path, _ = example_store
+    text = R.render_text(_read(path), title=EXAMPLE_TITLE, tz=UTC)
+    _golden("sync_example.txt", text)
+    lines = text.splitlines()
+    assert lines[0] == EXAMPLE_TITLE  # the title exactly, the scope on the header line
+    assert lines[2].startswith("All sessions · ")
+    assert "    Uptime: 2h 34m 12s" in lines
+    sections = [line for line in lines if line and not line.startswith((" ", "━")) and line != lines[0]]
+    assert sections[1:] == ["State", "Operations", "Data", "Performance", "Errors"]  # as declared
+    # ratios, "ago", display names, status and the local device
+    assert re.search(r"^  Changes applied: [\d,]+ \(9\d(\.\d)?%\)$", text, re.M), text
+    assert re.search(r"^  Batches: [\d,]+ \(avg [\d.]+ items/batch\)$", text, re.M)
+    assert re.search(r"^  Retry successes: [\d,]+ \(\d+(\.\d)?%\)$", text, re.M)
+    assert re.search(r"^  ├─ Device A \(MacBook\): [\d,]+ \(\d+%\) \(online\)$", text, re.M)
+    assert re.search(r"^  └─ This device: [\d,]+ \(\d+%\)$", text, re.M)
+    assert re.search(r"^  ├─ Device A \(MacBook\): (\d+s|just now)( ago)? \(online\)$", text, re.M)
+    assert "HLC physical drift: " in text and "Active backfill sessions: " in text
+
+
+
+def test_ratios_are_computed_over_the_window(example_store):
+    path, _ = example_store
+    everything = _read(path)
+    hour = _read(path, since=(T - dt.timedelta(hours=1)).isoformat())
+    assert 0 < hour.value("changes_received") < everything.value("changes_received")
+    for snap in (everything, hour):
+        applied = snap.metric("changes_applied")
+        assert applied.ratio == snap.value("changes_applied") / snap.value("changes_received")
+        batches = snap.metric("broadcast_batches_sent")
+        assert batches.ratio == snap.value("broadcasts_sent") / snap.value("broadcast_batches_sent")
+    assert hour.metric("changes_applied").ratio != everything.metric("changes_applied").ratio
+    text = R.render_text(hour, title=EXAMPLE_TITLE, tz=UTC)
+    shown = f"Changes applied: {int(hour.value('changes_applied')):,} ({R.fmt_percent(hour.metric('changes_applied').ratio, 1)})"
+    assert shown in text

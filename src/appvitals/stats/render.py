@@ -251,7 +251,7 @@ class _Look:
             return " (avg -)"
         if view.ratio_unit in _DURATION_UNITS or view.ratio_unit in _BYTE_UNITS:
             return f" (avg {fmt_value(ratio, view.ratio_unit)})"
-        number = f"{ratio:,.1f}" if abs(ratio) >= 10 else fmt_number(round(ratio, 2))
+        number = fmt_number(ratio) if float(ratio).is_integer() or abs(ratio) < 10 else f"{ratio:,.1f}"
         other = self.by_name.get(view.per)
         unit = view.ratio_unit or (f"{title_of(other).lower()} each" if other is not None else f"{view.per} each")
         return f" (avg {number} {unit})"
@@ -267,8 +267,10 @@ def _label_text(labels: dict[str, str], names: Sequence[str], look: _Look = _PLA
 
 def _ranked(items: list[tuple[str, float]], total: float, unit: str, prev: dict[str, float] | None,
             shares: bool = True, look: _Look = _PLAIN, label: str = "") -> list[list]:
-    """Tree rows for (label value, value) pairs, biggest first, the tail folded into '… N more'."""
-    items = sorted(items, key=lambda kv: (-kv[1], kv[0]))
+    """Tree rows for (label value, value) pairs, biggest first (this device last), the tail folded
+    into '… N more'."""
+    local = look.view.local
+    items = sorted(items, key=lambda kv: (bool(local) and kv[0] == local, -kv[1], kv[0]))
     rows: list[list] = []
     shown = items if len(items) <= MAX_BRANCHES else items[: MAX_BRANCHES - 1]
     for value_of_label, value in shown:
@@ -333,6 +335,8 @@ def _gauge(out: _Out, m: _snap.MetricSnapshot, prev: _snap.MetricSnapshot | None
     def shown(value: float | None) -> str:
         if m.unit == TIMESTAMP and taken_at is not None:
             return fmt_ago(value, taken_at)
+        if look.view.status_text and not look.view.status and value is not None:  # a status gauge: its words
+            return _snap.status_word(m, _snap.Series(labels={}, value=value), look.view.status_text) or "-"
         return fmt_value(value, m.unit)
 
     if len(m.series) == 1 and not m.series[0].labels:

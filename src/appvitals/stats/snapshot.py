@@ -359,7 +359,8 @@ def window(later: Snapshot, earlier: Snapshot | None) -> Snapshot:
 DEFAULT_STATUS_TEXT = {"0": "offline", "1": "online"}
 
 
-def _status_word(m: MetricSnapshot, s: Series, words: Mapping[str, str]) -> str | None:
+def status_word(m: MetricSnapshot, s: Series, words: Mapping[str, str]) -> str | None:
+    """A state's current state, or a gauge's value as a word (its text when `words` has none)."""
     if m.kind == "state":
         return s.current
     if m.kind == "gauge" and s.value is not None:
@@ -395,7 +396,7 @@ def derive(snap: Snapshot) -> Snapshot:
             words = view.status_text or DEFAULT_STATUS_TEXT
             status_of: dict[tuple, str | None] = {}
             for s in source.series:
-                status_of[_key(s.labels)] = _status_word(source, s, words)
+                status_of[_key(s.labels)] = status_word(source, s, words)
             series = [msgspec.structs.replace(s, status=None if view.local and view.local in s.labels.values()
                                               else _status_for(s.labels, source.label_names, status_of))
                       for s in series]
