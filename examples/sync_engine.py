@@ -12,7 +12,11 @@ errors) become the sections of `vitals metrics`, in the order they are declared 
     vitals metrics --db sync.db --since "10 minutes ago" --peer B
 
 Runs for --duration seconds (0: until SIGTERM or Ctrl-C) and persists through
-`reg.attach(store)` so a second run adds to the first.
+`reg.attach(store)` so a second run adds to the first. With --library ID the stats live under
+that namespace of the store, so several libraries share one file:
+
+    python examples/sync_engine.py --db sync.db --library library-7f3a --duration 10
+    vitals metrics --db sync.db --namespace library-7f3a --title "Sync Metrics (Library: My Library)"
 """
 
 from __future__ import annotations
@@ -178,7 +182,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
     if args.db:
         store = appvitals.Store(args.db, key=args.key or os.environ.get("VITALS_STORE_KEY") or None)
         history = HistoryPolicy(fine_every=args.history_every) if args.history_every is not None else None
-        reg.attach(store, interval=args.interval, history=history)
+        reg.attach(store, interval=args.interval, history=history, namespace=args.library or "")
         own_signals(stop)  # after attach: we stop cleanly and detach (final flush) ourselves
     server = appvitals.serve(reg, host=args.host, port=args.port) if args.port is not None else None
     if server is not None:
@@ -210,6 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=5.0, help="flush interval of the store, seconds")
     p.add_argument("--history-every", type=float, metavar="SECONDS",
                    help="keep a history point (for --since windows) at most this often (default 60; 0: every flush)")
+    p.add_argument("--library", metavar="ID",
+                   help="keep the stats under this namespace of the store, one per library (e.g. library-7f3a); "
+                        "read them with vitals metrics --namespace ID")
     p.add_argument("--tick", type=float, default=0.05, help="seconds between simulation steps")
     p.add_argument("--seed", type=int, default=None)
     return p.parse_args(argv)

@@ -394,3 +394,61 @@ def test_example_store_through_the_cli_json_and_http(tmp_path, monkeypatch):
         with urllib.request.urlopen(h.url + "/v1/snapshot", timeout=10) as response:
             served = json.loads(response.read())
     assert _derived(served) == _derived(doc)
+
+
+def test_several_libraries_in_one_store(tmp_path):
+    db = tmp_path / "libraries.db"
+    store = appvitals.Store(db)
+    libraries = {"library-7f3a": 5, "library-b2": 7}
+    regs = []
+    for name, n in libraries.items():
+        reg = appvitals.Registry()
+        reg.counter("changes_received", "Changes received", labels=("peer",), group="operations").labels(peer="A").inc(n)
+        reg.attach(store, interval=5, namespace=name)
+        regs.append(reg)
+    for reg in regs:
+        reg.detach()  # a library's registry detaching leaves the store to the others
+    plain = appvitals.Registry()
+    plain.counter("app_starts", "App starts").inc()
+    plain.attach(store, interval=5)
+    plain.detach()  # the store's own registry closes it, as before
+    with appvitals.Store.open_readonly(db) as reader:
+        assert reader.namespaces() == sorted(libraries)
+
+    for name, n in libraries.items():
+        doc = _json("--db", str(db), "--namespace", name)
+        assert [m["name"] for m in doc["metrics"]] == ["changes_received"] and _value(doc, "changes_received") == n
+        text = vitals("metrics", "--db", str(db), "--namespace", name, "--title", "Sync Metrics").stdout
+        assert text.splitlines()[2].startswith(f"All sessions · {name} · taken at ")
+    assert [m["name"] for m in _json("--db", str(db))["metrics"]] == ["app_starts"]
+    _one_clear_line(vitals("metrics", "--db", str(db), "--namespace", "library-zz"), 2,
+                    "no namespace 'library-zz'")
+    assert "namespaces: library-7f3a, library-b2" in vitals("metrics", "--db", str(db), "--namespace", "x").stderr
+    _one_clear_line(vitals("metrics", "--url", "http://127.0.0.1:1", "--namespace", "x"), 2, "--namespace picks")
+
+    # a restart restores each library from its own tables
+    store = appvitals.Store(db)
+    reg = appvitals.Registry()
+    again = reg.counter("changes_received", "Changes received", labels=("peer",), group="operations")
+    reg.attach(store, interval=5, namespace="library-b2")
+    again.labels(peer="A").inc()
+    assert reg.snapshot().value("changes_received") == 8
+    with pytest.raises(ValueError, match="namespace must be"):
+        appvitals.Registry().attach(store, namespace="no spaces")
+    reg.detach()
+    store.close()
+    assert _value(_json("--db", str(db), "--namespace", "library-b2"), "changes_received") == 8
+    assert _value(_json("--db", str(db), "--namespace", "library-7f3a"), "changes_received") == 5
+
+
+def test_a_store_with_only_namespaces_says_how_to_pick_one(tmp_path):
+    db = tmp_path / "only.db"
+    store = appvitals.Store(db)
+    reg = appvitals.Registry()
+    reg.counter("hits", "Hits").inc()
+    reg.attach(store, interval=5, namespace="library-1")
+    reg.detach()
+    store.close()
+    proc = vitals("metrics", "--db", str(db), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["metrics"] == []
+    assert "pick one with --namespace (library-1)" in proc.stderr

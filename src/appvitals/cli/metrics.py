@@ -44,12 +44,17 @@ def _open_source(db: str | None, key: str | None, url: str | None, token: str | 
     from appvitals.stats.store import Store, StoreError, StoreKeyError
 
     try:
-        store = Store.open_readonly(db, key=key or None, **({"namespace": namespace} if namespace else {}))
+        whole = Store.open_readonly(db, key=key or None)
+        known = whole.namespaces()
     except StoreKeyError as exc:
         raise BadUsage(_key_message(db, key, exc))
     except StoreError as exc:
         raise VitalsError(f"cannot read {db}: {exc}")
     try:
+        if namespace and namespace not in known:
+            raise BadUsage(f"no namespace {namespace!r} in {db}; namespaces: {', '.join(known) or 'none'}")
+        store = whole.namespace(namespace)
+
         def read(q: _query.Query) -> _snap.Snapshot:
             try:
                 return _query.read_store(store, q)
@@ -58,9 +63,12 @@ def _open_source(db: str | None, key: str | None, url: str | None, token: str | 
             except StoreError as exc:
                 raise VitalsError(f"cannot read {db}: {exc}")
 
+        if known and not namespace and not read(_query.Query()).metrics:
+            click.echo(f"vitals: {db} keeps its stats under namespaces; pick one with --namespace "
+                       f"({', '.join(known)})", err=True)
         yield read
     finally:
-        store.close()
+        whole.close()
 
 
 def _key_message(db: str, key: str | None, exc: Exception) -> str:

@@ -221,8 +221,11 @@ class Registry:
 
     # ------------------------------------------------------------ persistence
 
-    def attach(self, store: Store, interval: float = 15.0, history: Any = None) -> None:
-        """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit."""
+    def attach(self, store: Store, interval: float = 15.0, history: Any = None, namespace: str = "") -> None:
+        """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit.
+
+        `namespace`: keep this registry apart from others in the same store (one per library, say);
+        detaching then leaves the store open for the others."""
         from appvitals.stats.persist import Persister
 
         if not self.enabled:
@@ -231,6 +234,8 @@ class Registry:
             raise ValueError("interval must be between 1 and 300 seconds")
         if self._store is not None:
             raise RuntimeError("this registry is already attached to a store")
+        if namespace:
+            store = store.namespace(namespace)
         persister = Persister(self, store, interval, history)
         self._store = store
         self._persister = persister

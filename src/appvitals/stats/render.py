@@ -114,7 +114,10 @@ def fmt_ago(moment: float | None, now: dt.datetime) -> str:
     """An epoch-seconds moment against `now`: '2m 5s ago', 'just now', 'in 3s', 'never' (0 or None)."""
     if not moment:
         return "never"
-    delta = (now - _snap.to_datetime(moment)).total_seconds()
+    at = _snap.moment(moment)
+    if at is None:
+        return f"{fmt_number(moment)} (not a time)"
+    delta = (now - at).total_seconds()
     if abs(delta) < 1:
         return "just now"
     return f"{fmt_duration(delta)} ago" if delta > 0 else f"in {fmt_duration(-delta)}"
@@ -143,7 +146,8 @@ def fmt_value(value: float | None, unit: str = "") -> str:
     if unit in _DURATION_UNITS:
         return fmt_duration(value * _DURATION_UNITS[unit])
     if unit == TIMESTAMP:
-        return _snap.to_datetime(value).isoformat() if value else "never"
+        at = _snap.moment(value)
+        return at.isoformat() if at is not None else ("never" if not value else f"{fmt_number(value)} (not a time)")
     return fmt_number(value) + (f" {unit}" if unit else "")
 
 

@@ -28,6 +28,16 @@ def to_datetime(ts: float) -> dt.datetime:
     return _EPOCH + dt.timedelta(seconds=ts)
 
 
+def moment(ts: float | None) -> dt.datetime | None:
+    """A timestamp gauge's value as a datetime: None when unset (0) or not a time (out of range)."""
+    if not ts or ts != ts:
+        return None
+    try:
+        return to_datetime(ts)
+    except (OverflowError, ValueError):
+        return None
+
+
 def to_epoch(value: dt.datetime) -> float:
     """An aware datetime as Unix epoch seconds."""
     return (value - _EPOCH).total_seconds()
@@ -390,7 +400,7 @@ def derive(snap: Snapshot) -> Snapshot:
                     changes["ratio"] = theirs / mine if mine else None
         series = m.series
         if m.unit == "timestamp" and m.kind == "gauge":
-            series = [msgspec.structs.replace(s, at=to_datetime(s.value) if s.value else None) for s in series]
+            series = [msgspec.structs.replace(s, at=moment(s.value)) for s in series]
         if view is not None and view.status and view.status in by_name and m.label_names:
             source = by_name[view.status]
             words = view.status_text or DEFAULT_STATUS_TEXT

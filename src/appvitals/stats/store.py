@@ -14,6 +14,10 @@ Guarantees:
   the forgotten label values are gone from disk, not just unlinked from the b-tree;
 - one writer: a second process attaching the same file gets StoreLockedError.
 
+Several registries can share one store (one per Spacedrive library, say): each attaches under
+its own namespace (`reg.attach(store, namespace="library-7f3a")`) and gets tables of its own
+(runs, metrics, series, history, meta) in the same file, under the same key and lock.
+
 Format evolution: `meta.format` is the format version. Rows are JSON objects decoded
 leniently (unknown fields ignored, missing ones zero), unknown metric kinds are skipped,
 and a run only ever rewrites its own rows, so an older appvitals never destroys what a
@@ -26,6 +30,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -66,6 +71,54 @@ class StoreLockedError(StoreError):
     """Another process has this store attached."""
 
 
+class _Namespaced:
+    """The store's connection as one namespace sees it: the same SQL, with the store's tables
+    (meta, runs, metrics, series, history) turned into that namespace's own, so every statement
+    of the Store serves every namespace unchanged."""
+
+    _TABLES = re.compile(r"\b(meta|runs|metrics|series|history)\b")
+
+    def __init__(self, conn, namespace: str) -> None:
+        self._conn = conn
+        self._prefix = namespace_prefix(namespace)
+        self._sql_cache: dict[str, str] = {}
+
+    def _sql(self, sql: str) -> str:
+        out = self._sql_cache.get(sql)
+        if out is None:
+            out = self._TABLES.sub(lambda m: f'"{self._prefix}{m.group(1)}"', sql)
+            if len(self._sql_cache) < 1000:
+                self._sql_cache[sql] = out
+        return out
+
+    def execute(self, sql: str, params: Any = ()):
+        return self._conn.execute(self._sql(sql), params)
+
+    def executemany(self, sql: str, rows: Iterable[Any]):
+        return self._conn.executemany(self._sql(sql), rows)
+
+    def executescript(self, script: str):
+        return self._conn.executescript(self._sql(script))
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        pass  # the connection is the store's: it closes it
+
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def namespace_prefix(namespace: str) -> str:
+    """The prefix of a namespace's table names (checked: 1-64 letters, digits, '_', '.', '-')."""
+    if not _NAMESPACE.match(namespace or ""):
+        raise ValueError(f"namespace must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter "
+                         f"or digit), not {namespace!r}")
+    return f"ns:{namespace}:"
+
+
 class HistoryPolicy(msgspec.Struct, frozen=True):
     """How often cumulative snapshots are kept, and for how long."""
 
@@ -104,6 +157,8 @@ class Store:
         self.key = key if key is not None else (os.environ.get(KEY_ENV) or None)
         self.readonly = readonly
         self.history = history or HistoryPolicy()
+        self.namespace_name = ""  # "" is the store's own registry; see namespace()
+        self._owner: Store | None = None  # a namespace's store, when the namespace opened it
         self._lock_fd: int | None = None
         self._db_lock = threading.RLock()
         if readonly and not os.path.exists(self.path):
@@ -117,9 +172,51 @@ class Store:
             raise
 
     @classmethod
-    def open_readonly(cls, path: str | os.PathLike, key: str | None = None) -> Store:
-        """Open for reading while an application may hold the store (no lock, no writes)."""
-        return cls(path, key, readonly=True)
+    def open_readonly(cls, path: str | os.PathLike, key: str | None = None, namespace: str = "") -> Store:
+        """Open for reading while an application may hold the store (no lock, no writes);
+        `namespace`: one of several registries kept in it (StoreError naming the known ones)."""
+        store = cls(path, key, readonly=True)
+        if not namespace:
+            return store
+        try:
+            known = store.namespaces()
+            if namespace not in known:
+                listed = ", ".join(known) if known else "none"
+                raise StoreError(f"no namespace {namespace!r} in {store.path} (namespaces: {listed})")
+            view = store.namespace(namespace)
+        except BaseException:
+            store.close()
+            raise
+        view._owner = store
+        return view
+
+    def namespace(self, name: str) -> Store:
+        """The registry `name` of this file: its own tables beside the others', sharing this store's
+        connection, key and writer lock (closing it leaves this store open). "" is this store."""
+        if not name:
+            return self
+        if self.namespace_name:
+            raise ValueError("namespaces do not nest: call namespace() on the store itself")
+        view = object.__new__(Store)
+        view.path, view.key, view.readonly = self.path, self.key, self.readonly
+        view.history = HistoryPolicy()
+        view.namespace_name = name
+        view._owner = None
+        view._lock_fd = None
+        view._db_lock = self._db_lock
+        view._conn = _Namespaced(self._conn, name)
+        if not self.readonly:
+            with self._db_lock:
+                _create_schema(view._conn)
+        return view
+
+    def namespaces(self) -> list[str]:
+        """The names of the registries kept in this file under a namespace, sorted."""
+        with self._db_lock:
+            conn = self._conn._conn if isinstance(self._conn, _Namespaced) else self._conn
+            names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                "AND name LIKE 'ns:%:meta'")]
+        return sorted(n[len("ns:"):-len(":meta")] for n in names)
 
     # ------------------------------------------------------------ opening
 
@@ -178,18 +275,7 @@ class Store:
                 # cut may roll back to an earlier completed flush. forget()/reset() checkpoint with a sync.
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA secure_delete=ON")
-                now = repr(time.time())
-                conn.executescript(
-                    "BEGIN IMMEDIATE;" + _SCHEMA
-                    + f"INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');"
-                    + f"INSERT OR IGNORE INTO meta VALUES ('tracking_since', '{now}');"
-                    + f"INSERT OR IGNORE INTO meta VALUES ('created_at', '{now}');"
-                    + "COMMIT;"
-                )
-                if int(self._meta(conn, "format", "1")) < FORMAT:
-                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),))
-                if not _has_column(conn, "metrics", "view"):  # a file from before declared views
-                    conn.execute("ALTER TABLE metrics ADD COLUMN view TEXT")
+                _create_schema(conn)
             return conn
         except BaseException:
             try:
@@ -219,7 +305,11 @@ class Store:
         return row[0] if row else default
 
     def close(self) -> None:
-        """Close the file and release the writer lock."""
+        """Close the file and release the writer lock (a namespace: only what it opened itself)."""
+        if self.namespace_name:
+            if self._owner is not None:
+                self._owner.close()
+            return
         with self._db_lock:
             try:
                 self._conn.close()
@@ -560,6 +650,22 @@ class Store:
         # secure_delete zeroed the freed content; moving the WAL into the file and truncating it
         # removes the older page images that still held the deleted values.
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+
+def _create_schema(conn) -> None:
+    """The tables of a store (or of one namespace), created when missing, and brought up to date."""
+    now = repr(time.time())
+    conn.executescript(
+        "BEGIN IMMEDIATE;" + _SCHEMA
+        + f"INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');"
+        + f"INSERT OR IGNORE INTO meta VALUES ('tracking_since', '{now}');"
+        + f"INSERT OR IGNORE INTO meta VALUES ('created_at', '{now}');"
+        + "COMMIT;"
+    )
+    if int(Store._meta(conn, "format", "1")) < FORMAT:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),))
+    if not _has_column(conn, "metrics", "view"):  # a file from before declared views
+        conn.execute("ALTER TABLE metrics ADD COLUMN view TEXT")
 
 
 def _has_column(conn, table: str, column: str) -> bool:
