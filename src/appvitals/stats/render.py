@@ -375,7 +375,7 @@ def _hist_summary(s: _snap.Series, unit: str, prev: _snap.Series | None = None, 
         parts.append(change(s.p99, prev.p99, unit))
     parts += [f", max {fmt_value(s.max, unit)}"]
     if with_count:
-        parts.append((f" ({fmt_number(s.count)} samples)", S_DIM))
+        parts.append((f" ({fmt_number(s.count)} sample{'' if s.count == 1 else 's'})", S_DIM))
     return parts
 
 
