@@ -207,6 +207,8 @@ def command(ctx, db, key, url, token, since, until, where, metrics, groups, scop
 def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: bool, title: str, groups,
           comparing: bool = False, namespace: str = "") -> None:
     if as_json:
+        current = _query.without_distinct_sketches(current)
+        previous = _query.without_distinct_sketches(previous) if previous is not None else None
         doc = {"current": current, "previous": previous} if comparing else current
         sys.stdout.write(msgspec.json.encode(doc).decode() + "\n")
         sys.stdout.flush()

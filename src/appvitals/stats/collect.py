@@ -55,6 +55,8 @@ def collect(metrics: Iterable[Metric], clock) -> Collected:
     counters = [m for m in metrics if isinstance(m, Counter)]
     entries: list[tuple[Metric, Any]] = []
     with MUTATION_LOCK:
+        for m in metrics:
+            m.revive_locked()
         cells = [c.cells_locked() for c in counters]
         gc_enabled = gc.isenabled()
         gc.disable()  # a collection could run Python finalizers, letting another thread in mid-sweep
@@ -120,10 +122,15 @@ def metric_snapshot(m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
             ))
     elif kind == "events":
         capacity = m.capacity  # type: ignore[attr-defined]
-        for key, (total, by_type, recent) in rows:
+        for key, (total, by_type, recent, by_field) in rows:
             for r in recent:
                 r["at"] = _snap.to_datetime(r["at"]).isoformat()
-            series.append(_snap.Series(labels=dict(zip(names, key)), total=total, by_type=by_type, recent=recent))
+            series.append(_snap.Series(labels=dict(zip(names, key)), total=total, by_type=by_type, recent=recent,
+                                       by_field=by_field or None))
+    elif kind == "distinct":
+        for key, (data, last) in rows:
+            series.append(_snap.distinct_series(dict(zip(names, key)), data, now,
+                                                _snap.to_datetime(last) if last else None))
     series.sort(key=lambda s: tuple(s.labels.values()))
     return _snap.MetricSnapshot(name=m.name, kind=kind, help=m.help, unit=m.unit, group=m.group,
                                 label_names=list(names), capacity=capacity, series=series, view=m.view)

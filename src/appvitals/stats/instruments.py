@@ -21,13 +21,17 @@ import operator
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from appvitals.stats import hll as _hll
 from appvitals.stats.sketch import INV_LOG_GAMMA, MIN_POSITIVE
 
 MUTATION_LOCK = threading.Lock()
 OVERFLOW = "__overflow__"
+FORGOTTEN = "__forgotten__"  # label value of the anonymous series forget(..., keep_totals=True) fills
+MAX_EVENT_FIELDS = 10_000
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -45,11 +49,13 @@ class Hooks:
     limit (`overflow(name)`, called with MUTATION_LOCK held), or a state/event changed
     (`changed()`, called after the lock is released, from the mutating thread)."""
 
-    __slots__ = ("changed", "overflow")
+    __slots__ = ("changed", "overflow", "past")
 
-    def __init__(self, overflow: Callable[[str], None] | None = None, changed: Callable[[], None] | None = None) -> None:
+    def __init__(self, overflow: Callable[[str], None] | None = None, changed: Callable[[], None] | None = None,
+                 past: Callable[[str, tuple], Any] | None = None) -> None:
         self.overflow = overflow or _ignore
         self.changed = changed
+        self.past = past  # past(name, key): earlier sessions' distinct sketches of that series, or None
 
 
 def _ignore(name: str) -> None:
@@ -62,7 +68,7 @@ def _ignore(name: str) -> None:
 class _CounterChild(itertools.count):
     """One counter series: unit increments are `next(self)`; other amounts go to `_extra`."""
 
-    __slots__ = ("_extra",)
+    __slots__ = ("_extra", "__weakref__")
 
     def __new__(cls):
         self = super().__new__(cls)
@@ -87,6 +93,12 @@ class _CounterChild(itertools.count):
     def _zero(self) -> None:  # caller holds MUTATION_LOCK
         self._extra = -count_of(repr(self))
 
+    def _used(self) -> bool:  # caller holds MUTATION_LOCK
+        return count_of(repr(self)) + self._extra != 0
+
+    def _absorb(self, other: _CounterChild) -> None:  # caller holds MUTATION_LOCK
+        self._extra += count_of(repr(other)) + other._extra
+
 
 _PREFIX = len("_CounterChild(")
 _EXTRA = operator.attrgetter("_extra")
@@ -98,7 +110,7 @@ def count_of(text: str) -> int:
 
 
 class _GaugeChild:
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "__weakref__")
 
     def __init__(self) -> None:
         self._value = 0.0
@@ -125,6 +137,9 @@ class _GaugeChild:
     def _zero(self) -> None:
         self._value = 0.0
 
+    def _used(self) -> bool:
+        return self._value != 0.0
+
     def _read(self):
         return self._value
 
@@ -146,7 +161,7 @@ class _Timer:
 class _HistogramChild:
     # no count field: it is derived from the buckets (one less store on the hot path, and no
     # second number that could drift from them)
-    __slots__ = ("sum", "min", "max", "zero", "pos", "neg", "_scale")
+    __slots__ = ("sum", "min", "max", "zero", "pos", "neg", "_scale", "__weakref__")
 
     def __init__(self, scale: float = 1.0) -> None:
         self._scale = scale
@@ -196,9 +211,21 @@ class _HistogramChild:
     def _read(self):
         return (self.count, self.sum, self.min, self.max, self.zero, dict(self.pos), dict(self.neg))
 
+    def _used(self) -> bool:
+        return bool(self.zero or self.pos or self.neg)
+
+    def _absorb(self, other: _HistogramChild) -> None:
+        self.sum += other.sum
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        self.zero += other.zero
+        for mine, theirs in ((self.pos, other.pos), (self.neg, other.neg)):
+            for i, n in theirs.items():
+                mine[i] = mine.get(i, 0) + n
+
 
 class _StateChild:
-    __slots__ = ("current", "entered_at", "times", "transitions", "history", "_allowed", "_changed")
+    __slots__ = ("current", "entered_at", "times", "transitions", "history", "_allowed", "_changed", "__weakref__")
 
     def __init__(self, allowed: tuple[str, ...], history: int, changed=None) -> None:
         self._changed = changed  # the registry's change notifier: live streams push transitions at once
@@ -236,15 +263,21 @@ class _StateChild:
     def _read(self):
         return (self.current, self.entered_at, dict(self.times), dict(self.transitions), list(self.history))
 
+    def _used(self) -> bool:
+        return bool(self.transitions)
+
 
 class _EventsChild:
-    __slots__ = ("recent", "total", "by_type", "_changed")
+    __slots__ = ("recent", "total", "by_type", "_changed", "by_field", "__weakref__")
 
     def __init__(self, capacity: int, changed=None) -> None:
         self._changed = changed
         self.recent: collections.deque = collections.deque(maxlen=capacity)
         self.total = 0
         self.by_type: dict[str, int] = {}
+        # "field=value" -> {type: count}: what forget(field=value) takes off total and by_type,
+        # including records the ring has already let go
+        self.by_field: dict[str, dict[str, int]] = {}
 
     def record(self, type: str = "event", message: str = "", **fields: Any) -> None:
         """Keep one record in the ring buffer and count it by `type`."""
@@ -255,7 +288,19 @@ class _EventsChild:
             rec["at"] = _now()
             self.recent.append(rec)
             self.total += 1
-            self.by_type[rec["type"]] = self.by_type.get(rec["type"], 0) + 1
+            t = rec["type"]
+            self.by_type[t] = self.by_type.get(t, 0) + 1
+            by_field = self.by_field
+            for k, v in fields.items():
+                if v is None or isinstance(v, (float, bool)):
+                    continue
+                tag = f"{k}={v}"
+                counts = by_field.get(tag)
+                if counts is None:
+                    if len(by_field) >= MAX_EVENT_FIELDS:
+                        continue
+                    counts = by_field[tag] = {}
+                counts[t] = counts.get(t, 0) + 1
         if self._changed is not None:
             self._changed()
 
@@ -263,9 +308,148 @@ class _EventsChild:
         self.recent.clear()
         self.total = 0
         self.by_type = {}
+        self.by_field = {}
 
     def _read(self):
-        return (self.total, dict(self.by_type), [dict(r) for r in self.recent])
+        return (self.total, dict(self.by_type), [dict(r) for r in self.recent],
+                {k: dict(v) for k, v in self.by_field.items()})
+
+    def _used(self) -> bool:
+        return self.total > 0
+
+    def _forget_locked(self, want: dict[str, str], keep_totals: bool = False) -> int:
+        """Drop the records matching `want`, and their counts from total and by_type; returns how many
+        records left the ring."""
+        keep = [r for r in self.recent if not all(str(r.get(k)) == v for k, v in want.items())]
+        dropped_records = [r for r in self.recent if all(str(r.get(k)) == v for k, v in want.items())]
+        tags = [f"{k}={v}" for k, v in want.items()]
+        if len(tags) == 1 and tags[0] in self.by_field:
+            gone = self.by_field.pop(tags[0])  # exact: every record with that field, in the ring or not
+        else:
+            gone = {}
+            for r in dropped_records:
+                gone[r["type"]] = gone.get(r["type"], 0) + 1
+        if keep_totals:
+            gone = {}
+        for t, n in gone.items():
+            left = self.by_type.get(t, 0) - n
+            if left > 0:
+                self.by_type[t] = left
+            else:
+                self.by_type.pop(t, None)
+        self.total = max(0, self.total - sum(gone.values()))
+        self.recent.clear()
+        self.recent.extend(keep)
+        return len(dropped_records)
+
+
+class _DistinctChild:
+    """One distinct series. `add()` keeps only the keyed 8-byte hash, in a set (one C call:
+    thread-safe without a lock, and a repeated id costs no register work); at most every
+    20th of a second, at a day change or on a read, the pending hashes are folded into the
+    day's HyperLogLog registers under the mutation lock."""
+
+    __slots__ = ("_a", "_closed", "_d", "_day", "_key", "_last", "_m", "_next", "_pending", "_retired", "_retired_n", "_w", "_base", "__weakref__")
+
+    def __init__(self, key) -> None:
+        self._key = key  # the registry's DistinctKey (shared: a re-key reaches every child)
+        self._pending: set[bytes] = set()
+        self._retired: set[bytes] = set()
+        self._retired_n = 0
+        self._base = key.base  # the keyed hasher, copied per id
+        self._next = 0.0
+        self._last = 0.0  # when add() was last called
+        self._day = ""
+        self._d = bytearray()
+        self._w = b""  # week, month and all time, without the current day (folded in on read)
+        self._m = b""
+        self._a = b""
+        self._closed: dict[str, float] = {}
+
+    def add(self, id: str | bytes, _now=_now) -> None:
+        """Count `id` (str or bytes) as active now; only its keyed hash is kept."""
+        h = self._base.copy()
+        h.update(id.encode() if type(id) is str else id)
+        self._pending.add(h.digest())
+        t = self._last = _now()
+        if t >= self._next:
+            with MUTATION_LOCK:
+                self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        now = _now()
+        day = _hll.day_of(now)
+        if day != self._day:
+            self._roll_locked(day)
+        # swap in a fresh set (a set never shrinks); an add() that fetched the old set just before the
+        # swap lands in it after this drain: the retired set is drained again next time
+        retired, pending = self._retired, self._pending
+        self._pending = set()
+        late = list(retired) if len(retired) != self._retired_n else ()  # rare: added into a set already drained
+        items = list(pending)  # one C call: atomic against add()
+        self._retired, self._retired_n = pending, len(items)
+        if items or late:
+            if not self._d:
+                self._d = bytearray(_hll.M)
+            _hll.fold(self._d, items)
+            if late:
+                _hll.fold(self._d, late)
+        self._next = min(now + 0.05, _hll.next_day_start(now))
+
+    def _roll_locked(self, day: str) -> None:
+        if not self._day:
+            self._day = day
+            return
+        data = _hll.roll(self._data_locked(), day)
+        self._load_locked(data)
+
+    def _data_locked(self) -> _hll.DistinctData:
+        d = bytes(self._d) if self._d and any(self._d) else b""
+        return _hll.DistinctData(day=self._day, d=d, w=_hll.union(self._w, d), m=_hll.union(self._m, d),
+                                 a=_hll.union(self._a, d), closed=dict(self._closed))
+
+    def _load_locked(self, data: _hll.DistinctData) -> None:
+        # the registers of the day are folded into week/month/all on read: keep those without it
+        self._day = data.day
+        self._d = bytearray(data.d) if data.d else bytearray()
+        self._w, self._m, self._a = data.w, data.m, data.a
+        self._closed = dict(data.closed)
+
+    def _seed_locked(self, data: _hll.DistinctData) -> None:
+        """Union earlier sessions' sketches in (seeding twice changes nothing)."""
+        self._drain_locked()
+        self._load_locked(_hll.merge(self._data_locked(), data))
+
+    def get(self) -> float:
+        """Distinct ids since tracking started (an estimate, <= 2 % off)."""
+        with MUTATION_LOCK:
+            self._drain_locked()
+            data = self._data_locked()
+        return _hll.count(data.a)
+
+    def used_locked(self) -> bool:
+        """True when this series has seen an id (caller holds MUTATION_LOCK)."""
+        return bool(self._pending or self._retired or self._a or (self._d and any(self._d)))
+
+    _used = used_locked
+
+    def _absorb(self, other: _DistinctChild) -> None:  # caller holds MUTATION_LOCK
+        other._drain_locked()
+        self._seed_locked(other._data_locked())
+
+    def _zero(self) -> None:
+        self._pending = set()
+        self._retired = set()
+        self._retired_n = 0
+        self._last = 0.0
+        self._day = ""
+        self._d = bytearray()
+        self._w = self._m = self._a = b""
+        self._closed = {}
+
+    def _read(self):
+        self._drain_locked()
+        return self._data_locked(), self._last
 
 
 # ---------------------------------------------------------------- families
@@ -299,6 +483,8 @@ class Metric:
         # sweep reads `_cells`; one dict plus two lists is the whole per-series memory cost)
         self._keys: list[tuple[str, ...]] = []
         self._cells: list[Any] = []
+        # forgotten series whose child objects the application may still hold: used again, they come back
+        self._removed: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         if not label_names:
             self._solo = self._add_series(())
             self._bind_solo(self._solo)
@@ -353,6 +539,8 @@ class Metric:
         canonical = tuple(str(v) for v in raw)
         with MUTATION_LOCK:
             child = self._children.get(canonical)
+            if child is None and canonical in self._removed:
+                child = self._revive_locked(canonical)
             if child is None:
                 if len(self._cells) >= self.max_series:
                     child = self._overflow_locked()
@@ -400,8 +588,13 @@ class Metric:
         """Canonical label values -> child (a copy)."""
         return dict(zip(self._keys, self._cells))
 
-    def remove(self, **match: Any) -> int:
-        """Drop the series whose labels include `match`; returns how many were dropped."""
+    def remove(self, keep_totals: bool = False, **match: Any) -> int:
+        """Drop the series whose labels include `match`; returns how many were dropped. With
+        `keep_totals`, their counts (counters, histograms, distinct ids) move to the series whose
+        matched labels say "__forgotten__", so the metric's total stays whole.
+
+        A dropped series' child object, if the application still holds it, counts on from zero and
+        comes back at the next snapshot (or `labels()` call): counts are never silently lost."""
         want = {k: str(v) for k, v in match.items()}
         if not want or not all(k in self.label_names for k in want):
             return 0
@@ -410,6 +603,7 @@ class Metric:
             doomed = [i for i, key in enumerate(self._keys) if all(key[j] == v for j, v in idx)]
             if not doomed:
                 return 0
+            doomed_pairs = [(self._keys[i], self._cells[i]) for i in doomed]
             gone = {id(self._cells[i]) for i in doomed}
             keep = [i for i in range(len(self._keys)) if id(self._cells[i]) not in gone]
             # new lists (not in-place edits): the persister notices the identity change
@@ -417,7 +611,29 @@ class Metric:
             self._cells = [self._cells[i] for i in keep]
             for raw in [r for r, c in self._children.items() if id(c) in gone]:
                 del self._children[raw]
+            for key, child in doomed_pairs:
+                if keep_totals and self.kind in ("counter", "histogram", "distinct"):
+                    anon = tuple(FORGOTTEN if any(j == i for i, _ in idx) else v for j, v in enumerate(key))
+                    self.child_locked(anon)._absorb(child)
+                child._zero()
+                self._removed[key] = child
         return len(doomed)
+
+    def _revive_locked(self, key: tuple[str, ...]):
+        child = self._removed.pop(key)
+        self._children[key] = child
+        self._keys.append(key)
+        self._cells.append(child)
+        return child
+
+    def revive_locked(self) -> None:
+        """Bring back forgotten series whose (still held) child objects were used since (caller holds
+        MUTATION_LOCK); a snapshot calls this first."""
+        if not self._removed:
+            return
+        for key, child in list(self._removed.items()):
+            if key not in self._children and child._used():
+                self._revive_locked(key)
 
     def _zero_all_locked(self) -> None:
         for child in self._cells:
@@ -544,17 +760,65 @@ class Events(Metric):
     def _new_child(self) -> _EventsChild:
         return _EventsChild(self.capacity, self._hooks.changed)
 
-    def remove_records(self, **match: Any) -> int:
-        """Drop the records whose fields include `match`; returns how many were dropped."""
+    def remove_records(self, keep_totals: bool = False, **match: Any) -> int:
+        """Drop the records whose fields include `match` (and their counts from total and by_type,
+        unless `keep_totals`); returns how many records were dropped."""
         want = {k: str(v) for k, v in match.items()}
         dropped = 0
         with MUTATION_LOCK:
             for child in self._cells:
-                keep = [r for r in child.recent if not all(str(r.get(k)) == v for k, v in want.items())]
-                dropped += len(child.recent) - len(keep)
-                child.recent.clear()
-                child.recent.extend(keep)
+                dropped += child._forget_locked(want, keep_totals)
         return dropped
+
+
+class Distinct(Metric):
+    """Distinct active ids (queues, clients) per UTC day, ISO week, month and all time: a
+    HyperLogLog sketch of keyed hashes (estimates, <= 2 % off); ids are never kept."""
+
+    kind = "distinct"
+
+    def __init__(self, *args: Any, key=None, **kwargs: Any) -> None:
+        self._key = key if key is not None else _hll.DistinctKey()
+        super().__init__(*args, **kwargs)
+
+    def _bind_solo(self, child: _DistinctChild) -> None:
+        self.add, self.get = child.add, child.get  # type: ignore[method-assign]
+
+    def add(self, id: str | bytes) -> None:
+        """Count `id` in the unlabelled distinct metric."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).add()")
+
+    def get(self) -> float:
+        """The unlabelled metric's distinct count since tracking started."""
+        raise LabelError(f"metric {self.name!r} has labels: use .labels(...).get()")
+
+    def _new_child(self) -> _DistinctChild:
+        return _DistinctChild(self._key)
+
+    def _add_series_locked(self, key: tuple[str, ...]):
+        child = super()._add_series_locked(key)
+        data = self._hooks.past(self.name, key) if self._hooks.past is not None else None
+        if data is not None:
+            child._seed_locked(data)
+        return child
+
+    def seed_existing_locked(self) -> None:
+        """Union earlier sessions' sketches into every existing series (caller holds MUTATION_LOCK)."""
+        if self._hooks.past is None:
+            return
+        for key, child in zip(self._keys, self._cells):
+            data = self._hooks.past(self.name, key)
+            if data is not None:
+                child._seed_locked(data)
+
+    def rekey_locked(self) -> None:
+        """Hash with the (changed) registry key from now on (caller holds MUTATION_LOCK)."""
+        for child in self._cells:
+            child._base = self._key.base
+
+    def used_locked(self) -> bool:
+        """True when any series has seen an id (caller holds MUTATION_LOCK)."""
+        return any(c.used_locked() for c in self._cells)
 
 
 _MISSING = object()
@@ -581,7 +845,7 @@ def _compile_labels(names: tuple[str, ...], children: dict, miss):
     return fn
 
 
-KINDS: dict[str, type[Metric]] = {c.kind: c for c in (Counter, Gauge, Histogram, State, Events)}
+KINDS: dict[str, type[Metric]] = {c.kind: c for c in (Counter, Gauge, Histogram, State, Events, Distinct)}
 
 
 # ---------------------------------------------------------------- disabled registry
@@ -610,6 +874,9 @@ class _NoOp:
         pass
 
     def record(self, type: str = "event", message: str = "", **fields: Any) -> None:
+        pass
+
+    def add(self, id: Any = None) -> None:
         pass
 
     def get(self) -> float:

@@ -55,6 +55,7 @@ class Persister:
     def start(self) -> None:
         """Restore earlier runs into the registry's past and start flushing."""
         reg = self.registry
+        reg.use_distinct_key(self.store.distinct_key(reg.distinct_key()))
         run, past, tracking_since = self.store.begin_run(reg.session_started_at)
         self.run_id = run
         reg.restore_past(past, tracking_since)
@@ -148,41 +149,45 @@ class Persister:
     def flush(self) -> int:
         """Write what changed since the last flush, in one transaction; returns the number of rows written."""
         with self._flush_lock:
-            reg = self.registry
-            collected = reg.collect()
-            now = collected.now
-            rows: list[tuple] = []
-            defs: list[tuple] = []
-            pending: dict[str, Any] = {}
-            run = self.run_id
-            for metric, data in collected.entries:
-                d = (metric.name, metric.kind, metric.help, metric.unit, metric.group,
-                     msgspec.json.encode(list(metric.label_names)).decode(),
-                     getattr(metric, "capacity", None) or getattr(metric, "history_size", None),
-                     encode_view(metric.view))
-                if self._defs_written.get(metric.name) != d:
-                    defs.append(d)
-                    pending["__def__" + metric.name] = d
-                if isinstance(data, _collect.CounterCells):
-                    rows.extend(self._counter_rows(metric, data, run, pending))
-                else:
-                    rows.extend(self._other_rows(metric, data, run, now, pending))
-            history = None
-            policy = self.store.history
-            if policy.enabled and (self._last_history is None or now - self._last_history >= policy.fine_every):
-                history = lambda: reg.snapshot(scope="all")  # noqa: E731
-            if rows or defs or history is not None or self.flushes == 0:
-                self.store.write_flush(run, now, defs, rows, history)
-            # only now is it written: remember it, so a failed flush is retried in full
-            for key, value in pending.items():
-                if key.startswith("__def__"):
-                    self._defs_written[key[7:]] = value
-                else:
-                    self._written[key] = value
-            if history is not None:
-                self._last_history = now
-            self.flushes += 1
-            return len(rows)
+            return self.flush_locked()
+
+    def flush_locked(self) -> int:
+        """flush() for a caller already holding `paused()`."""
+        reg = self.registry
+        collected = reg.collect()
+        now = collected.now
+        rows: list[tuple] = []
+        defs: list[tuple] = []
+        pending: dict[str, Any] = {}
+        run = self.run_id
+        for metric, data in collected.entries:
+            d = (metric.name, metric.kind, metric.help, metric.unit, metric.group,
+                 msgspec.json.encode(list(metric.label_names)).decode(),
+                 getattr(metric, "capacity", None) or getattr(metric, "history_size", None),
+                 encode_view(metric.view))
+            if self._defs_written.get(metric.name) != d:
+                defs.append(d)
+                pending["__def__" + metric.name] = d
+            if isinstance(data, _collect.CounterCells):
+                rows.extend(self._counter_rows(metric, data, run, pending))
+            else:
+                rows.extend(self._other_rows(metric, data, run, now, pending))
+        history = None
+        policy = self.store.history
+        if policy.enabled and (self._last_history is None or now - self._last_history >= policy.fine_every):
+            history = lambda: reg.snapshot(scope="all")  # noqa: E731
+        if rows or defs or history is not None or self.flushes == 0:
+            self.store.write_flush(run, now, defs, rows, history)
+        # only now is it written: remember it, so a failed flush is retried in full
+        for key, value in pending.items():
+            if key.startswith("__def__"):
+                self._defs_written[key[7:]] = value
+            else:
+                self._written[key] = value
+        if history is not None:
+            self._last_history = now
+        self.flushes += 1
+        return len(rows)
 
     def _labels(self, metric, key: tuple) -> str:
         cache_key = (metric.name, key)

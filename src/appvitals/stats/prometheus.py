@@ -8,6 +8,8 @@ Mapping of appvitals kinds:
 - state      -> gauge `<name>{<name>="S"}` 1 for the current state, 0 otherwise; counters
                 `<name>_seconds_total{state}` and `<name>_transitions_total{from,to}`
 - events     -> counter `<name>_total{type}`
+- distinct   -> gauge `<name>{period="day|week|month|all"}`: estimated distinct ids in the current
+                UTC day, ISO week, month and since tracking started (HyperLogLog, <= 2 % error)
 """
 
 from __future__ import annotations
@@ -129,6 +131,12 @@ def _metric_families(m: MetricSnapshot) -> Iterator[_Family]:
         for s in m.series:
             for type_, n in sorted((s.by_type or {}).items()):
                 fam.add("_total", s.labels, n, {"type": type_})
+        yield fam
+    elif m.kind == "distinct":
+        fam = _Family(m.name, "gauge", help_ + " (distinct ids, estimated)")
+        for s in m.series:
+            for period in ("day", "week", "month", "all"):
+                fam.add("", s.labels, getattr(s, period) or 0.0, {"period": period})
         yield fam
 
 

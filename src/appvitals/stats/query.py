@@ -147,6 +147,16 @@ def apply(snap: _snap.Snapshot, q: Query) -> _snap.Snapshot:
     return _snap.filter_snapshot(snap, metrics=q.metrics, groups=q.groups)
 
 
+def without_distinct_sketches(snap: _snap.Snapshot) -> _snap.Snapshot:
+    """Distinct series without their 64 KiB of registers (their counts stay): for people reading
+    JSON. HTTP keeps them, so that a client can still merge series (the total of several servers)."""
+    if not any(m.kind == "distinct" for m in snap.metrics):
+        return snap
+    metrics = [msgspec.structs.replace(m, series=[msgspec.structs.replace(s, hll=None) for s in m.series])
+               if m.kind == "distinct" else m for m in snap.metrics]
+    return msgspec.structs.replace(snap, metrics=metrics)
+
+
 def read_registry(registry: Any, q: Query) -> _snap.Snapshot:
     """Run a query against a live registry; windows need an attached store (else QueryError)."""
     if q.windowed:

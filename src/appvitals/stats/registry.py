@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from appvitals.stats import collect as _collect
+from appvitals.stats import hll as _hll
 from appvitals.stats import snapshot as _snap
 from appvitals.stats.instruments import (
     KINDS,
     MUTATION_LOCK,
     NOOP,
     Counter,
+    Distinct,
     Events,
     Gauge,
     Histogram,
@@ -51,7 +53,9 @@ class Registry:
         self._persister = None
         self._backup_unknown: dict[str, str] = {}
         self._listeners: tuple = ()
-        self._hooks = Hooks(overflow=self._note_overflow, changed=self._notify_change)
+        self._hooks = Hooks(overflow=self._note_overflow, changed=self._notify_change, past=self._past_distinct)
+        self._distinct_key = _hll.DistinctKey()
+        self._pending_forgets: list[tuple[dict[str, str], bool]] = []  # forgets waiting for attach()
 
     # ------------------------------------------------------------ factories
 
@@ -83,6 +87,14 @@ class Registry:
     def events(self, name: str, help: str = "", capacity: int = 100, group: str = "", **view: Any) -> Events:
         """A ring buffer of the last `capacity` records with totals per type."""
         return self._define(Events, name, help, "", (), group, None, view=view, capacity=capacity)
+
+    def distinct(self, name: str, help: str = "", labels: Sequence[str] = (), group: str = "",
+                 max_series: int | None = None, **view: Any) -> Distinct:
+        """Distinct active ids (`.add(id)`, str or bytes) per UTC day, ISO week, month and all time.
+
+        Only a keyed hash of each id is kept (the key lives in the attached store); counts are
+        HyperLogLog estimates with at most 2 % relative error."""
+        return self._define(Distinct, name, help, "", labels, group, max_series, view=view, key=self._distinct_key)
 
     def _define(self, cls, name, help, unit, labels, group, max_series, view=None, **options):
         if not self.enabled:
@@ -178,25 +190,35 @@ class Registry:
 
     # ------------------------------------------------------------ forgetting
 
-    def forget(self, **labels: Any) -> int:
+    def forget(self, keep_totals: bool = False, **labels: Any) -> int:
         """Drop every series whose labels include all of `labels`, in memory, in the past and on
-        disk (durably, before returning). Returns the number of in-memory series dropped."""
+        disk (durably, before returning). Returns the number of in-memory series dropped.
+
+        Before `attach()`, the forget is remembered and applied to the store when it is attached.
+        With `keep_totals=True`, counters, histograms and distinct counts move into an anonymous
+        series (the forgotten labels say "__forgotten__") and event totals stay, so "all" still
+        adds up while nothing names the forgotten labels."""
         if not labels:
             raise ValueError("forget() needs at least one label, e.g. forget(user='5'); use reset() to drop everything")
         if not self.enabled:
             return 0
+        want = {k: str(v) for k, v in labels.items()}
         with self._persistence_paused():
+            if self._store is not None and keep_totals:
+                self._persister.flush_locked()  # the session's values move in memory; the store's past moves on disk
             dropped = 0
             for m in list(self._metrics.values()):
                 if isinstance(m, Events):
-                    dropped += m.remove_records(**labels)
+                    dropped += m.remove_records(keep_totals=keep_totals, **want)
                 else:
-                    dropped += m.remove(**labels)
+                    dropped += m.remove(keep_totals=keep_totals, **want)
             with MUTATION_LOCK:
                 if self._past is not None:
-                    self._past = _snap.drop_series(self._past, labels)
+                    self._past = _snap.drop_series(self._past, want, keep_totals)
             if self._store is not None:
-                self._store.forget(labels)
+                self._store.forget(want, keep_totals=keep_totals, session_run=self._persister.run_id)
+            else:
+                self._pending_forgets.append((want, keep_totals))
         return dropped
 
     def _persistence_paused(self):
@@ -237,6 +259,9 @@ class Registry:
         if namespace:
             store = store.namespace(namespace)
         persister = Persister(self, store, interval, history)
+        for want, keep_totals in self._pending_forgets:  # before the past is read back: it never returns
+            store.forget(want, keep_totals=keep_totals)
+        self._pending_forgets = []
         self._store = store
         self._persister = persister
         try:
@@ -295,6 +320,41 @@ class Registry:
         with MUTATION_LOCK:
             self._past = past
             self.tracking_since = tracking_since
+            # a distinct series carries the earlier sessions' sketches (a union, so merging the past
+            # again on read changes nothing): a day that spans a restart counts each id once
+            for m in self._metrics.values():
+                if isinstance(m, Distinct):
+                    m.seed_existing_locked()
+
+    def _past_distinct(self, name: str, key: tuple[str, ...]) -> _hll.DistinctData | None:
+        past = self._past
+        metric = past.metric(name) if past is not None else None
+        if metric is None or metric.kind != "distinct":
+            return None
+        labels = dict(zip(metric.label_names, key))
+        for s in metric.series:
+            if s.labels == labels:
+                return s.hll
+        return None
+
+    def distinct_key(self) -> bytes:
+        """The key distinct ids are hashed with."""
+        return self._distinct_key.key
+
+    def use_distinct_key(self, key: bytes) -> None:
+        """Hash distinct ids with `key` (the attached store's), so sketches merge across runs."""
+        if key == self._distinct_key.key:
+            return
+        with MUTATION_LOCK:
+            used = any(m.used_locked() for m in self._metrics.values() if isinstance(m, Distinct))
+        if used:
+            warnings.warn("appvitals: distinct ids added before attach() were hashed with another key; an id "
+                          "seen both before and after attaching may be counted twice", RuntimeWarning, stacklevel=3)
+        with MUTATION_LOCK:
+            self._distinct_key.set(key)
+            for m in self._metrics.values():
+                if isinstance(m, Distinct):
+                    m.rekey_locked()
 
 
 def _view_of(name: str, labels: Sequence[str], options: dict[str, Any], order: int) -> _snap.View:

@@ -494,6 +494,39 @@ def _distinct(messages: Iterable[str], limit: int = 3) -> list[str]:
     return seen
 
 
+def _distinct_counts(out: _Out, m: _snap.MetricSnapshot, prev: _snap.MetricSnapshot | None) -> None:
+    """Distinct ids today / this week / this month / all, estimated (HyperLogLog, <= 2 % off)."""
+
+    def periods(s: _snap.Series, before: _snap.Series | None) -> list:
+        parts: list = []
+        for i, (label, field) in enumerate((("today", "day"), ("this week", "week"), ("this month", "month"),
+                                            ("all", "all"))):
+            value = getattr(s, field)
+            parts += [", " if i else "", f"{label} ", (fmt_number(value), S_NAME)]
+            if before is not None and field == "day":
+                parts.append(change(value, getattr(before, field)))
+        return parts
+
+    total = _snap.Series(labels={}, day=0.0, week=0.0, month=0.0, all=0.0)
+    if len(m.series) == 1:
+        total = m.series[0]
+    elif m.series:
+        acc = m.series[0]
+        for s in m.series[1:]:
+            acc = _snap.merge_series("distinct", acc, s)
+        total = acc
+    prev_by = {_snap._key(s.labels): s for s in prev.series} if prev else {}
+    out.line(2, f"{title_of(m)} (distinct, estimated): ", *periods(total, None))
+    if len(m.series) <= 1 and not any(s.labels for s in m.series):
+        return
+    series = sorted(m.series, key=lambda s: (-(s.all or 0), _label_text(s.labels, m.label_names)))
+    rows = [[f"{_label_text(s.labels, m.label_names)}: ", *periods(s, prev_by.get(_snap._key(s.labels)))]
+            for s in series[:MAX_BRANCHES]]
+    if len(series) > MAX_BRANCHES:
+        rows[-1] = [f"… {len(series) - MAX_BRANCHES + 1} more"]
+    out.tree(2, rows)
+
+
 # ---------------------------------------------------------------- the view
 
 
@@ -591,6 +624,8 @@ def render(snap: _snap.Snapshot, *, title: str = "Metrics", previous: _snap.Snap
                     uptime = ""
             elif m.kind == "events":
                 _events(out, m, taken, tz, prev)
+            elif m.kind == "distinct":
+                _distinct_counts(out, m, prev)
     return Group(*out.lines)
 
 

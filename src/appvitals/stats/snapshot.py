@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from appvitals.stats import hll as _hll
 from appvitals.stats import sketch as _sketch
 
 SCHEMA = 1
-Kind = Literal["counter", "gauge", "histogram", "state", "events"]
+Kind = Literal["counter", "gauge", "histogram", "state", "events", "distinct"]
 Scope = Literal["session", "past", "all"]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -79,6 +80,14 @@ class Series(msgspec.Struct, omit_defaults=True, gc=False):
     recent: list[dict[str, Any]] | None = None
     # gauges: when the value was last set (decides which value a merge keeps)
     updated_at: dt.datetime | None = None
+    # distinct: estimated distinct ids this UTC day, ISO week, month, and since tracking_since
+    day: float | None = None
+    week: float | None = None
+    month: float | None = None
+    all: float | None = None
+    hll: _hll.DistinctData | None = None
+    # events: {"user=5": {type: count}}, so that forgetting a user takes its records off total and by_type
+    by_field: dict[str, dict[str, int]] | None = None
     # derived by `derive()` for the view: a unit="timestamp" gauge's moment, and the word its
     # metric's status metric gives this series' label value ("online")
     at: dt.datetime | None = None
@@ -120,6 +129,11 @@ class MetricSnapshot(msgspec.Struct):
             return sum(s.count or 0 for s in self.series)
         if self.kind == "events":
             return sum(s.total or 0 for s in self.series)
+        if self.kind == "distinct":
+            data = _hll.DistinctData()
+            for s in self.series:
+                data = _hll.merge(data, s.hll or _hll.DistinctData())
+            return _hll.count(data.a)
         return float(len(self.series))
 
 
@@ -150,17 +164,20 @@ class Snapshot(msgspec.Struct):
         return None
 
     def value(self, name: str, **labels: str) -> float:
-        """Counter/gauge value of one series (0 when absent); without labels, the metric's total."""
+        """Counter/gauge value of the series with these labels, summed over the labels not given
+        (0 when none); without labels, the metric's total. A label the metric does not have raises
+        ValueError."""
         m = self.metric(name)
         if m is None:
             return 0.0
         if not labels:
             return m.total()
         want = {k: str(v) for k, v in labels.items()}
-        for s in m.series:
-            if s.labels == want:
-                return s.value or 0.0
-        return 0.0
+        unknown = sorted(k for k in want if k not in m.label_names)
+        if unknown:
+            raise ValueError(f"metric {name!r} has labels {list(m.label_names)}, not {unknown}")
+        # labels left out are summed over (msgs_sent by user, over every server)
+        return float(sum(s.value or 0.0 for s in m.series if all(s.labels.get(k) == v for k, v in want.items())))
 
 
 _encoder = msgspec.json.Encoder()
@@ -228,9 +245,21 @@ def merge_series(kind: str, a: Series, b: Series, capacity: int | None = None) -
         recent = sorted((a.recent or []) + (b.recent or []), key=_record_order)
         if capacity:
             recent = recent[-capacity:]
+        by_field = {k: _add_maps((a.by_field or {}).get(k), (b.by_field or {}).get(k))
+                    for k in {*(a.by_field or {}), *(b.by_field or {})}}
         return Series(labels=a.labels, total=(a.total or 0) + (b.total or 0),
-                      by_type=_add_maps(a.by_type, b.by_type), recent=recent)
+                      by_type=_add_maps(a.by_type, b.by_type), recent=recent, by_field=by_field or None)
+    if kind == "distinct":
+        data = _hll.merge(a.hll or _hll.DistinctData(), b.hll or _hll.DistinctData())
+        return distinct_series(a.labels, data, None, _max(a.updated_at, b.updated_at))
     raise ValueError(f"unknown metric kind {kind!r}")
+
+
+def distinct_series(labels: dict[str, str], data: _hll.DistinctData, now: float | None,
+                    updated_at: dt.datetime | None = None) -> Series:
+    """A distinct series with its day/week/month/all counts as of `now` (None: as of its own day)."""
+    day, week, month, total = _hll.counts(data, now)
+    return Series(labels=labels, day=day, week=week, month=month, all=total, hll=data, updated_at=updated_at)
 
 
 def _record_order(record: dict[str, Any]) -> tuple:
@@ -328,6 +357,8 @@ def subtract_series(kind: str, later: Series, earlier: Series, since: dt.datetim
             by_type={k: v for k, v in by_type.items() if v > 0},
             recent=[r for r in (later.recent or []) if _parse_at(r) > since],
         )
+    if kind == "distinct":  # a distinct count cannot be subtracted: the counts as of the window's end
+        return later
     raise ValueError(f"unknown metric kind {kind!r}")
 
 
@@ -468,17 +499,53 @@ def label_keys(snap: Snapshot) -> set[str]:
     return keys
 
 
-def drop_series(snap: Snapshot, match: Mapping[str, str]) -> Snapshot:
-    """Remove every series whose labels include all of `match` (and event records that mention it)."""
+def drop_series(snap: Snapshot, match: Mapping[str, str], keep_totals: bool = False) -> Snapshot:
+    """Remove every series whose labels include all of `match` (and event records that mention it,
+    with their counts). With `keep_totals`, counters, histograms and distinct counts move into the
+    series whose matched labels are "__forgotten__", and event totals stay."""
     want = {k: str(v) for k, v in match.items()}
     out = []
     for m in snap.metrics:
         if m.kind == "events":
-            series = [
-                msgspec.structs.replace(s, recent=[r for r in (s.recent or []) if not all(str(r.get(k)) == v for k, v in want.items())])
-                for s in m.series
-            ]
+            series = [forget_records(s, want, keep_totals) for s in m.series]
         else:
             series = [s for s in m.series if not all(s.labels.get(k) == v for k, v in want.items())]
+            if keep_totals and m.kind in ("counter", "histogram", "distinct") and len(series) < len(m.series):
+                by_key = {_key(s.labels): s for s in series}
+                for s in m.series:
+                    if all(s.labels.get(k) == v for k, v in want.items()):
+                        labels = {k: (FORGOTTEN if k in want else v) for k, v in s.labels.items()}
+                        moved = msgspec.structs.replace(s, labels=labels)
+                        k = _key(labels)
+                        by_key[k] = merge_series(m.kind, by_key[k], moved) if k in by_key else moved
+                series = [by_key[k] for k in sorted(by_key)]
         out.append(msgspec.structs.replace(m, series=series))
     return msgspec.structs.replace(snap, metrics=out)
+
+
+FORGOTTEN = "__forgotten__"
+
+
+def forget_records(s: Series, want: Mapping[str, str], keep_totals: bool = False) -> Series:
+    """An events series without the records matching `want`; their counts leave total and by_type
+    too (exactly when one field is forgotten, from `by_field`), unless `keep_totals`."""
+    def hit(r):
+        return all(str(r.get(k)) == v for k, v in want.items())
+
+    recent = [r for r in (s.recent or []) if not hit(r)]
+    by_field = dict(s.by_field or {})
+    tags = [f"{k}={v}" for k, v in want.items()]
+    if len(tags) == 1 and tags[0] in by_field:
+        gone = by_field.pop(tags[0])
+    else:
+        gone = {}
+        for r in s.recent or []:
+            if hit(r):
+                t = str(r.get("type", "event"))
+                gone[t] = gone.get(t, 0) + 1
+    if keep_totals:
+        return msgspec.structs.replace(s, recent=recent, by_field=by_field or None)
+    by_type = {t: n - gone.get(t, 0) for t, n in (s.by_type or {}).items()}
+    return msgspec.structs.replace(s, recent=recent, by_field=by_field or None,
+                                   total=max(0, (s.total or 0) - sum(gone.values())),
+                                   by_type={t: n for t, n in by_type.items() if n > 0})

@@ -44,7 +44,7 @@ from appvitals.stats import snapshot as _snap
 
 FORMAT = 1
 KEY_ENV = "VITALS_STORE_KEY"
-KINDS = ("counter", "gauge", "histogram", "state", "events")
+KINDS = ("counter", "gauge", "histogram", "state", "events", "distinct")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -232,6 +232,9 @@ class Store:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
+            if holder == str(os.getpid()):
+                raise StoreLockedError(f"store {self.path} is already open in this process: another Store object "
+                                       f"holds it (close that one first, or share it)")
             raise StoreLockedError(f"store {self.path} is attached by another process (pid {holder})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -342,6 +345,14 @@ class Store:
         return {r[0]: {"kind": r[1], "help": r[2], "unit": r[3], "group": r[4], "label_names": r[5],
                        "capacity": r[6], "view": _decode_view(r[7])} for r in rows if r[1] in KINDS}
 
+    def distinct_key(self, proposed: bytes) -> bytes:
+        """The key of the keyed hash of distinct ids kept in this store (`proposed` when it has none yet)."""
+        with self._db_lock:
+            if not self.readonly:
+                with self._transaction():
+                    self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('distinct_key', ?)", (proposed.hex(),))
+            return bytes.fromhex(self._meta(self._conn, "distinct_key", proposed.hex()))
+
     # ------------------------------------------------------------ runs
 
     def begin_run(self, started_at: float) -> tuple[int, _snap.Snapshot | None, float]:
@@ -383,7 +394,7 @@ class Store:
             "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
         # histograms, states and events merge in Python (sketches, times, ring buffers)
         defs = self._metric_defs()
-        complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events")]
+        complex_names = [n for n, d in defs.items() if d["kind"] in ("histogram", "state", "events", "distinct")]
         merged: _snap.Snapshot | None = None
         if complex_names:
             tracking = self.tracking_since
@@ -394,7 +405,7 @@ class Store:
         # in-memory temp table rather than the (possibly encrypted) file a second time
         simple = conn.execute("SELECT metric, labels, value, NULL FROM temp.fold ORDER BY metric, labels").fetchall()
         conn.execute("DELETE FROM series WHERE metric IN "
-                     "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events'))")
+                     "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events', 'distinct'))")
         conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
         if merged is not None:
             conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
@@ -461,6 +472,9 @@ class Store:
 
     def _add_history_locked(self, now: float, snap: _snap.Snapshot) -> None:
         policy = self.history
+        # distinct counts cannot be subtracted, and their sketches are large: history points leave
+        # them out (which also keeps history readable by versions that do not know the kind)
+        snap = msgspec.structs.replace(snap, metrics=[m for m in snap.metrics if m.kind != "distinct"])
         last_coarse = self._conn.execute("SELECT max(ts) FROM history WHERE tier = 1").fetchone()[0]
         tier = 1 if last_coarse is None or now - last_coarse >= policy.coarse_every else 0
         blob = zlib.compress(_snap.encode(snap), 6)
@@ -601,8 +615,12 @@ class Store:
 
     # ------------------------------------------------------------ forgetting
 
-    def forget(self, labels: Mapping[str, Any]) -> None:
-        """Delete every series (and history entry) whose labels include `labels`, durably, now."""
+    def forget(self, labels: Mapping[str, Any], keep_totals: bool = False, session_run: int | None = None) -> None:
+        """Delete every series (and history entry) whose labels include `labels`, durably, now.
+
+        With `keep_totals`, the counts of counters, histograms and distinct series of runs other than
+        `session_run` (whose values the live registry moves itself) go to the anonymous
+        "__forgotten__" series of run 0, and event totals stay."""
         if self.readonly:
             raise StoreError("store is open read-only")
         want = {k: str(v) for k, v in labels.items()}
@@ -615,20 +633,38 @@ class Store:
                 params: list[Any] = []
                 for k, v in want.items():
                     params += ["$." + _json_path_key(k), v]
+                moved = None
+                if keep_totals:
+                    defs = self._metric_defs()
+                    rows = conn.execute(
+                        f"SELECT s.metric, s.labels, s.value, s.data FROM series s JOIN metrics m ON m.name = s.metric "
+                        f"WHERE m.kind IN ('counter', 'histogram', 'distinct') AND s.run IS NOT ? AND {clause}",
+                        [session_run, *params]).fetchall()
+                    if rows:
+                        tracking = self.tracking_since
+                        matched = self._build_run(rows, defs, tracking, tracking, tracking)
+                        moved = _snap.drop_series(matched, want, keep_totals=True)
                 conn.execute(f"DELETE FROM series WHERE {clause}", params)
+                if moved is not None:
+                    tracking = self.tracking_since
+                    current = self._read_run(0, defs, tracking, tracking, tracking)
+                    merged = _snap.merge(current, moved, scope="past")
+                    conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
+                    conn.execute("DELETE FROM series WHERE run = 0")
+                    conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
+                                     list(self._rows_for(merged, run=0)))
                 # event rows keep records mentioning the label in their data: rewrite those rows
                 for run, metric, lab, data in conn.execute(
                         "SELECT s.run, s.metric, s.labels, s.data FROM series s JOIN metrics m ON m.name = s.metric "
                         "WHERE m.kind = 'events'").fetchall():
                     series = decode_series(data, _labels_decoder.decode(lab))
-                    keep = [r for r in series.recent or [] if not all(str(r.get(k)) == v for k, v in want.items())]
-                    if len(keep) != len(series.recent or []):
-                        series.recent = keep
+                    cleaned = _snap.forget_records(series, want, keep_totals)
+                    if cleaned != series:
                         conn.execute("UPDATE series SET data = ? WHERE run = ? AND metric = ? AND labels = ?",
-                                     (encode_series(series), run, metric, lab))
+                                     (encode_series(cleaned), run, metric, lab))
                 for ts, blob in conn.execute("SELECT ts, snapshot FROM history").fetchall():
                     snap = _snap.decode(zlib.decompress(blob))
-                    cleaned = _snap.drop_series(snap, want)
+                    cleaned = _snap.drop_series(snap, want, keep_totals)
                     conn.execute("UPDATE history SET snapshot = ? WHERE ts = ?",
                                  (zlib.compress(_snap.encode(cleaned), 6), ts))
             self._scrub()
