@@ -46,24 +46,24 @@ class SyncMetrics:
     def __init__(self, reg: appvitals.Registry) -> None:
         # declared in the order the view shows them: State, Operations, Data, Performance, Errors
         self.state = reg.state("sync_state", "Sync state", states=STATES, group="state")
-        self.broadcasts = reg.counter("broadcasts_sent", "Broadcasts sent", labels=("kind",), group="operations")
-        self.broadcast_batches = reg.counter("broadcast_batches_sent", "Batches", group="operations",
+        self.broadcasts = reg.counter("broadcasts_sent", "Broadcasts sent", labels=("kind",), group="operations/broadcasts")
+        self.broadcast_batches = reg.counter("broadcast_batches_sent", "Batches", group="operations/broadcasts",
                                              per="broadcasts_sent", ratio_unit="items/batch")
-        self.failed_broadcasts = reg.counter("failed_broadcasts", "Failed broadcasts", group="operations",
+        self.failed_broadcasts = reg.counter("failed_broadcasts", "Failed broadcasts", group="operations/broadcasts",
                                              share_of="broadcasts_sent")
         self.received = reg.counter("changes_received", "Changes received", labels=("peer", "model"),
-                                    group="operations", display=DEVICE_NAMES)
-        self.applied = reg.counter("changes_applied", "Changes applied", group="operations",
+                                    group="operations/receives", display=DEVICE_NAMES)
+        self.applied = reg.counter("changes_applied", "Changes applied", group="operations/receives",
                                    share_of="changes_received")
-        self.rejected = reg.counter("changes_rejected", "Changes rejected", group="operations",
+        self.rejected = reg.counter("changes_rejected", "Changes rejected", group="operations/receives",
                                     share_of="changes_received")
-        self.buffer_depth = reg.gauge("buffer_queue_depth", "Buffer queue", group="operations")
-        self.active_backfills = reg.gauge("active_backfill_sessions", "Active backfill sessions", group="operations")
-        self.backfills = reg.counter("backfill_sessions_completed", "Backfill sessions completed", group="operations",
+        self.buffer_depth = reg.gauge("buffer_queue_depth", "Buffer queue", group="operations/receives")
+        self.active_backfills = reg.gauge("active_backfill_sessions", "Active backfill sessions", group="operations/backfill")
+        self.backfills = reg.counter("backfill_sessions_completed", "Backfill sessions completed", group="operations/backfill",
                                      per="backfill_pagination_rounds", ratio_unit="rounds/session")
-        self.pagination = reg.counter("backfill_pagination_rounds", "Backfill pagination rounds", group="operations")
+        self.pagination = reg.counter("backfill_pagination_rounds", "Backfill pagination rounds", group="operations/backfill")
         self.backfill_duration = reg.histogram("backfill_session_duration", "Backfill session duration",
-                                               unit="s", group="operations")
+                                               unit="s", group="operations/backfill")
         self.synced = reg.counter("entries_synced", "Records synced", labels=("model",), group="data")
         self.by_device = reg.counter("records_by_device", "By device", labels=("peer",), group="data",
                                      status="peer_online", display=DEVICE_NAMES, local=LOCAL)
@@ -73,11 +73,11 @@ class SyncMetrics:
                                    status="peer_online", display=DEVICE_NAMES)
         self.bytes = reg.counter("bytes_transferred", "Bandwidth", labels=("direction",), unit="bytes", group="data")
         self.broadcast_latency = reg.histogram("broadcast_latency", "Broadcast latency", unit="ms",
-                                               group="performance")
+                                               group="performance/latency")
         self.apply_latency = reg.histogram("apply_latency", "Apply latency", unit="ms", labels=("model",),
-                                           group="performance")
+                                           group="performance/latency")
         self.backfill_latency = reg.histogram("backfill_request_latency", "Backfill request latency",
-                                              unit="seconds", group="performance")
+                                              unit="seconds", group="performance/latency")
         self.lag = reg.gauge("watermark_lag", "Sync lag", labels=("peer",), unit="ms", group="performance",
                              display=DEVICE_NAMES)
         self.hlc_drift = reg.gauge("hlc_physical_drift", "HLC physical drift", unit="ms", group="performance")

@@ -396,7 +396,10 @@ def test_example_store_through_the_cli_json_and_http(tmp_path, monkeypatch):
 
         with urllib.request.urlopen(h.url + "/v1/snapshot", timeout=10) as response:
             served = json.loads(response.read())
+        over_url = _json("--url", h.url, "--peer", "B", env=env)  # the shortcuts work over HTTP too
     assert _derived(served) == _derived(doc)
+    by_peer_doc = _json("--db", str(db), "--peer", "B", env=env)
+    assert _derived(over_url) == _derived(by_peer_doc) and "records_by_device" in _derived(by_peer_doc)
 
 
 def test_several_libraries_in_one_store(tmp_path):

@@ -293,13 +293,17 @@ def test_example_store_renders_like_spacedrive(example_store):
     sections = [line for line in lines if line and not line.startswith((" ", "━")) and line != lines[0]]
     assert sections[1:] == ["State", "Operations", "Data", "Performance", "Errors"]  # as declared
     # ratios, "ago", display names, status and the local device
-    assert re.search(r"^  Changes applied: [\d,]+ \(9\d(\.\d)?%\)$", text, re.M), text
-    assert re.search(r"^  Batches: [\d,]+ \(avg [\d.]+ items/batch\)$", text, re.M)
+    assert re.search(r"^    Changes applied: [\d,]+ \(9\d(\.\d)?%\)$", text, re.M), text
+    assert re.search(r"^    Batches: [\d,]+ \(avg [\d.]+ items/batch\)$", text, re.M)
     assert re.search(r"^  Retry successes: [\d,]+ \(\d+(\.\d)?%\)$", text, re.M)
     assert re.search(r"^  ├─ Device A \(MacBook\): [\d,]+ \(\d+%\) \(online\)$", text, re.M)
     assert re.search(r"^  └─ This device: [\d,]+ \(\d+%\)$", text, re.M)
     assert re.search(r"^  ├─ Device A \(MacBook\): (\d+s|just now)( ago)? \(online\)$", text, re.M)
     assert "HLC physical drift: " in text and "Active backfill sessions: " in text
+    # blocks inside a section, as Spacedrive's "Broadcasts:" and "Receives:"
+    operations = text[text.index("\nOperations\n"):text.index("\nData\n")]
+    assert [line for line in operations.splitlines() if line.startswith("  ") and not line.startswith("   ")] == [
+        "  Broadcasts:", "  Receives:", "  Backfill:"]
 
 
 
@@ -419,3 +423,21 @@ def test_view_options_are_checked_at_declaration():
     assert g.view.status_text == {"1": "online", "0": "offline"} and g.view.display == {"7": "Seven"}
     assert [m.view.order for m in reg.metrics()] == [1]
     assert appvitals.Registry(enabled=False).counter("x", share_of="y") is not None  # a no-op, no checks needed
+
+
+def test_blocks_inside_a_section():
+    snap = S.Snapshot(taken_at=T, tracking_since=_ago(60), session_started_at=_ago(60), metrics=[
+        _viewed("sent", order=1, series=[S.Series(labels={}, value=1.0)], group="ops/broadcasts"),
+        _viewed("queue", "gauge", 2, [S.Series(labels={}, value=0.0)], group="ops"),
+        _viewed("received", order=3, series=[S.Series(labels={}, value=2.0)], group="ops/receives"),
+        _viewed("batches", order=4, series=[S.Series(labels={}, value=3.0)], group="ops/broadcasts"),
+        _viewed("lag", "gauge", 5, [S.Series(labels={}, value=0.0)], group="perf"),
+    ])
+    assert [(name, [m.name for m in ms]) for name, ms in R.sections(snap)] == [
+        ("ops", ["sent", "batches", "queue", "received"]), ("perf", ["lag"])]
+    text = R.render_text(snap, tz=UTC)
+    assert ("\nOps\n  Broadcasts:\n    Sent: 1\n    Batches: 3\n\n  Queue: 0\n\n  Receives:\n    Received: 2\n\nPerf\n"
+            in text), text
+    # --group picks a whole section with its blocks, or one block
+    assert [m.name for m in apply(snap, Query(groups=("ops",))).metrics] == ["sent", "queue", "received", "batches"]
+    assert [m.name for m in apply(snap, Query(groups=("ops/receives",))).metrics] == ["received"]

@@ -104,7 +104,7 @@ def resolve_shortcuts(shortcuts: list[tuple[str, str | None]], snap: _snap.Snaps
     `--where LABEL=VALUE`, `--GROUP` is `--group GROUP`. Unknown ones raise BadUsage naming the
     known labels and groups."""
     labels = _snap.label_keys(snap)
-    groups = {m.group for m in snap.metrics if m.group}
+    groups = {m.group.split("/", 1)[0] for m in snap.metrics if m.group}  # sections ("operations/receives": operations)
     where: list[str] = []
     chosen: list[str] = []
     for name, value in shortcuts:

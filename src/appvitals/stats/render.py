@@ -196,9 +196,10 @@ class _Out:
 
     def __init__(self) -> None:
         self.lines: list[Text] = []
+        self.offset = 0  # extra indent of the lines inside a block ("  Broadcasts:")
 
     def line(self, indent: int, *parts: str | Text | tuple[str, str]) -> None:
-        text = Text(" " * indent)
+        text = Text(" " * (indent + self.offset))
         for part in parts:
             if isinstance(part, tuple):
                 text.append(part[0], style=part[1])
@@ -535,19 +536,48 @@ def _declared(m: _snap.MetricSnapshot) -> int:
     return m.view.order if m.view is not None else 0
 
 
+def section_of(group: str) -> str:
+    """The section of a group: 'operations/broadcasts' -> 'operations'."""
+    return group.split("/", 1)[0]
+
+
+def block_of(group: str) -> str:
+    """The block inside a section: 'operations/broadcasts' -> 'broadcasts' ('' for none)."""
+    return group.split("/", 1)[1] if "/" in group else ""
+
+
+def _in_declared_order(metrics: list[_snap.MetricSnapshot]) -> None:
+    """Sort one section's metrics: each block where its first metric was declared, its metrics
+    together; metrics of unknown declaration order by kind and name."""
+    first: dict[str, int] = {}
+    for m in metrics:
+        block = block_of(m.group)
+        if block and _declared(m):
+            first[block] = min(first.get(block, _declared(m)), _declared(m))
+
+    def key(m: _snap.MetricSnapshot):
+        block = block_of(m.group)
+        anchor = first.get(block, _declared(m)) if block else _declared(m)
+        return (not anchor, anchor, block, not _declared(m), _declared(m), _KIND_RANK.get(m.kind, 9), m.name)
+
+    metrics.sort(key=key)
+
+
 def sections(snap: _snap.Snapshot, order: Sequence[str] = ()) -> list[tuple[str, list[_snap.MetricSnapshot]]]:
-    """Metrics grouped by their group: `order` first; then the groups in the order the app first
-    declared them, each metric where it was declared; metrics of unknown declaration order (an
-    older store) after them: groups with a state machine, counters and gauges, histograms, event
-    logs, each by name. Metrics without a group go last."""
+    """Metrics grouped by the section of their group ("operations" for "operations/broadcasts"):
+    `order` first; then the sections in the order the app first declared them, each metric where
+    it was declared; metrics of unknown declaration order (an older store) after them: groups with
+    a state machine, counters and gauges, histograms, event logs, each by name. Metrics without a
+    group go last."""
     groups: dict[str, list[_snap.MetricSnapshot]] = {}
     for m in snap.metrics:
-        groups.setdefault(m.group, []).append(m)
+        groups.setdefault(section_of(m.group), []).append(m)
+    wanted = [section_of(o) for o in order]
 
     def rank(item: tuple[str, list[_snap.MetricSnapshot]]):
         name, metrics = item
-        if name in order:
-            return (0, order.index(name), 0, name)
+        if name in wanted:
+            return (0, wanted.index(name), 0, name)
         if not name:
             return (3, 0, 0, "")
         declared = [_declared(m) for m in metrics if _declared(m)]
@@ -560,7 +590,7 @@ def sections(snap: _snap.Snapshot, order: Sequence[str] = ()) -> list[tuple[str,
 
     out = []
     for name, metrics in sorted(groups.items(), key=rank):
-        metrics.sort(key=lambda m: (not _declared(m), _declared(m), _KIND_RANK.get(m.kind, 9), m.name))
+        _in_declared_order(metrics)
         out.append((name, metrics))
     return out
 
@@ -605,9 +635,21 @@ def render(snap: _snap.Snapshot, *, title: str = "Metrics", previous: _snap.Snap
         out.blank()
         out.line(0, ("No metrics match.", S_DIM))
     for name, metrics in groups:
+        out.offset = 0
         out.blank()
         out.line(0, (humanize(name) if name else ("Other" if len(groups) > 1 else "Metrics"), S_SECTION))
-        for m in metrics:
+        block = ""
+        for i, m in enumerate(metrics):
+            if block_of(m.group) != block:  # a block inside the section, as Spacedrive's "Broadcasts:"
+                if i:
+                    out.offset = 0
+                    out.blank()
+                block = block_of(m.group)
+                if block:
+                    out.line(2, f"{humanize(block)}:")
+                    out.offset = 2
+                else:
+                    out.offset = 0
             prev = prev_by.get(m.name) if previous is not None else None
             if previous is not None and prev is None:
                 prev = _snap.MetricSnapshot(name=m.name, kind=m.kind, unit=m.unit)

@@ -469,7 +469,7 @@ def filter_snapshot(
     for m in snap.metrics:
         if patterns and not any(fnmatch.fnmatchcase(m.name, p) for p in patterns):
             continue
-        if group_set and m.group not in group_set:
+        if group_set and m.group not in group_set and m.group.split("/", 1)[0] not in group_set:  # a section's blocks too
             continue
         if where:
             if m.kind == "events":
