@@ -458,3 +458,18 @@ def test_a_store_with_only_namespaces_says_how_to_pick_one(tmp_path):
     proc = vitals("metrics", "--db", str(db), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["metrics"] == []
     assert "pick one with --namespace (library-1)" in proc.stderr
+
+
+def test_namespaces_of_an_encrypted_store_are_encrypted(tmp_path):
+    db = tmp_path / "secret.db"
+    store = appvitals.Store(db, key="k3y")
+    reg = appvitals.Registry()
+    reg.counter("changes_received", "Changes", labels=("peer",)).labels(peer="laptop-of-alice").inc(3)
+    reg.attach(store, interval=5, namespace="library-secret")
+    reg.detach()
+    store.close()
+    raw = db.read_bytes()
+    assert b"library-secret" not in raw and b"laptop-of-alice" not in raw  # table names and values alike
+    _one_clear_line(vitals("metrics", "--db", str(db), "--namespace", "library-secret"), 2, "encrypted")
+    doc = _json("--db", str(db), "--key", "k3y", "--namespace", "library-secret")
+    assert _value(doc, "changes_received") == 3
