@@ -38,10 +38,14 @@ def __getattr__(name: str):
         from appvitals.stats.store import Store
 
         return Store
+    if name == "period_rows":
+        from appvitals.stats.periods import period_rows
+
+        return period_rows
     raise AttributeError(name)
 
 
 __all__ = [
     "Counter", "Events", "Gauge", "Histogram", "LabelError", "MetricSnapshot", "Registry", "Series",
-    "Snapshot", "State", "Store", "exposition", "serve",
+    "Snapshot", "State", "Store", "exposition", "period_rows", "serve",
 ]

@@ -11,7 +11,9 @@ import appvitals
 mode, db, start, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 log = sys.argv[5] if len(sys.argv) > 5 else None
 
-reg = appvitals.Registry()
+# mode "days-ago-N": the registry's clock runs N days behind (history points in the past)
+offset = 86400.0 * int(mode.split("-")[2]) if mode.startswith("days-ago-") else 0.0
+reg = appvitals.Registry(clock=lambda: time.time() - offset)
 active = reg.distinct("active_queues", "Queues with activity", labels=("server",))
 msgs = reg.counter("msgs", "Messages", labels=("server",))
 kw = {"log": log, "log_every": "day"} if log else {}

@@ -17,6 +17,7 @@ _COMMANDS = {
     "simulate": "simulate",
     "report": "report",
     "metrics": "metrics",
+    "log": "log",
     "watchdog": "watchdog",
 }
 

@@ -17,6 +17,7 @@ import operator
 import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -31,8 +32,10 @@ if TYPE_CHECKING:  # pragma: no cover
 class Persister:
     """Keeps one registry's session flushed into one store."""
 
-    def __init__(self, registry: Registry, store: Store, interval: float, history: HistoryPolicy | None = None) -> None:
+    def __init__(self, registry: Registry, store: Store, interval: float, history: HistoryPolicy | None = None,
+                 period_log=None) -> None:
         self.registry = registry
+        self.period_log = period_log
         self.store = store
         self.interval = interval
         if history is not None:
@@ -60,6 +63,8 @@ class Persister:
         self.run_id = run
         reg.restore_past(past, tracking_since)
         self._last_history = self.store.last_history_at()
+        if self.period_log is not None:  # periods that closed while the application was down
+            self.period_log.catch_up(self.store)
         self._thread = threading.Thread(target=self._loop, name="appvitals-flush", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
@@ -81,10 +86,18 @@ class Persister:
             self._restore_sigterm()
             self.store.close()
 
+    def _wait(self) -> float:
+        """Seconds to the next flush: the interval, or less when a logged period ends sooner."""
+        if self.period_log is None:
+            return self.interval
+        return max(0.05, min(self.interval, self.period_log.next_due - time.time() + 0.05))
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self._wait()):
             try:
                 self.flush()
+                if self.period_log is not None and time.time() >= self.period_log.next_due:
+                    self.period_log.catch_up(self.store)
             except Exception as exc:  # keep the app alive; the next flush retries everything unwritten
                 import warnings
 

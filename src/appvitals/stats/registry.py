@@ -243,11 +243,17 @@ class Registry:
 
     # ------------------------------------------------------------ persistence
 
-    def attach(self, store: Store, interval: float = 15.0, history: Any = None, namespace: str = "") -> None:
+    def attach(self, store: Store, interval: float = 15.0, history: Any = None, log: str | None = None,
+               log_every: str = "day", namespace: str = "") -> None:
         """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit.
+
+        With `log="stats.csv"`, one CSV row per closed `log_every` period ("hour", "day", "week",
+        "month", UTC) is appended to that file, on start for periods that closed while the app was
+        down (see appvitals.period_rows).
 
         `namespace`: keep this registry apart from others in the same store (one per library, say);
         detaching then leaves the store open for the others."""
+        from appvitals.stats.periods import PeriodLog
         from appvitals.stats.persist import Persister
 
         if not self.enabled:
@@ -258,7 +264,8 @@ class Registry:
             raise RuntimeError("this registry is already attached to a store")
         if namespace:
             store = store.namespace(namespace)
-        persister = Persister(self, store, interval, history)
+        period_log = PeriodLog(log, log_every) if log is not None else None
+        persister = Persister(self, store, interval, history, period_log)
         for want, keep_totals in self._pending_forgets:  # before the past is read back: it never returns
             store.forget(want, keep_totals=keep_totals)
         self._pending_forgets = []
@@ -291,8 +298,13 @@ class Registry:
         if path is not None:
             import os
 
+            warnings.warn(f"appvitals: the backup {path} holds label values (user ids, servers) in plain text; "
+                          f"it is readable by its owner only (0600): keep it as safe as the data it describes",
+                          RuntimeWarning, stacklevel=2)
             tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # also when an older temporary file was there
+            with open(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())

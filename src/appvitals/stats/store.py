@@ -27,6 +27,7 @@ newer one wrote.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import fcntl
 import os
@@ -69,6 +70,11 @@ class StoreKeyError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process has this store attached."""
+
+
+class StoreDamagedError(StoreError):
+    """The file is a damaged SQLite database (bytes flipped, truncated). It is left as it is;
+    `Store(path, recover=True)` moves it aside and starts a new store."""
 
 
 class _Namespaced:
@@ -152,21 +158,32 @@ class Store:
     """An appvitals stats file: `Store(path, key=None)`; key given (or $VITALS_STORE_KEY) -> SQLCipher."""
 
     def __init__(self, path: str | os.PathLike, key: str | None = None, *, readonly: bool = False,
-                 history: HistoryPolicy | None = None) -> None:
+                 history: HistoryPolicy | None = None, recover: bool = False) -> None:
         self.path = os.fspath(path)
+        if key is not None and not str(key).strip():
+            raise StoreKeyError("an empty key would leave the store unencrypted: give a real key, or key=None "
+                                "for a plain file")
         self.key = key if key is not None else (os.environ.get(KEY_ENV) or None)
         self.readonly = readonly
         self.history = history or HistoryPolicy()
+        self.moved_aside: str | None = None  # where recover=True put a damaged file
         self.namespace_name = ""  # "" is the store's own registry; see namespace()
         self._owner: Store | None = None  # a namespace's store, when the namespace opened it
         self._lock_fd: int | None = None
+        self._db_fd: int | None = None
         self._db_lock = threading.RLock()
         if readonly and not os.path.exists(self.path):
             raise StoreError(f"no stats store at {self.path}")
         if not readonly:
             self._take_lock()
         try:
-            self._conn = self._connect()
+            try:
+                self._conn = self._connect()
+            except StoreDamagedError:
+                if not recover or readonly:
+                    raise
+                self.moved_aside = self._move_aside()
+                self._conn = self._connect()
         except BaseException:
             self._release_lock()
             raise
@@ -197,13 +214,12 @@ class Store:
             return self
         if self.namespace_name:
             raise ValueError("namespaces do not nest: call namespace() on the store itself")
-        view = object.__new__(Store)
-        view.path, view.key, view.readonly = self.path, self.key, self.readonly
-        view.history = HistoryPolicy()
+        namespace_prefix(name)  # checks the name before anything is made
+        view = copy.copy(self)  # path, key, the lock (_db_lock) and the connection are shared ...
+        view.history = HistoryPolicy()  # ... not what is the registry's own
         view.namespace_name = name
         view._owner = None
-        view._lock_fd = None
-        view._db_lock = self._db_lock
+        view._lock_fd = view._db_fd = None  # the store holds (and releases) the file's locks
         view._conn = _Namespaced(self._conn, name)
         if not self.readonly:
             with self._db_lock:
@@ -239,11 +255,49 @@ class Store:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        self._lock_db_file()
+
+    def _lock_db_file(self) -> None:
+        """flock the database file too, so that deleting the side lock file lets no second writer in.
+        SQLite's own locks are POSIX record locks, which flock does not touch; this descriptor stays
+        open until after the connection is closed (closing a descriptor drops a process's POSIX locks)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # a new store is born private
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            self._release_lock()
+            raise StoreLockedError(f"store {self.path} is attached by another writer (its lock file "
+                                   f"{self.path}.lock was removed or replaced)")
+        self._db_fd = fd
 
     def _release_lock(self) -> None:
+        if self._db_fd is not None:
+            os.close(self._db_fd)
+            self._db_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _move_aside(self) -> str:
+        """Rename a damaged store (and its -wal/-shm) to a new name, never over an existing file."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        n = 0
+        while True:
+            target = f"{self.path}.damaged-{stamp}" + (f"-{n}" if n else "")
+            if not any(os.path.exists(target + s) for s in ("", "-wal", "-shm")):
+                break
+            n += 1
+        if self._db_fd is not None:
+            os.close(self._db_fd)
+            self._db_fd = None
+        for suffix in ("-wal", "-shm", ""):
+            if os.path.exists(self.path + suffix):
+                os.link(self.path + suffix, target + suffix)  # link + unlink: never replaces a file
+                os.unlink(self.path + suffix)
+        if self._lock_fd is not None:
+            self._lock_db_file()
+        return target
 
     def _connect(self):
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
@@ -254,7 +308,14 @@ class Store:
             from sqlcipher3 import dbapi2 as driver
         else:
             driver = sqlite3
-        conn = driver.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        if self.readonly:
+            # a reader never writes: no checkpoint, and the WAL of an application that crashed stays
+            import urllib.parse
+
+            uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+            conn = driver.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=10.0)
+        else:
+            conn = driver.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
         try:
             if self.key:
                 conn.execute("PRAGMA cipher_log_level = NONE")  # errors are ours to report, in one line
@@ -262,12 +323,22 @@ class Store:
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except driver.DatabaseError as exc:
+                if not self.key and _looks_like_sqlite(self.path):
+                    raise StoreDamagedError(self._damaged_message(exc)) from exc
                 if self.key:
-                    raise StoreKeyError(f"cannot open {self.path}: wrong key, or not an appvitals store") from exc
+                    raise StoreKeyError(f"cannot open {self.path}: wrong key, not an appvitals store, or a "
+                                        f"damaged file") from exc
                 raise StoreKeyError(
                     f"cannot open {self.path}: it is encrypted (give the key, or set ${KEY_ENV}) or it is not a "
                     f"SQLite file"
                 ) from exc
+            if existed:
+                try:
+                    problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+                except driver.DatabaseError as exc:
+                    raise StoreDamagedError(self._damaged_message(exc)) from exc
+                if problems != ["ok"]:
+                    raise StoreDamagedError(self._damaged_message(problems[0]))
             if existed:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 if "meta" not in tables or "series" not in tables:
@@ -286,6 +357,10 @@ class Store:
             except Exception:
                 pass
             raise
+
+    def _damaged_message(self, why: Any) -> str:
+        return (f"the stats store {self.path} is damaged ({str(why).splitlines()[0] if str(why) else 'corrupt'}); "
+                f"it was left as it is: Store(path, recover=True) moves it aside and starts a new one")
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -487,6 +562,11 @@ class Store:
         with self._db_lock:
             return [r[0] for r in self._conn.execute("SELECT ts FROM history ORDER BY ts")]
 
+    def history_at(self, ts: float) -> _snap.Snapshot | None:
+        """The newest history point at or before epoch seconds `ts` (a cumulative "all" snapshot), or None."""
+        with self._db_lock:
+            return self._history_at(ts)
+
     def _history_at(self, ts: float) -> _snap.Snapshot | None:
         row = self._conn.execute("SELECT snapshot FROM history WHERE ts <= ? ORDER BY ts DESC LIMIT 1", (ts,)).fetchone()
         return _snap.decode(zlib.decompress(row[0])) if row else None
@@ -628,46 +708,59 @@ class Store:
             raise ValueError("forget() needs at least one label")
         with self._db_lock:
             conn = self._conn
-            with self._transaction():
-                clause = " AND ".join("json_extract(labels, ?) = ?" for _ in want)
-                params: list[Any] = []
-                for k, v in want.items():
-                    params += ["$." + _json_path_key(k), v]
-                moved = None
-                if keep_totals:
-                    defs = self._metric_defs()
-                    rows = conn.execute(
-                        f"SELECT s.metric, s.labels, s.value, s.data FROM series s JOIN metrics m ON m.name = s.metric "
-                        f"WHERE m.kind IN ('counter', 'histogram', 'distinct') AND s.run IS NOT ? AND {clause}",
-                        [session_run, *params]).fetchall()
-                    if rows:
-                        tracking = self.tracking_since
-                        matched = self._build_run(rows, defs, tracking, tracking, tracking)
-                        moved = _snap.drop_series(matched, want, keep_totals=True)
-                conn.execute(f"DELETE FROM series WHERE {clause}", params)
-                if moved is not None:
-                    tracking = self.tracking_since
-                    current = self._read_run(0, defs, tracking, tracking, tracking)
-                    merged = _snap.merge(current, moved, scope="past")
-                    conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
-                    conn.execute("DELETE FROM series WHERE run = 0")
-                    conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
-                                     list(self._rows_for(merged, run=0)))
-                # event rows keep records mentioning the label in their data: rewrite those rows
-                for run, metric, lab, data in conn.execute(
-                        "SELECT s.run, s.metric, s.labels, s.data FROM series s JOIN metrics m ON m.name = s.metric "
-                        "WHERE m.kind = 'events'").fetchall():
-                    series = decode_series(data, _labels_decoder.decode(lab))
-                    cleaned = _snap.forget_records(series, want, keep_totals)
-                    if cleaned != series:
-                        conn.execute("UPDATE series SET data = ? WHERE run = ? AND metric = ? AND labels = ?",
-                                     (encode_series(cleaned), run, metric, lab))
-                for ts, blob in conn.execute("SELECT ts, snapshot FROM history").fetchall():
-                    snap = _snap.decode(zlib.decompress(blob))
-                    cleaned = _snap.drop_series(snap, want, keep_totals)
-                    conn.execute("UPDATE history SET snapshot = ? WHERE ts = ?",
-                                 (zlib.compress(_snap.encode(cleaned), 6), ts))
+            # move older WAL frames (which hold the values about to be forgotten) into the file and empty
+            # the WAL first: on a full disk this frees room, and if the delete still fails, no copy of the
+            # value is left behind in the WAL (a failed forget raises; the file is where it always was)
+            with contextlib.suppress(Exception):
+                self._scrub()
+            try:
+                self._forget_locked(conn, want, keep_totals, session_run)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._scrub()
+                raise
             self._scrub()
+
+    def _forget_locked(self, conn, want: dict[str, str], keep_totals: bool, session_run: int | None) -> None:
+        with self._transaction():
+            clause = " AND ".join("json_extract(labels, ?) = ?" for _ in want)
+            params: list[Any] = []
+            for k, v in want.items():
+                params += ["$." + _json_path_key(k), v]
+            moved = None
+            if keep_totals:
+                defs = self._metric_defs()
+                rows = conn.execute(
+                    f"SELECT s.metric, s.labels, s.value, s.data FROM series s JOIN metrics m ON m.name = s.metric "
+                    f"WHERE m.kind IN ('counter', 'histogram', 'distinct') AND s.run IS NOT ? AND {clause}",
+                    [session_run, *params]).fetchall()
+                if rows:
+                    tracking = self.tracking_since
+                    matched = self._build_run(rows, defs, tracking, tracking, tracking)
+                    moved = _snap.drop_series(matched, want, keep_totals=True)
+            conn.execute(f"DELETE FROM series WHERE {clause}", params)
+            if moved is not None:
+                tracking = self.tracking_since
+                current = self._read_run(0, defs, tracking, tracking, tracking)
+                merged = _snap.merge(current, moved, scope="past")
+                conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
+                conn.execute("DELETE FROM series WHERE run = 0")
+                conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
+                                 list(self._rows_for(merged, run=0)))
+            # event rows keep records mentioning the label in their data: rewrite those rows
+            for run, metric, lab, data in conn.execute(
+                    "SELECT s.run, s.metric, s.labels, s.data FROM series s JOIN metrics m ON m.name = s.metric "
+                    "WHERE m.kind = 'events'").fetchall():
+                series = decode_series(data, _labels_decoder.decode(lab))
+                cleaned = _snap.forget_records(series, want, keep_totals)
+                if cleaned != series:
+                    conn.execute("UPDATE series SET data = ? WHERE run = ? AND metric = ? AND labels = ?",
+                                 (encode_series(cleaned), run, metric, lab))
+            for ts, blob in conn.execute("SELECT ts, snapshot FROM history").fetchall():
+                snap = _snap.decode(zlib.decompress(blob))
+                cleaned = _snap.drop_series(snap, want, keep_totals)
+                conn.execute("UPDATE history SET snapshot = ? WHERE ts = ?",
+                             (zlib.compress(_snap.encode(cleaned), 6), ts))
 
     def reset(self, now: float | None = None) -> None:
         """Delete everything; tracking starts at `now`."""
@@ -723,6 +816,15 @@ def _decode_view(text: str | None) -> _snap.View | None:
         return _view_decoder.decode(text)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # an unreadable view only costs the layout hints
+
+
+def _looks_like_sqlite(path: str) -> bool:
+    """True when the file starts like a plain SQLite database (an encrypted one looks random)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def _json_path_key(key: str) -> str:
