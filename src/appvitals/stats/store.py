@@ -79,10 +79,10 @@ class StoreDamagedError(StoreError):
 
 class _Namespaced:
     """The store's connection as one namespace sees it: the same SQL, with the store's tables
-    (meta, runs, metrics, series, history) turned into that namespace's own, so every statement
-    of the Store serves every namespace unchanged."""
+    (every table of _SCHEMA: meta, runs, metrics, series, history) turned into that namespace's
+    own, so every statement of the Store serves every namespace unchanged."""
 
-    _TABLES = re.compile(r"\b(meta|runs|metrics|series|history)\b")
+    _TABLES = re.compile(r"\b(" + "|".join(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA)) + r")\b")
 
     def __init__(self, conn, namespace: str) -> None:
         self._conn = conn
