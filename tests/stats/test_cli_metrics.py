@@ -424,6 +424,8 @@ def test_several_libraries_in_one_store(tmp_path):
     for name, n in libraries.items():
         doc = _json("--db", str(db), "--namespace", name)
         assert [m["name"] for m in doc["metrics"]] == ["changes_received"] and _value(doc, "changes_received") == n
+        windowed = _json("--db", str(db), "--namespace", name, "--since", "1 hour ago")  # each its own history
+        assert windowed["window"] and _value(windowed, "changes_received") == n
         text = vitals("metrics", "--db", str(db), "--namespace", name, "--title", "Sync Metrics").stdout
         assert text.splitlines()[2].startswith(f"All sessions · {name} · taken at ")
     assert [m["name"] for m in _json("--db", str(db))["metrics"]] == ["app_starts"]
