@@ -6,9 +6,15 @@ latencies, a network state and a ring of recent errors. Stats are persisted in a
 encrypted store (the servers a user talks to are private), and deleting a user forgets
 every series of that user, in memory and on disk (`reg.forget(user=...)`).
 
+It also counts distinct active queues per user (today, this week, this month; an estimate,
+only keyed hashes kept) and can append a daily stats log. Run it again with other servers
+(`--smp-servers`) to see current and previously used servers.
+
     VITALS_STORE_KEY=s3cret python examples/messenger.py --db chat-stats.db --port 9465 --duration 60
     VITALS_STORE_KEY=s3cret vitals metrics --db chat-stats.db --where user=2 --scope past
     python examples/messenger.py --db chat-stats.db --key s3cret --delete-user 3 --delete-after 5
+    python examples/messenger.py --db chat-stats.db --key s3cret --smp-servers smp.example.org --log stats.csv
+    vitals metrics --db chat-stats.db --key s3cret --previous --where user=1 --metric 'smp_*'
 """
 
 from __future__ import annotations
@@ -51,13 +57,17 @@ class AgentStats:
         self.chunks = reg.counter("xftp_chunks", "XFTP chunks", labels=("user", "direction"), group="XFTP")
         self.chunk_latency = reg.histogram("xftp_chunk_latency", "XFTP chunk latency", unit="ms", group="XFTP")
         self.errors = reg.events("agent_errors", "Agent errors", capacity=50, group="errors")
+        self.active_queues = reg.distinct("smp_active_queues", "SMP queues with activity", labels=("user",),
+                                          group="SMP")
 
 
 class Messenger:
     """A simulated chat client: `step()` sends and receives a little."""
 
-    def __init__(self, stats: AgentStats, rng: random.Random, users: list[str]) -> None:
+    def __init__(self, stats: AgentStats, rng: random.Random, users: list[str],
+                 servers: tuple[str, ...] = SMP_SERVERS) -> None:
         self.s, self.rng, self.users = stats, rng, users
+        self.servers = servers
         self.steps = 0
 
     def step(self) -> None:
@@ -68,9 +78,9 @@ class Messenger:
             s.network.set("Connecting", reason="app started")
         elif self.steps == 5:
             s.network.set("Online", reason="servers connected")
-            s.connected.set(len(SMP_SERVERS))
+            s.connected.set(len(self.servers))
             for user in self.users:
-                for server in SMP_SERVERS:
+                for server in self.servers:
                     s.subscriptions.labels(user=user, server=server).inc(rng.randint(3, 20))
         elif rng.random() < 0.003:
             s.network.set("Connecting", reason="network changed")
@@ -79,7 +89,7 @@ class Messenger:
         if not self.users:
             return
         user = rng.choice(self.users)
-        server = rng.choice(SMP_SERVERS)
+        server = rng.choice(self.servers)
         if rng.random() < 0.01:
             s.send_errors.labels(user=user, server=server).inc()
             s.errors.record(type="smp", message=rng.choice(("TIMEOUT", "NETWORK", "AUTH")), user=user, server=server)
@@ -87,7 +97,9 @@ class Messenger:
             s.sent.labels(user=user, server=server).inc()
             s.send_latency.labels(server=server).observe(rng.lognormvariate(4.0, 0.5))
         for _ in range(rng.randint(0, 3)):
-            s.received.labels(user=rng.choice(self.users), server=rng.choice(SMP_SERVERS)).inc()
+            receiver = rng.choice(self.users)
+            s.received.labels(user=receiver, server=rng.choice(self.servers)).inc()
+            s.active_queues.labels(user=receiver).add(f"queue-{receiver}-{rng.randint(1, 400)}")
         if rng.random() < 0.05:
             xftp = rng.choice(XFTP_SERVERS)
             direction = rng.choice(("upload", "download"))
@@ -101,11 +113,12 @@ class Messenger:
             s.chunks.labels(user=user, direction=direction).inc()
             s.chunk_latency.observe(rng.lognormvariate(5.5, 0.7))
 
-    def delete_user(self, reg: appvitals.Registry, user: str) -> int:
-        """The user is gone: stop using it and forget its stats everywhere."""
+    def delete_user(self, reg: appvitals.Registry, user: str, keep_totals: bool = False) -> int:
+        """The user is gone: stop using it and forget its stats everywhere (with `keep_totals`, its
+        counts stay in "all" under an anonymous series)."""
         if user in self.users:
             self.users.remove(user)
-        return reg.forget(user=user)
+        return reg.forget(user=user, keep_totals=keep_totals)
 
 
 def own_signals(stop: threading.Event) -> None:
@@ -125,19 +138,20 @@ def run(args: argparse.Namespace, stop: threading.Event) -> None:
             print("note: no --key / VITALS_STORE_KEY: the stats file is not encrypted", file=sys.stderr)
         store = appvitals.Store(args.db, key=key)
         history = HistoryPolicy(fine_every=args.history_every) if args.history_every is not None else None
-        reg.attach(store, interval=args.interval, history=history)
+        reg.attach(store, interval=args.interval, history=history, log=args.log, log_every=args.log_every)
         own_signals(stop)  # after attach: we stop cleanly and detach (final flush) ourselves
     server = appvitals.serve(reg, host=args.host, port=args.port) if args.port is not None else None
     if server is not None:
         print(f"serving {server.url}", flush=True)
-    client = Messenger(stats, random.Random(args.seed), list(USERS))
+    servers = tuple(x.strip() for x in args.smp_servers.split(",") if x.strip()) if args.smp_servers else SMP_SERVERS
+    client = Messenger(stats, random.Random(args.seed), list(USERS), servers)
     started = time.monotonic()
     deadline = started + args.duration if args.duration > 0 else float("inf")
     deleted = False
     try:
         while not stop.is_set() and time.monotonic() < deadline:
             if args.delete_user and not deleted and time.monotonic() - started >= (args.delete_after or 0):
-                n = client.delete_user(reg, args.delete_user)
+                n = client.delete_user(reg, args.delete_user, keep_totals=args.keep_totals)
                 print(f"deleted user {args.delete_user}: forgot {n} series", flush=True)
                 deleted = True
             client.step()
@@ -167,6 +181,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--delete-user", metavar="USER", help="delete this user (forgetting its stats)")
     p.add_argument("--delete-after", type=float, metavar="SECONDS", help="...after this many seconds (default: at once)")
+    p.add_argument("--keep-totals", action="store_true", help="...keeping its counts in the totals, anonymously")
+    p.add_argument("--smp-servers", metavar="A,B", help="the SMP servers used in this run (default: all three)")
+    p.add_argument("--log", metavar="CSV", help="append one row of stats per closed period to this file")
+    p.add_argument("--log-every", default="day", choices=("hour", "day", "week", "month"))
     return p.parse_args(argv)
 
 

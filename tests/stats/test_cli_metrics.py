@@ -475,3 +475,27 @@ def test_namespaces_of_an_encrypted_store_are_encrypted(tmp_path):
     _one_clear_line(vitals("metrics", "--db", str(db), "--namespace", "library-secret"), 2, "encrypted")
     doc = _json("--db", str(db), "--key", "k3y", "--namespace", "library-secret")
     assert _value(doc, "changes_received") == 3
+
+
+def test_namespaces_inside_the_apps_own_database(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as app_db:
+        app_db.execute("CREATE TABLE libraries(id TEXT PRIMARY KEY, name TEXT)")
+        app_db.execute("INSERT INTO libraries VALUES ('library-7f3a', 'My Library')")
+    store = appvitals.Store(db, table_prefix="appvitals_")
+    reg = appvitals.Registry()
+    reg.counter("changes_received", "Changes", labels=("peer",)).labels(peer="A").inc(4)
+    reg.attach(store, interval=5, namespace="library-7f3a")
+    reg.detach()
+    assert store.namespaces() == ["library-7f3a"]
+    store.close()
+    with sqlite3.connect(db) as app_db:
+        tables = {r[0] for r in app_db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert app_db.execute("SELECT name FROM libraries").fetchall() == [("My Library",)]
+    assert "appvitals_ns:library-7f3a:series" in tables and "series" not in tables
+    doc = _json("--db", str(db), "--table-prefix", "appvitals_", "--namespace", "library-7f3a")
+    assert _value(doc, "changes_received") == 4
+    _one_clear_line(vitals("metrics", "--db", str(db), "--table-prefix", "appvitals_", "--namespace", "x"), 2,
+                    "namespaces: library-7f3a")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import appvitals
 from appvitals import Registry, Store
@@ -267,3 +269,59 @@ def test_series_encode_round_trip():
     back = S.decode(S.encode(snap))
     assert back.metric("active").series[0].hll == snap.metric("active").series[0].hll
     assert msgspec.json.decode(snap.to_json())["metrics"][0]["kind"] == "distinct"
+
+
+@given(st.lists(st.tuples(st.sampled_from(["2026-12-06", "2026-12-07", "2026-12-14", "2027-01-02"]),
+                          st.lists(st.integers(0, 300), max_size=40)), min_size=1, max_size=4))
+@settings(max_examples=25, deadline=None)
+def test_merge_is_order_free_and_idempotent(parts):
+    key = hll.DistinctKey(KEY)
+
+    def data(day, ids):
+        regs = bytearray(hll.M)
+        hll.fold(regs, [key.digest(f"id{i}") for i in ids])
+        regs = bytes(regs) if ids else b""
+        return hll.DistinctData(day=day, d=regs, w=regs, m=regs, a=regs)
+
+    sketches = [data(day, ids) for day, ids in parts]
+    left = sketches[0]
+    for s in sketches[1:]:
+        left = hll.merge(left, s)
+    right = sketches[-1]
+    for s in reversed(sketches[:-1]):
+        right = hll.merge(s, right)
+    # the registers still held (all time; the latest day, week and month) union exactly in any order;
+    # periods already closed keep only a count, and counts combine by the larger one
+    assert (left.day, left.d, left.w, left.m, left.a) == (right.day, right.d, right.w, right.m, right.a)
+    assert hll.merge(left, left) == left
+    for s in sketches:
+        assert hll.merge(left, s).a == left.a  # each part is already inside the union
+    # all time is the union of every id, whatever the days
+    everything = data("", sorted({i for _, ids in parts for i in ids}))
+    assert left.a == everything.a
+
+
+def test_text_backup_keeps_distinct_sketches_and_event_counts(tmp_path):
+    import warnings
+
+    reg = _reg()
+    d = reg.distinct("active", labels=("server",))
+    for i in range(500):
+        d.labels(server="smp1").add(f"q{i}")
+    e = reg.events("errors", capacity=2)
+    for _ in range(5):
+        e.record(type="network", user="1")
+    e.record(type="auth", user="2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        text = reg.export_backup(str(tmp_path / "b.txt"))
+    assert 'series.active{server="smp1"}.all=' in text
+    other = _reg()
+    other.distinct("active", labels=("server",))
+    other.events("errors", capacity=2)
+    other.import_backup(text)
+    s = other.snapshot().metric("active").series[0]
+    assert s.all == reg.snapshot().metric("active").series[0].all
+    other.forget(user="1")  # the per-field counts came along: user 1's five records leave the totals
+    ev = other.snapshot().metric("errors").series[0]
+    assert ev.total == 1 and ev.by_type == {"auth": 1}

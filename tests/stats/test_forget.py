@@ -139,7 +139,8 @@ def test_forget_keep_totals_moves_counts_to_an_anonymous_series(tmp_path):
     assert snap.value("msgs_sent") == 13  # "all" stays whole
     assert snap.value("msgs_sent", user="2") == 0
     assert snap.value("msgs_sent", user="__forgotten__", server="a") == 8
-    assert [s.all for s in snap.metric("active").series if s.labels["user"] == "__forgotten__"] == [20]
+    [moved] = [s.all for s in snap.metric("active").series if s.labels["user"] == "__forgotten__"]
+    assert abs(moved - 20) <= 1  # an estimate (a register collision among 20 ids is possible)
     assert snap.metric("lat").series[0].labels == {"user": "__forgotten__"}
     errors = snap.metric("errors").series[0]
     assert errors.total == 1 and errors.recent == []

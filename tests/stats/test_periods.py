@@ -97,6 +97,7 @@ def test_reset_never_gives_a_negative_delta(tmp_path):
 
 def test_distinct_counts_per_period():
     reg = Registry()
+    reg.use_distinct_key(b"appvitals-tests!")  # fixed: the same registers every run
     d = reg.distinct("active_queues", labels=("server",))
     for i in range(30):
         d.labels(server="smp1").add(f"q{i}")

@@ -25,9 +25,11 @@ from appvitals.stats import query as _query
               help="Length of a period (UTC calendar hours, days, ISO weeks or months).")
 @click.option("--since", metavar="WHEN", help='First period to show: "7 days ago", ISO 8601... (default: all).')
 @click.option("--until", metavar="WHEN", help="Show periods that ended by then (default: now).")
+@click.option("--table-prefix", default="", metavar="PREFIX",
+              help="The stats live in the app's own database, in tables named PREFIX* (e.g. appvitals_).")
 @click.option("--format", "fmt", type=click.Choice(("csv", "json")), default="csv", show_default=True,
               help="CSV with a header line, or a JSON list of rows.")
-def command(db, key, every, since, until, fmt) -> None:
+def command(db, key, every, since, until, table_prefix, fmt) -> None:
     """The periodic stats log: one row per closed period, with each counter's value and delta,
     each gauge's last value, each distinct count and each histogram's count, p50 and p99."""
     now = dt.datetime.now(dt.timezone.utc)
@@ -41,11 +43,11 @@ def command(db, key, every, since, until, fmt) -> None:
     from appvitals.stats.store import Store, StoreError, StoreKeyError
 
     try:
-        store = Store.open_readonly(db, key=key or None)
+        store = Store.open_readonly(db, key=key or None, table_prefix=table_prefix)
     except StoreKeyError:
         raise BadUsage(f"wrong key for the encrypted store {db} (check --key / VITALS_STORE_KEY)" if key else
                        f"{db} is encrypted: pass --key KEY or set VITALS_STORE_KEY")
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:
         raise VitalsError(f"cannot read {db}: {exc}")
     try:
         rows = _periods.period_rows(store, every, since=since_at, until=until_at)

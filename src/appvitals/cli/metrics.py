@@ -28,7 +28,7 @@ Reader = Callable[[_query.Query], _snap.Snapshot]
 
 @contextlib.contextmanager
 def _open_source(db: str | None, key: str | None, url: str | None, token: str | None,
-                 namespace: str = "") -> Iterator[Reader]:
+                 table_prefix: str = "", namespace: str = "") -> Iterator[Reader]:
     """A function Query -> Snapshot over the chosen source, with errors turned into one-liners."""
     if db and url:
         raise BadUsage("give either --db FILE or --url URL, not both")
@@ -44,7 +44,7 @@ def _open_source(db: str | None, key: str | None, url: str | None, token: str | 
     from appvitals.stats.store import Store, StoreError, StoreKeyError
 
     try:
-        whole = Store.open_readonly(db, key=key or None)
+        whole = Store.open_readonly(db, key=key or None, table_prefix=table_prefix)
         known = whole.namespaces()
     except StoreKeyError as exc:
         raise BadUsage(_key_message(db, key, exc))
@@ -147,12 +147,18 @@ def _one_line(exc: BaseException) -> str:
 @click.option("--compare", metavar="WHEN",
               help='Compare with an earlier window of the same length: alone, "1 day ago" compares the last '
                    "day with the day before; with --since, WHEN is where the earlier window starts.")
+@click.option("--current", "keys", flag_value="current",
+              help="Only series (servers, users...) used in this session of the app.")
+@click.option("--previous", "keys", flag_value="previous",
+              help="Only series used in earlier sessions and not in this one.")
+@click.option("--table-prefix", default="", metavar="PREFIX",
+              help="The stats live in the app's own database, in tables named PREFIX* (e.g. appvitals_).")
 @click.option("--title", default="Metrics", show_default=True, help="Title of the view, shown exactly as given.")
 @click.option("--namespace", metavar="NAME", default="",
               help="Which registry of a store holding several (reg.attach(store, namespace=NAME)), e.g. one library.")
 @click.pass_context
-def command(ctx, db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, title,
-            namespace) -> None:
+def command(ctx, db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, keys,
+            table_prefix, title, namespace) -> None:
     """In-app stats, laid out like Spacedrive's sync metrics (or as JSON), live with --watch.
 
     \b
@@ -164,7 +170,7 @@ def command(ctx, db, key, url, token, since, until, where, metrics, groups, scop
     where, groups = list(where), list(groups)
 
     def queries(now: dt.datetime) -> tuple[_query.Query, _query.Query | None]:
-        q = _query.build(scope, since, until, where, metrics, groups, now=now)
+        q = _query.build(scope, since, until, where, metrics, groups, now=now, keys=keys)
         if not compare:
             return q, None
         return _query.previous_window(q, _query.parse_when(compare, "compare", now), now)
@@ -187,7 +193,7 @@ def command(ctx, db, key, url, token, since, until, where, metrics, groups, scop
 
     try:
         queries(dt.datetime.now(dt.timezone.utc))  # bad options fail before any I/O
-        with _open_source(db, key, url, token, namespace) as read:
+        with _open_source(db, key, url, token, table_prefix, namespace) as read:
             if shortcuts:  # what they mean depends on the labels and groups the app has
                 more_where, more_groups = resolve_shortcuts(shortcuts, read(_query.Query(scope=scope)))
                 where += more_where

@@ -20,6 +20,9 @@ import datetime as dt
 import json
 from typing import Any
 
+import msgspec
+
+from appvitals.stats import hll as _hll
 from appvitals.stats import snapshot as _snap
 from appvitals.stats.sketch import SketchData
 
@@ -93,6 +96,12 @@ def dump(snap: _snap.Snapshot, unknown: dict[str, str] | None = None) -> str:
                     lines.append(f"{base}.sketch.zero={s.sketch.zero}")
             for i, rec in enumerate(s.recent or []):
                 lines.append(f"{base}.recent.{i}={json.dumps(rec, separators=(',', ':'))}")
+            if s.by_field:  # events: counts per "field=value", so that forget() can take them off later
+                lines.append(f"{base}.by_field={json.dumps(s.by_field, separators=(',', ':'), sort_keys=True)}")
+            if s.hll is not None:  # distinct: the counts (for people), then the sketches (base64 JSON)
+                for field in ("day", "week", "month", "all"):
+                    lines.append(f"{base}.{field}={int(getattr(s, field) or 0)}")
+                lines.append(f"{base}.hll={msgspec.json.encode(s.hll).decode()}")
     for k, v in (unknown or {}).items():
         lines.append(f"{k}={v}")
     return "\n".join(lines) + "\n"
@@ -163,7 +172,7 @@ def load(text: str) -> tuple[_snap.Snapshot, dict[str, str]]:
     metrics = []
     for name, meta in sorted(metas.items()):
         kind = meta.get("kind", "")
-        if kind not in ("counter", "gauge", "histogram", "state", "events"):
+        if kind not in ("counter", "gauge", "histogram", "state", "events", "distinct"):
             for attr, v in meta.items():
                 unknown[f"metric.{name}.{attr}"] = v
             continue
@@ -253,9 +262,15 @@ def _build_series(kind: str, entry: dict, unknown: dict[str, str], name: str) ->
                     raise KeyError(field)
             elif head == "recent":
                 recent.append((int(tail), json.loads(value)))
+            elif field == "by_field":
+                s.by_field = {str(k): {str(t): int(n) for t, n in v.items()} for k, v in json.loads(value).items()}
+            elif field == "hll":
+                s.hll = msgspec.json.decode(value, type=_hll.DistinctData)
+            elif field in ("day", "week", "month", "all") and kind == "distinct":
+                pass  # derived from the sketches
             else:
                 raise KeyError(field)
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, AttributeError, msgspec.DecodeError, msgspec.ValidationError):
             unknown[f"{_series_key(name, labels)}.{field}"] = value
     # a missing key is zero
     if kind in ("counter", "gauge"):
@@ -271,4 +286,6 @@ def _build_series(kind: str, entry: dict, unknown: dict[str, str], name: str) ->
         s.total = s.total or 0
         s.by_type = s.by_type or {}
         s.recent = [r for _, r in sorted(recent, key=lambda x: x[0])]
+    elif kind == "distinct":
+        s = _snap.distinct_series(labels, s.hll or _hll.DistinctData(), None)
     return s

@@ -102,8 +102,12 @@ def metric_snapshot(m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
     series: list[_snap.Series] = []
     kind = m.kind
     capacity = None
-    if kind in ("counter", "gauge"):
+    if kind == "counter":
         series = [_snap.Series(labels=dict(zip(names, key)), value=float(v)) for key, v in rows]
+    elif kind == "gauge":
+        to_dt = _snap.to_datetime
+        series = [_snap.Series(labels=dict(zip(names, key)), value=float(v), updated_at=to_dt(at) if at else None)
+                  for key, (v, at) in rows]
     elif kind == "histogram":
         for key, (count, total, lo, hi, zero, pos, neg) in rows:
             data = SketchData(pos=pos, neg=neg, zero=zero)

@@ -68,13 +68,19 @@ class DistinctKey:
         return h.digest()
 
 
+_RANK8 = [0] + [(v & -v).bit_length() for v in range(1, 256)]  # 1 + trailing zeros of a nonzero byte
+
+
 def fold(registers: bytearray, digests) -> None:
     """Set the registers of 8-byte digests, read as big-endian integers: the top P bits pick the
     register, the rank is one plus the trailing zeros of the other Q bits (at most Q + 1)."""
-    for h in map(int.from_bytes, digests):
-        v = h | _SENTINEL
-        r = (v ^ (v - 1)).bit_length()
-        i = h >> Q
+    rank8, frm = _RANK8, int.from_bytes
+    for dg in digests:
+        r = rank8[dg[7]]  # the last byte decides the rank 255 times in 256
+        if not r:
+            v = frm(dg) | _SENTINEL
+            r = (v ^ (v - 1)).bit_length()
+        i = (dg[0] << 6) | (dg[1] >> 2)  # the top 14 bits
         if r > registers[i]:
             registers[i] = r
 

@@ -110,25 +110,29 @@ def count_of(text: str) -> int:
 
 
 class _GaugeChild:
-    __slots__ = ("_value", "__weakref__")
+    __slots__ = ("_value", "_at", "__weakref__")
 
     def __init__(self) -> None:
         self._value = 0.0
+        self._at = 0.0  # when it was last set (0: never), so that the latest value wins a merge
 
     def set(self, value: float) -> None:
         """Set the gauge to `value`."""
         with MUTATION_LOCK:
             self._value = float(value)
+            self._at = _now()
 
     def inc(self, amount: float = 1) -> None:
         """Add `amount` (may be negative)."""
         with MUTATION_LOCK:
             self._value += amount
+            self._at = _now()
 
     def dec(self, amount: float = 1) -> None:
         """Subtract `amount`."""
         with MUTATION_LOCK:
             self._value -= amount
+            self._at = _now()
 
     def get(self) -> float:
         """The current value."""
@@ -136,12 +140,13 @@ class _GaugeChild:
 
     def _zero(self) -> None:
         self._value = 0.0
+        self._at = 0.0
 
     def _used(self) -> bool:
-        return self._value != 0.0
+        return self._at != 0.0
 
     def _read(self):
-        return self._value
+        return (self._value, self._at)
 
 
 class _Timer:

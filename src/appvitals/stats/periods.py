@@ -146,7 +146,7 @@ def _epoch(value: Any) -> float:
 def to_csv(rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -> str:
     """Rows as CSV text with one header line (columns in order of first appearance)."""
     rows = list(rows)
-    cols = list(columns or [])
+    cols = list(columns or FIXED)
     for r in rows:
         cols += [c for c in r if c not in cols]
     out = io.StringIO()

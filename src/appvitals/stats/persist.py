@@ -29,6 +29,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from appvitals.stats.registry import Registry
 
 
+def _snapshot_time(now: float):
+    from appvitals.stats.snapshot import to_datetime
+
+    return to_datetime(now)
+
+
+def _snap_epoch(value) -> float:
+    from appvitals.stats.snapshot import to_epoch
+
+    return to_epoch(value)
+
+
+def _stamp(now: float) -> bytes:
+    """What a counter or gauge row keeps in its data column: when it last changed (JSON)."""
+    return msgspec.json.encode({"updated_at": _snapshot_time(now)})
+
+
 class Persister:
     """Keeps one registry's session flushed into one store."""
 
@@ -182,7 +199,7 @@ class Persister:
                 defs.append(d)
                 pending["__def__" + metric.name] = d
             if isinstance(data, _collect.CounterCells):
-                rows.extend(self._counter_rows(metric, data, run, pending))
+                rows.extend(self._counter_rows(metric, data, run, pending, now))
             else:
                 rows.extend(self._other_rows(metric, data, run, now, pending))
         history = None
@@ -211,7 +228,7 @@ class Persister:
                 self._label_json[cache_key] = text
         return text
 
-    def _counter_rows(self, metric, data: _collect.CounterCells, run: int, pending: dict) -> list[tuple]:
+    def _counter_rows(self, metric, data: _collect.CounterCells, run: int, pending: dict, now: float) -> list[tuple]:
         keys, texts, extras = data.keys, data.texts, data.extras
         prev = self._written.get(metric.name)
         n = len(texts)
@@ -226,7 +243,8 @@ class Persister:
             changed.extend(range(m, n))
         else:
             changed = range(n)
-        rows = [(run, metric.name, self._labels(metric, keys[i]), data.value(i), None) for i in changed]
+        stamp = _stamp(now)
+        rows = [(run, metric.name, self._labels(metric, keys[i]), data.value(i), stamp) for i in changed]
         pending[metric.name] = (keys, texts, extras)
         return rows
 
@@ -246,8 +264,13 @@ class Persister:
             for key, _ in changed:
                 s = by_key[key]
                 if metric.kind == "gauge":
-                    rows.append((run, metric.name, self._labels(metric, key), s.value or 0.0, None))
+                    at = _stamp(_snap_epoch(s.updated_at)) if s.updated_at is not None else None
+                    rows.append((run, metric.name, self._labels(metric, key), s.value or 0.0, at))
                 else:
+                    if metric.kind == "state":  # last changed when it entered its current state
+                        s.updated_at = s.entered_at
+                    elif metric.kind != "distinct":  # a distinct series knows its last add() itself
+                        s.updated_at = _snapshot_time(now)
                     rows.append((run, metric.name, self._labels(metric, key), None, encode_series(s)))
         pending[metric.name] = current
         return rows

@@ -18,6 +18,7 @@ from appvitals.stats import snapshot as _snap
 from appvitals.timeparse import TimeParseError, parse_time
 
 SCOPES = ("all", "session", "past")
+KEYS = ("all", "current", "previous")
 _KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
@@ -38,6 +39,9 @@ class Query(msgspec.Struct, frozen=True):
     where: dict[str, str] = {}
     metrics: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    # "current": only series used in this session; "previous": only series used in earlier sessions
+    # and not in this one (the SimpleX "current / previously used servers")
+    keys: str = "all"
 
     @property
     def windowed(self) -> bool:
@@ -54,6 +58,8 @@ class Query(msgspec.Struct, frozen=True):
         out += [("where", f"{k}={v}") for k, v in self.where.items()]
         out += [("metric", m) for m in self.metrics]
         out += [("group", g) for g in self.groups]
+        if self.keys != "all":
+            out.append(("keys", self.keys))
         return out
 
 
@@ -63,6 +69,14 @@ def parse_scope(text: str | None) -> str:
     if scope not in SCOPES:
         raise QueryError(f"scope must be one of {', '.join(SCOPES)}, not {text!r}")
     return scope
+
+
+def parse_keys(text: str | None) -> str:
+    """'all', 'current' or 'previous' (default 'all')."""
+    keys = (text or "all").strip().lower()
+    if keys not in KEYS:
+        raise QueryError(f"keys must be one of {', '.join(KEYS)}, not {text!r}")
+    return keys
 
 
 def parse_when(text: str | None, what: str = "time", now: dt.datetime | None = None) -> dt.datetime | None:
@@ -92,7 +106,7 @@ def parse_where(items: Iterable[str]) -> dict[str, str]:
 
 def build(scope: str | None = None, since: str | None = None, until: str | None = None,
           where: Iterable[str] = (), metrics: Iterable[str] = (), groups: Iterable[str] = (),
-          now: dt.datetime | None = None) -> Query:
+          now: dt.datetime | None = None, keys: str | None = None) -> Query:
     """A Query from user text (CLI options or HTTP parameters); raises QueryError."""
     now = now or dt.datetime.now(dt.timezone.utc)
     q = Query(
@@ -102,6 +116,7 @@ def build(scope: str | None = None, since: str | None = None, until: str | None 
         where=parse_where(where),
         metrics=tuple(m for m in metrics if m),
         groups=tuple(g for g in groups if g),
+        keys=parse_keys(keys),
     )
     if q.since is not None and q.until is not None and q.until <= q.since:
         raise QueryError("until must be later than since")
@@ -115,14 +130,19 @@ def from_params(params: Iterable[tuple[str, str]], now: dt.datetime | None = Non
     for key, value in params:
         if key in multi:
             multi[key].append(value)
-        elif key in ("scope", "since", "until"):
+        elif key in ("scope", "since", "until", "keys"):
             if key in single:
                 raise QueryError(f"parameter {key!r} given twice")
             single[key] = value
+        elif key in ("current", "previous"):  # ?current or ?previous: the same as keys=...
+            if "keys" in single and single["keys"] != key:
+                raise QueryError("give one of current, previous (or keys=...)")
+            single["keys"] = key
         else:
-            raise QueryError(f"unknown parameter {key!r} (known: scope, since, until, where, metric, group)")
+            raise QueryError(f"unknown parameter {key!r} (known: scope, since, until, where, metric, group, "
+                             f"keys, current, previous)")
     return build(single.get("scope"), single.get("since"), single.get("until"),
-                 multi["where"], multi["metric"], multi["group"], now)
+                 multi["where"], multi["metric"], multi["group"], now, keys=single.get("keys"))
 
 
 def check_where(snap: _snap.Snapshot, where: Mapping[str, str]) -> None:
@@ -134,12 +154,16 @@ def check_where(snap: _snap.Snapshot, where: Mapping[str, str]) -> None:
         raise QueryError(f"unknown where key {unknown[0]!r}; known keys: {listed}")
 
 
-def apply(snap: _snap.Snapshot, q: Query) -> _snap.Snapshot:
-    """The query's filters applied to a snapshot (the window is applied by whoever read it)."""
+def apply(snap: _snap.Snapshot, q: Query, current: set[tuple[str, tuple]] | None = None) -> _snap.Snapshot:
+    """The query's filters applied to a snapshot (the window is applied by whoever read it).
+
+    `current`: the (metric, label items) of the series used in this session, for `keys`."""
     if q.where:
         check_where(snap, q.where)
         snap = _snap.filter_snapshot(snap, where=q.where)
-    # ratios and status are derived over the series the filter kept, before --metric/--group
+    if q.keys != "all":
+        snap = select_keys(snap, q.keys, current)
+    # ratios and status are derived over the series the filters kept, before --metric/--group
     # drop the metrics they refer to
     snap = _snap.derive(snap)
     if not (q.metrics or q.groups):
@@ -157,6 +181,31 @@ def without_distinct_sketches(snap: _snap.Snapshot) -> _snap.Snapshot:
     return msgspec.structs.replace(snap, metrics=metrics)
 
 
+def session_keys(session: _snap.Snapshot) -> set[tuple[str, tuple]]:
+    """(metric, label items) of every series of a session snapshot."""
+    return {(m.name, _snap._key(s.labels)) for m in session.metrics for s in m.series}
+
+
+def select_keys(snap: _snap.Snapshot, keys: str, current: set[tuple[str, tuple]] | None) -> _snap.Snapshot:
+    """Only the series used in this session ("current"), or only those used in earlier sessions and not
+    in this one ("previous"). Without `current`, a series is current when it changed since the
+    session started (its `updated_at`)."""
+    want_current = keys == "current"
+
+    def is_current(name: str, s: _snap.Series) -> bool:
+        if current is not None:
+            return (name, _snap._key(s.labels)) in current
+        return s.updated_at is not None and s.updated_at >= snap.session_started_at
+
+    metrics = []
+    for m in snap.metrics:
+        if not m.label_names:  # no keys to tell apart: such a metric is neither
+            continue
+        series = [s for s in m.series if is_current(m.name, s) == want_current]
+        metrics.append(msgspec.structs.replace(m, series=series))
+    return msgspec.structs.replace(snap, metrics=metrics)
+
+
 def read_registry(registry: Any, q: Query) -> _snap.Snapshot:
     """Run a query against a live registry; windows need an attached store (else QueryError)."""
     if q.windowed:
@@ -168,13 +217,15 @@ def read_registry(registry: Any, q: Query) -> _snap.Snapshot:
             raise QueryError(str(exc))
     else:
         snap = registry.snapshot(scope=q.scope)
-    return apply(snap, q)
+    current = session_keys(registry.snapshot(scope="session")) if q.keys != "all" else None
+    return apply(snap, q, current)
 
 
 def read_store(store: Any, q: Query) -> _snap.Snapshot:
     """Run a query against a Store (history-based windows when since/until are given)."""
     snap = store.window(q.since, q.until, scope=q.scope) if q.windowed else store.snapshot(scope=q.scope)
-    return apply(snap, q)
+    current = session_keys(store.snapshot(scope="session")) if q.keys != "all" else None
+    return apply(snap, q, current)
 
 
 def previous_window(q: Query, compare_at: dt.datetime, now: dt.datetime) -> tuple[Query, Query]:

@@ -219,7 +219,15 @@ def _later(a: dt.datetime | None, b: dt.datetime | None) -> bool:
 
 
 def merge_series(kind: str, a: Series, b: Series, capacity: int | None = None) -> Series:
-    """Combine two series of the same labels: `b` is the later one."""
+    """Combine two series of the same labels: `b` is the later one. The result's `updated_at` is the
+    later of the two."""
+    out = _merge_series(kind, a, b, capacity)
+    if kind not in ("gauge", "distinct") and out is not a and out is not b:
+        out.updated_at = _max(a.updated_at, b.updated_at)
+    return out
+
+
+def _merge_series(kind: str, a: Series, b: Series, capacity: int | None = None) -> Series:
     if kind == "counter":
         return Series(labels=a.labels, value=(a.value or 0) + (b.value or 0))
     if kind == "gauge":

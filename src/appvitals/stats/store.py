@@ -77,48 +77,12 @@ class StoreDamagedError(StoreError):
     `Store(path, recover=True)` moves it aside and starts a new store."""
 
 
-class _Namespaced:
-    """The store's connection as one namespace sees it: the same SQL, with the store's tables
-    (every table of _SCHEMA: meta, runs, metrics, series, history) turned into that namespace's
-    own, so every statement of the Store serves every namespace unchanged."""
-
-    _TABLES = re.compile(r"\b(" + "|".join(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA)) + r")\b")
-
-    def __init__(self, conn, namespace: str) -> None:
-        self._conn = conn
-        self._prefix = namespace_prefix(namespace)
-        self._sql_cache: dict[str, str] = {}
-
-    def _sql(self, sql: str) -> str:
-        out = self._sql_cache.get(sql)
-        if out is None:
-            out = self._TABLES.sub(lambda m: f'"{self._prefix}{m.group(1)}"', sql)
-            if len(self._sql_cache) < 1000:
-                self._sql_cache[sql] = out
-        return out
-
-    def execute(self, sql: str, params: Any = ()):
-        return self._conn.execute(self._sql(sql), params)
-
-    def executemany(self, sql: str, rows: Iterable[Any]):
-        return self._conn.executemany(self._sql(sql), rows)
-
-    def executescript(self, script: str):
-        return self._conn.executescript(self._sql(script))
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._conn.in_transaction
-
-    def close(self) -> None:
-        pass  # the connection is the store's: it closes it
-
-
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def namespace_prefix(namespace: str) -> str:
-    """The prefix of a namespace's table names (checked: 1-64 letters, digits, '_', '.', '-')."""
+    """The prefix of a namespace's table names, after the store's table_prefix (checked: 1-64
+    letters, digits, '_', '.', '-'): every table of the store is the namespace's own."""
     if not _NAMESPACE.match(namespace or ""):
         raise ValueError(f"namespace must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter "
                          f"or digit), not {namespace!r}")
@@ -158,8 +122,14 @@ class Store:
     """An appvitals stats file: `Store(path, key=None)`; key given (or $VITALS_STORE_KEY) -> SQLCipher."""
 
     def __init__(self, path: str | os.PathLike, key: str | None = None, *, readonly: bool = False,
-                 history: HistoryPolicy | None = None, recover: bool = False) -> None:
+                 history: HistoryPolicy | None = None, recover: bool = False, table_prefix: str = "") -> None:
         self.path = os.fspath(path)
+        if table_prefix and not _PREFIX.match(table_prefix):
+            raise ValueError(f"table_prefix must be letters, digits and '_' (e.g. 'appvitals_'), not {table_prefix!r}")
+        if table_prefix and recover:
+            raise ValueError("recover=True would move the application's own database aside: not with table_prefix")
+        # with a prefix the stats live in prefixed tables of the application's own database, beside its tables
+        self.table_prefix = table_prefix
         if key is not None and not str(key).strip():
             raise StoreKeyError("an empty key would leave the store unencrypted: give a real key, or key=None "
                                 "for a plain file")
@@ -189,10 +159,11 @@ class Store:
             raise
 
     @classmethod
-    def open_readonly(cls, path: str | os.PathLike, key: str | None = None, namespace: str = "") -> Store:
+    def open_readonly(cls, path: str | os.PathLike, key: str | None = None, table_prefix: str = "",
+                      namespace: str = "") -> Store:
         """Open for reading while an application may hold the store (no lock, no writes);
         `namespace`: one of several registries kept in it (StoreError naming the known ones)."""
-        store = cls(path, key, readonly=True)
+        store = cls(path, key, readonly=True, table_prefix=table_prefix)
         if not namespace:
             return store
         try:
@@ -220,7 +191,7 @@ class Store:
         view.namespace_name = name
         view._owner = None
         view._lock_fd = view._db_fd = None  # the store holds (and releases) the file's locks
-        view._conn = _Namespaced(self._conn, name)
+        view._conn = _PrefixedConnection(_raw(self._conn), self.table_prefix + namespace_prefix(name))
         if not self.readonly:
             with self._db_lock:
                 _create_schema(view._conn)
@@ -228,11 +199,10 @@ class Store:
 
     def namespaces(self) -> list[str]:
         """The names of the registries kept in this file under a namespace, sorted."""
+        start = self.table_prefix + "ns:"
         with self._db_lock:
-            conn = self._conn._conn if isinstance(self._conn, _Namespaced) else self._conn
-            names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                                "AND name LIKE 'ns:%:meta'")]
-        return sorted(n[len("ns:"):-len(":meta")] for n in names)
+            names = [r[0] for r in _raw(self._conn).execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return sorted(n[len(start):-len(":meta")] for n in names if n.startswith(start) and n.endswith(":meta"))
 
     # ------------------------------------------------------------ opening
 
@@ -240,7 +210,8 @@ class Store:
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise StoreError(f"directory {directory} does not exist")
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path + (f".{self.table_prefix}lock" if self.table_prefix else ".lock"),
+                     os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -255,7 +226,10 @@ class Store:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
-        self._lock_db_file()
+        if not self.table_prefix:
+            # not in the application's own database: closing our descriptor of it would drop the
+            # POSIX locks its own connection holds in this process
+            self._lock_db_file()
 
     def _lock_db_file(self) -> None:
         """flock the database file too, so that deleting the side lock file lets no second writer in.
@@ -316,6 +290,8 @@ class Store:
             conn = driver.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=10.0)
         else:
             conn = driver.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        if self.table_prefix:
+            conn = _PrefixedConnection(conn, self.table_prefix)
         try:
             if self.key:
                 conn.execute("PRAGMA cipher_log_level = NONE")  # errors are ours to report, in one line
@@ -332,7 +308,7 @@ class Store:
                     f"cannot open {self.path}: it is encrypted (give the key, or set ${KEY_ENV}) or it is not a "
                     f"SQLite file"
                 ) from exc
-            if existed:
+            if existed and not self.table_prefix:  # (the application's database can be large: not checked whole)
                 try:
                     problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
                 except driver.DatabaseError as exc:
@@ -341,10 +317,15 @@ class Store:
                     raise StoreDamagedError(self._damaged_message(problems[0]))
             if existed:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if "meta" not in tables or "series" not in tables:
-                    raise StoreError(f"{self.path} is a database but not an appvitals store")
+                p = self.table_prefix
+                if p and self.readonly and p + "meta" not in tables:
+                    raise StoreError(f"{self.path} holds no stats tables named {p}*")
+                if not p and ("meta" not in tables or "series" not in tables):
+                    raise StoreError(f"{self.path} is a database but not an appvitals store (to keep the stats "
+                                     f"inside an application's database, give table_prefix='appvitals_')")
             if not self.readonly:
-                conn.execute("PRAGMA journal_mode=WAL")
+                if not self.table_prefix:  # the application's database keeps the journal mode it chose
+                    conn.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: a commit survives a killed process and the file is never torn; a power
                 # cut may roll back to an earlier completed flush. forget()/reset() checkpoint with a sync.
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -458,13 +439,14 @@ class Store:
             return None
         # counters add and gauges keep the latest run's value: plain SQL, no round trip through Python
         conn.execute("DROP TABLE IF EXISTS temp.fold")
+        # a counter or gauge row's data holds only its last-change time (JSON): the latest one stays
         conn.execute(
             "CREATE TEMP TABLE fold AS "
-            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value FROM series s "
+            "SELECT s.metric AS metric, s.labels AS labels, sum(s.value) AS value, max(s.data) AS data FROM series s "
             "JOIN metrics m ON m.name = s.metric WHERE m.kind = 'counter' GROUP BY s.metric, s.labels")
         conn.execute(
-            "INSERT INTO temp.fold SELECT metric, labels, value FROM ("
-            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, "
+            "INSERT INTO temp.fold SELECT metric, labels, value, data FROM ("
+            "  SELECT s.metric AS metric, s.labels AS labels, s.value AS value, s.data AS data, "
             "         row_number() OVER (PARTITION BY s.metric, s.labels ORDER BY s.run DESC) AS rn "
             "  FROM series s JOIN metrics m ON m.name = s.metric WHERE m.kind = 'gauge') WHERE rn = 1")
         # histograms, states and events merge in Python (sketches, times, ring buffers)
@@ -478,10 +460,10 @@ class Store:
                 merged = snap if merged is None else _snap.merge(merged, snap)
         # the folded counters and gauges are also the past this run starts from: read them from the
         # in-memory temp table rather than the (possibly encrypted) file a second time
-        simple = conn.execute("SELECT metric, labels, value, NULL FROM temp.fold ORDER BY metric, labels").fetchall()
+        simple = conn.execute("SELECT metric, labels, value, data FROM temp.fold ORDER BY metric, labels").fetchall()
         conn.execute("DELETE FROM series WHERE metric IN "
                      "(SELECT name FROM metrics WHERE kind IN ('counter', 'gauge', 'histogram', 'state', 'events', 'distinct'))")
-        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, NULL FROM temp.fold")
+        conn.execute("INSERT INTO series(run, metric, labels, value, data) SELECT 0, metric, labels, value, data FROM temp.fold")
         if merged is not None:
             conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)",
                              list(self._rows_for(merged, run=0)))
@@ -496,7 +478,8 @@ class Store:
             for s in m.series:
                 labels = encode_labels(m.label_names, (s.labels.get(n, "") for n in m.label_names))
                 if m.kind in ("counter", "gauge"):
-                    yield (run, m.name, labels, s.value or 0.0, None)
+                    yield (run, m.name, labels, s.value or 0.0,
+                           _encoder.encode({"updated_at": s.updated_at}) if s.updated_at is not None else None)
                 else:
                     yield (run, m.name, labels, None, encode_series(s))
 
@@ -673,7 +656,7 @@ class Store:
                 continue
             kind = defs[metric]["kind"]
             if kind == "counter" or kind == "gauge":
-                series = Series(labels=label_map, value=float(value or 0.0))
+                series = Series(labels=label_map, value=float(value or 0.0), updated_at=_updated_at(data))
             else:
                 try:
                     series = decode_series(data, label_map)
@@ -816,6 +799,71 @@ def _decode_view(text: str | None) -> _snap.View | None:
         return _view_decoder.decode(text)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # an unreadable view only costs the layout hints
+
+
+class _Stamp(msgspec.Struct):
+    updated_at: dt.datetime | None = None
+
+
+_stamp_decoder = msgspec.json.Decoder(_Stamp)
+
+
+def _updated_at(data: bytes | str | None) -> dt.datetime | None:
+    """A counter or gauge row's last-change time (None for rows of older versions)."""
+    if not data:
+        return None
+    try:
+        return _stamp_decoder.decode(data).updated_at
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TABLES = re.compile(r"(?<![\w.])(meta|runs|metrics|series|history)(?!\w)")
+
+
+class _PrefixedConnection:
+    """A connection whose SQL names this module's tables with a prefix (`meta` -> `appvitals_meta`),
+    so that the stats can live inside an application's own database beside its tables."""
+
+    def __init__(self, conn, prefix: str) -> None:
+        self._conn = conn
+        self._prefix = prefix
+        self._sql: dict[str, str] = {}
+
+    def _rewrite(self, sql: str) -> str:
+        out = self._sql.get(sql)
+        if out is None:
+            out = _TABLES.sub(lambda m: _quoted(self._prefix + m.group(1)), sql)
+            if len(self._sql) < 1000:
+                self._sql[sql] = out
+        return out
+
+    def execute(self, sql: str, params: Any = ()):
+        return self._conn.execute(self._rewrite(sql), params)
+
+    def executemany(self, sql: str, rows: Any):
+        return self._conn.executemany(self._rewrite(sql), rows)
+
+    def executescript(self, sql: str):
+        return self._conn.executescript(self._rewrite(sql))
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _quoted(table: str) -> str:
+    """A table name as SQL: quoted unless a plain identifier (a namespace's names hold ':' and '-')."""
+    return table if _PREFIX.match(table) else '"' + table + '"'
+
+
+def _raw(conn):
+    """The SQLite connection under a prefixed one."""
+    return conn._conn if isinstance(conn, _PrefixedConnection) else conn
 
 
 def _looks_like_sqlite(path: str) -> bool:
