@@ -3,6 +3,7 @@ file (--db), --json, --watch in a real terminal (tmux), bad input, --since acros
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -64,12 +65,15 @@ def test_url_view_reads_like_seed_003(app):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "\x1b[" not in out  # not a terminal: plain text
-    assert out.startswith("Sync Metrics (all sessions)\n━")
+    assert out.startswith("Sync Metrics\n━")  # the title exactly; the scope on the header line
+    assert out.splitlines()[2].startswith("All sessions · taken at ")
     for line in ("State\n", "  Sync state\n", "    Current: Backfilling\n", "Operations\n",
                  "  Changes received: 1,234\n", "  ├─ A: 1,200 (97%)\n", "  Sent: 45.2 MB\n",
                  "network: 1 (100%) — timeout", "network: timeout (peer=B)", "\nOther\n  Retry queue: 0\n"):
         assert line in out, out
-    assert out.index("State") < out.index("Operations") < out.index("Performance") < out.index("Errors")
+    # sections in the order the app declared its groups (ungrouped last)
+    assert (out.index("\nOperations\n") < out.index("\nData\n") < out.index("\nPerformance\n")
+            < out.index("\nState\n") < out.index("\nErrors\n") < out.index("\nOther\n"))
 
 
 def test_url_filters_and_json(app):
@@ -81,7 +85,7 @@ def test_url_filters_and_json(app):
     assert doc["metrics"][0]["series"] == [{"labels": {"peer": "B", "model": "tag"}, "value": 34.0}]
     proc = vitals("metrics", "--url", h.url, "--group", "errors", "--group", "state", "--scope", "session")
     assert proc.returncode == 0
-    assert "(this session)" in proc.stdout and "Operations" not in proc.stdout
+    assert "\nThis session · taken at " in proc.stdout and "Operations" not in proc.stdout
     assert proc.stdout.index("Errors") < proc.stdout.index("State")  # --group order is the section order
 
 
@@ -163,7 +167,7 @@ def test_watch_refreshes_in_place_and_exits_cleanly_on_ctrl_c(tmp_path, no_color
                 second = ticks_shown(screen())
             assert second != first, screen()
             shown = screen()
-            assert shown.count("Metrics (all sessions)") == 1  # redrawn in place, not appended
+            assert shown.count("All sessions · taken at") == 1  # redrawn in place, not appended
             assert "Refreshing every 1s · Ctrl-C to quit" in shown
             colours = _tmux(sock, "capture-pane", "-p", "-e", "-t", "0").stdout
             if no_color:
@@ -233,12 +237,15 @@ def test_since_across_a_restart_of_the_example_app(tmp_path):
     text = vitals("metrics", "--db", db, "--since", _iso(between), "--title", "Sync Metrics").stdout
     assert "Window: " in text and f"Changes received: {run2:,}" in text
 
-    # --compare: the window after the restart against the one of the same length before it
-    proc = vitals("metrics", "--db", db, "--since", _iso(between), "--compare", _iso(before), "--json")
+    # --compare: a window after the restart against the one of the same length before it, which
+    # ends at the restart (so what it holds does not depend on how fast the runs started)
+    until = _iso(between + (between - before))
+    proc = vitals("metrics", "--db", db, "--since", _iso(between), "--until", until, "--compare", _iso(before),
+                  "--json")
     doc = json.loads(proc.stdout)
-    assert _value(doc["current"], "changes_received") == run2
-    assert 0 < _value(doc["previous"], "changes_received") <= run1
-    text = vitals("metrics", "--db", db, "--since", _iso(between), "--compare", _iso(before)).stdout
+    assert _value(doc["current"], "changes_received") <= run2
+    assert _value(doc["previous"], "changes_received") == run1
+    text = vitals("metrics", "--db", db, "--since", _iso(between), "--until", until, "--compare", _iso(before)).stdout
     assert "Compared with: " in text and "(was " in text and ("▲" in text or "▼" in text)
     # nothing that old in a young store: the current window alone, and a note why
     proc = vitals("metrics", "--db", db, "--compare", "1 day ago", "--json")
@@ -324,3 +331,171 @@ def test_watch_into_a_pipe_prints_each_refresh_and_stops_on_sigint():
         assert seen[0] == "Hits: 0" and len(set(seen)) >= 2
         assert proc.returncode == 0 and "Traceback" not in err
         assert "\x1b[" not in "".join(seen) + out
+
+
+# ---------------------------------------------------------------- the example app's store: view, shortcuts, JSON, HTTP
+
+
+def _derived(doc: dict) -> dict:
+    """What the view adds to a snapshot document: declared views, ratios, moments, status words."""
+    return {m["name"]: (m.get("view"), m.get("ratio"),
+                        sorted((json.dumps(s["labels"], sort_keys=True), s.get("at"), s.get("status"))
+                               for s in m["series"]))
+            for m in doc["metrics"]}
+
+
+def test_example_store_through_the_cli_json_and_http(tmp_path, monkeypatch):
+    from test_render import EXAMPLE_TITLE, GOLDEN, run_sync_example
+
+    db = tmp_path / "sync.db"
+    reg, _ = run_sync_example(db, monkeypatch)
+    env = _env(TZ="UTC")
+
+    def view(*args: str) -> str:
+        proc = vitals("metrics", "--db", str(db), *args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    # the CLI prints the golden view of the store (tests/stats/golden/sync_example.txt)
+    assert view("--title", EXAMPLE_TITLE) == (GOLDEN / "sync_example.txt").read_text(encoding="utf-8")
+
+    # Spacedrive's shortcuts: --peer B, --model entry are --where; --errors, --state are --group
+    by_peer = view("--peer", "B")
+    assert by_peer == view("--where", "peer=B") and "Device B (Desktop)" in by_peer and "Device A" not in by_peer
+    assert view("--model=entry") == view("--where", "model=entry")
+    assert view("--errors") == view("--group", "errors")
+    both = view("--state", "--operations")
+    assert both == view("--group", "state", "--group", "operations")
+    assert both.index("\nState\n") < both.index("\nOperations\n") and "\nData\n" not in both
+    assert view("--operations", "--state").index("\nOperations\n") < view("--operations", "--state").index("\nState\n")
+    bad = vitals("metrics", "--db", str(db), "--colour", "red", env=env)
+    _one_clear_line(bad, 2, "no such option --colour")
+    assert "labels: --direction, --kind, --message, --model, --peer, --type;" in bad.stderr
+    assert "groups: --data, --errors, --operations, --performance, --state" in bad.stderr
+    _one_clear_line(vitals("metrics", "--db", str(db), "--peer", env=env), 2, "--peer needs a value")
+    _one_clear_line(vitals("metrics", "--db", str(db), "stray", env=env), 2, "unexpected argument 'stray'")
+
+    # --json carries what the view shows: order, ratios, moments (ISO 8601) and status words
+    doc = _json("--db", str(db), env=env)
+    metrics = {m["name"]: m for m in doc["metrics"]}
+    assert [m["view"]["order"] for m in doc["metrics"]] and metrics["sync_state"]["view"]["order"] == 1
+    assert metrics["changes_applied"]["view"]["share_of"] == "changes_received"
+    assert metrics["changes_applied"]["ratio"] == _value(doc, "changes_applied") / _value(doc, "changes_received")
+    assert metrics["broadcast_batches_sent"]["ratio"] == (_value(doc, "broadcasts_sent")
+                                                          / _value(doc, "broadcast_batches_sent"))
+    last = {s["labels"]["peer"]: s for s in metrics["last_sync"]["series"]}
+    moment = datetime.datetime.fromisoformat(last["A"]["at"].replace("Z", "+00:00"))
+    assert moment.timestamp() == last["A"]["value"] and last["A"]["at"].startswith("2025-10-23T")
+    assert last["A"]["status"] == "online"
+    device = {s["labels"]["peer"]: s for s in metrics["records_by_device"]["series"]}
+    assert device["B"]["status"] == "online" and "status" not in device["self"]
+    assert metrics["records_by_device"]["view"]["display"]["A"] == "Device A (MacBook)"
+    # ... and so does /v1/snapshot, served by the app's registry
+    with appvitals.serve(reg, port=0) as h:
+        import urllib.request
+
+        with urllib.request.urlopen(h.url + "/v1/snapshot", timeout=10) as response:
+            served = json.loads(response.read())
+        over_url = _json("--url", h.url, "--peer", "B", env=env)  # the shortcuts work over HTTP too
+    assert _derived(served) == _derived(doc)
+    by_peer_doc = _json("--db", str(db), "--peer", "B", env=env)
+    assert _derived(over_url) == _derived(by_peer_doc) and "records_by_device" in _derived(by_peer_doc)
+
+
+def test_several_libraries_in_one_store(tmp_path):
+    db = tmp_path / "libraries.db"
+    store = appvitals.Store(db)
+    libraries = {"library-7f3a": 5, "library-b2": 7}
+    regs = []
+    for name, n in libraries.items():
+        reg = appvitals.Registry()
+        reg.counter("changes_received", "Changes received", labels=("peer",), group="operations").labels(peer="A").inc(n)
+        reg.attach(store, interval=5, namespace=name)
+        regs.append(reg)
+    for reg in regs:
+        reg.detach()  # a library's registry detaching leaves the store to the others
+    plain = appvitals.Registry()
+    plain.counter("app_starts", "App starts").inc()
+    plain.attach(store, interval=5)
+    plain.detach()  # the store's own registry closes it, as before
+    with appvitals.Store.open_readonly(db) as reader:
+        assert reader.namespaces() == sorted(libraries)
+
+    for name, n in libraries.items():
+        doc = _json("--db", str(db), "--namespace", name)
+        assert [m["name"] for m in doc["metrics"]] == ["changes_received"] and _value(doc, "changes_received") == n
+        windowed = _json("--db", str(db), "--namespace", name, "--since", "1 hour ago")  # each its own history
+        assert windowed["window"] and _value(windowed, "changes_received") == n
+        text = vitals("metrics", "--db", str(db), "--namespace", name, "--title", "Sync Metrics").stdout
+        assert text.splitlines()[2].startswith(f"All sessions · {name} · taken at ")
+    assert [m["name"] for m in _json("--db", str(db))["metrics"]] == ["app_starts"]
+    _one_clear_line(vitals("metrics", "--db", str(db), "--namespace", "library-zz"), 2,
+                    "no namespace 'library-zz'")
+    assert "namespaces: library-7f3a, library-b2" in vitals("metrics", "--db", str(db), "--namespace", "x").stderr
+    _one_clear_line(vitals("metrics", "--url", "http://127.0.0.1:1", "--namespace", "x"), 2, "--namespace picks")
+
+    # a restart restores each library from its own tables
+    store = appvitals.Store(db)
+    reg = appvitals.Registry()
+    again = reg.counter("changes_received", "Changes received", labels=("peer",), group="operations")
+    reg.attach(store, interval=5, namespace="library-b2")
+    again.labels(peer="A").inc()
+    assert reg.snapshot().value("changes_received") == 8
+    with pytest.raises(ValueError, match="namespace must be"):
+        appvitals.Registry().attach(store, namespace="no spaces")
+    reg.detach()
+    store.close()
+    assert _value(_json("--db", str(db), "--namespace", "library-b2"), "changes_received") == 8
+    assert _value(_json("--db", str(db), "--namespace", "library-7f3a"), "changes_received") == 5
+
+
+def test_a_store_with_only_namespaces_says_how_to_pick_one(tmp_path):
+    db = tmp_path / "only.db"
+    store = appvitals.Store(db)
+    reg = appvitals.Registry()
+    reg.counter("hits", "Hits").inc()
+    reg.attach(store, interval=5, namespace="library-1")
+    reg.detach()
+    store.close()
+    proc = vitals("metrics", "--db", str(db), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["metrics"] == []
+    assert "pick one with --namespace (library-1)" in proc.stderr
+
+
+def test_namespaces_of_an_encrypted_store_are_encrypted(tmp_path):
+    db = tmp_path / "secret.db"
+    store = appvitals.Store(db, key="k3y")
+    reg = appvitals.Registry()
+    reg.counter("changes_received", "Changes", labels=("peer",)).labels(peer="laptop-of-alice").inc(3)
+    reg.attach(store, interval=5, namespace="library-secret")
+    reg.detach()
+    store.close()
+    raw = db.read_bytes()
+    assert b"library-secret" not in raw and b"laptop-of-alice" not in raw  # table names and values alike
+    _one_clear_line(vitals("metrics", "--db", str(db), "--namespace", "library-secret"), 2, "encrypted")
+    doc = _json("--db", str(db), "--key", "k3y", "--namespace", "library-secret")
+    assert _value(doc, "changes_received") == 3
+
+
+def test_namespaces_inside_the_apps_own_database(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as app_db:
+        app_db.execute("CREATE TABLE libraries(id TEXT PRIMARY KEY, name TEXT)")
+        app_db.execute("INSERT INTO libraries VALUES ('library-7f3a', 'My Library')")
+    store = appvitals.Store(db, table_prefix="appvitals_")
+    reg = appvitals.Registry()
+    reg.counter("changes_received", "Changes", labels=("peer",)).labels(peer="A").inc(4)
+    reg.attach(store, interval=5, namespace="library-7f3a")
+    reg.detach()
+    assert store.namespaces() == ["library-7f3a"]
+    store.close()
+    with sqlite3.connect(db) as app_db:
+        tables = {r[0] for r in app_db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert app_db.execute("SELECT name FROM libraries").fetchall() == [("My Library",)]
+    assert "appvitals_ns:library-7f3a:series" in tables and "series" not in tables
+    doc = _json("--db", str(db), "--table-prefix", "appvitals_", "--namespace", "library-7f3a")
+    assert _value(doc, "changes_received") == 4
+    _one_clear_line(vitals("metrics", "--db", str(db), "--table-prefix", "appvitals_", "--namespace", "x"), 2,
+                    "namespaces: library-7f3a")

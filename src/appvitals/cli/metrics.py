@@ -2,6 +2,8 @@
 
 Thin: options become an `appvitals.stats.query.Query`; the snapshot is read with
 `query.read_store` (`--db`) or `query.read_url` (`--url`) and shown by `appvitals.stats.render`.
+Options it does not define are the shortcuts of Spacedrive's `sd sync metrics`: `--peer B`
+(any label the store knows, as `--where peer=B`) and `--errors` (any group, as `--group errors`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ Reader = Callable[[_query.Query], _snap.Snapshot]
 
 @contextlib.contextmanager
 def _open_source(db: str | None, key: str | None, url: str | None, token: str | None,
-                 table_prefix: str = "") -> Iterator[Reader]:
+                 table_prefix: str = "", namespace: str = "") -> Iterator[Reader]:
     """A function Query -> Snapshot over the chosen source, with errors turned into one-liners."""
     if db and url:
         raise BadUsage("give either --db FILE or --url URL, not both")
+    if url and namespace:
+        raise BadUsage("--namespace picks a registry of a store (--db); a running app (--url) serves one")
     if url:
         yield lambda q: _query.read_url(url, q, token)
         return
@@ -40,12 +44,17 @@ def _open_source(db: str | None, key: str | None, url: str | None, token: str | 
     from appvitals.stats.store import Store, StoreError, StoreKeyError
 
     try:
-        store = Store.open_readonly(db, key=key or None, table_prefix=table_prefix)
+        whole = Store.open_readonly(db, key=key or None, table_prefix=table_prefix)
+        known = whole.namespaces()
     except StoreKeyError as exc:
         raise BadUsage(_key_message(db, key, exc))
     except StoreError as exc:
         raise VitalsError(f"cannot read {db}: {exc}")
     try:
+        if namespace and namespace not in known:
+            raise BadUsage(f"no namespace {namespace!r} in {db}; namespaces: {', '.join(known) or 'none'}")
+        store = whole.namespace(namespace)
+
         def read(q: _query.Query) -> _snap.Snapshot:
             try:
                 return _query.read_store(store, q)
@@ -54,9 +63,12 @@ def _open_source(db: str | None, key: str | None, url: str | None, token: str | 
             except StoreError as exc:
                 raise VitalsError(f"cannot read {db}: {exc}")
 
+        if known and not namespace and not read(_query.Query()).metrics:
+            click.echo(f"vitals: {db} keeps its stats under namespaces; pick one with --namespace "
+                       f"({', '.join(known)})", err=True)
         yield read
     finally:
-        store.close()
+        whole.close()
 
 
 def _key_message(db: str, key: str | None, exc: Exception) -> str:
@@ -65,12 +77,58 @@ def _key_message(db: str, key: str | None, exc: Exception) -> str:
     return f"{db} is encrypted: pass --key KEY or set VITALS_STORE_KEY"
 
 
+def parse_shortcuts(args: list[str]) -> list[tuple[str, str | None]]:
+    """['--peer', 'B', '--errors', '--model=entry'] -> [('peer', 'B'), ('errors', None), ('model', 'entry')]:
+    an option with a value (the next word when it is no option) or a bare flag; raises BadUsage on a
+    word that is no option."""
+    out: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if not word.startswith("--") or len(word) < 3:
+            raise BadUsage(f"unexpected argument {word!r} (options start with --)")
+        name, sep, value = word[2:].partition("=")
+        if sep:
+            out.append((name, value))
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append((name, args[i + 1]))
+            i += 1
+        else:
+            out.append((name, None))
+        i += 1
+    return out
+
+
+def resolve_shortcuts(shortcuts: list[tuple[str, str | None]], snap: _snap.Snapshot) -> tuple[list[str], list[str]]:
+    """Shortcut options -> (where items, groups), by what the snapshot knows: `--LABEL VALUE` is
+    `--where LABEL=VALUE`, `--GROUP` is `--group GROUP`. Unknown ones raise BadUsage naming the
+    known labels and groups."""
+    labels = _snap.label_keys(snap)
+    groups = {m.group.split("/", 1)[0] for m in snap.metrics if m.group}  # sections ("operations/receives": operations)
+    where: list[str] = []
+    chosen: list[str] = []
+    for name, value in shortcuts:
+        if value is not None and name in labels:
+            where.append(f"{name}={value}")
+        elif name in groups:
+            if value is not None:
+                raise BadUsage(f"--{name} is a group and takes no value (got {value!r})")
+            chosen.append(name)
+        else:
+            if name in labels:
+                raise BadUsage(f"--{name} needs a value (e.g. --{name} VALUE), as --where {name}=VALUE")
+            known_labels = ", ".join(f"--{k}" for k in sorted(labels)) or "none"
+            known_groups = ", ".join(f"--{g}" for g in sorted(groups)) or "none"
+            raise BadUsage(f"no such option --{name}; labels: {known_labels}; groups: {known_groups}")
+    return where, chosen
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-@click.command("metrics")
+@click.command("metrics", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--db", metavar="FILE", help="The app's store file (SQLite; SQLCipher with a key).")
 @click.option("--key", metavar="KEY", envvar="VITALS_STORE_KEY", show_envvar=True,
               help="Key of an encrypted store.")
@@ -95,10 +153,21 @@ def _one_line(exc: BaseException) -> str:
               help="Only series used in earlier sessions and not in this one.")
 @click.option("--table-prefix", default="", metavar="PREFIX",
               help="The stats live in the app's own database, in tables named PREFIX* (e.g. appvitals_).")
-@click.option("--title", default="Metrics", show_default=True, help="Title of the view.")
-def command(db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, keys,
-            table_prefix, title) -> None:
-    """In-app stats, formatted like seed 003's example (or as JSON), live with --watch."""
+@click.option("--title", default="Metrics", show_default=True, help="Title of the view, shown exactly as given.")
+@click.option("--namespace", metavar="NAME", default="",
+              help="Which registry of a store holding several (reg.attach(store, namespace=NAME)), e.g. one library.")
+@click.pass_context
+def command(ctx, db, key, url, token, since, until, where, metrics, groups, scope, as_json, watch, compare, keys,
+            table_prefix, title, namespace) -> None:
+    """In-app stats, laid out like Spacedrive's sync metrics (or as JSON), live with --watch.
+
+    \b
+    Shortcuts, as in `sd sync metrics`:
+      --LABEL VALUE   any label the app uses: --peer B is --where peer=B
+      --GROUP         any group: --errors is --group errors (--state, --operations...)
+    """
+    shortcuts = parse_shortcuts(list(ctx.args))
+    where, groups = list(where), list(groups)
 
     def queries(now: dt.datetime) -> tuple[_query.Query, _query.Query | None]:
         q = _query.build(scope, since, until, where, metrics, groups, now=now, keys=keys)
@@ -124,12 +193,17 @@ def command(db, key, url, token, since, until, where, metrics, groups, scope, as
 
     try:
         queries(dt.datetime.now(dt.timezone.utc))  # bad options fail before any I/O
-        with _open_source(db, key, url, token, table_prefix) as read:
+        with _open_source(db, key, url, token, table_prefix, namespace) as read:
+            if shortcuts:  # what they mean depends on the labels and groups the app has
+                more_where, more_groups = resolve_shortcuts(shortcuts, read(_query.Query(scope=scope)))
+                where += more_where
+                groups += more_groups
+                queries(dt.datetime.now(dt.timezone.utc))
             if watch is not None:
-                _watch(read, take, watch, as_json, title, groups, bool(compare))
+                _watch(read, take, watch, as_json, title, groups, bool(compare), namespace)
                 return
             current, previous = take(read)
-            _emit(current, previous, as_json, title, groups, comparing=bool(compare))
+            _emit(current, previous, as_json, title, groups, comparing=bool(compare), namespace=namespace)
     except _query.QueryError as exc:
         raise BadUsage(_one_line(exc))
     except _query.SourceError as exc:
@@ -137,7 +211,7 @@ def command(db, key, url, token, since, until, where, metrics, groups, scope, as
 
 
 def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: bool, title: str, groups,
-          comparing: bool = False) -> None:
+          comparing: bool = False, namespace: str = "") -> None:
     if as_json:
         current = _query.without_distinct_sketches(current)
         previous = _query.without_distinct_sketches(previous) if previous is not None else None
@@ -146,10 +220,11 @@ def _emit(current: _snap.Snapshot, previous: _snap.Snapshot | None, as_json: boo
         sys.stdout.flush()
         return
     console = _render.make_console()
-    console.print(_render.render(current, title=title, previous=previous, order=tuple(groups)))
+    console.print(_render.render(current, title=title, previous=previous, order=tuple(groups), namespace=namespace))
 
 
-def _watch(read: Reader, take, interval: float, as_json: bool, title: str, groups, comparing: bool) -> None:
+def _watch(read: Reader, take, interval: float, as_json: bool, title: str, groups, comparing: bool,
+           namespace: str = "") -> None:
     """Refresh until Ctrl-C (exit 0). A failed read shows on the screen and is retried."""
     from rich.console import Group
     from rich.live import Live
@@ -167,7 +242,7 @@ def _watch(read: Reader, take, interval: float, as_json: bool, title: str, group
     console = _render.make_console()
     footer = Text(f"Refreshing every {_render.fmt_duration(interval)} · Ctrl-C to quit", style="dim")
     current, previous = take(read)  # a first failure is an error like without --watch
-    last = _render.render(current, title=title, previous=previous, order=tuple(groups))
+    last = _render.render(current, title=title, previous=previous, order=tuple(groups), namespace=namespace)
 
     def view() -> Group:
         nonlocal last
@@ -176,7 +251,7 @@ def _watch(read: Reader, take, interval: float, as_json: bool, title: str, group
         except (_query.SourceError, click.ClickException) as exc:  # the app restarting, say: keep trying
             message = exc.format_message() if isinstance(exc, click.ClickException) else _one_line(exc)
             return Group(last, Text(""), Text(f"⚠ {message} (retrying)", style="yellow"), footer)
-        last = _render.render(current, title=title, previous=previous, order=tuple(groups))
+        last = _render.render(current, title=title, previous=previous, order=tuple(groups), namespace=namespace)
         return Group(last, Text(""), footer)
 
     if not console.is_terminal:  # a pipe or a file: no cursor to move, print each refresh in turn

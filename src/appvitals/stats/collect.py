@@ -137,4 +137,4 @@ def metric_snapshot(m: Metric, rows: list, now: float) -> _snap.MetricSnapshot:
                                                 _snap.to_datetime(last) if last else None))
     series.sort(key=lambda s: tuple(s.labels.values()))
     return _snap.MetricSnapshot(name=m.name, kind=kind, help=m.help, unit=m.unit, group=m.group,
-                                label_names=list(names), capacity=capacity, series=series)
+                                label_names=list(names), capacity=capacity, series=series, view=m.view)

@@ -464,6 +464,7 @@ class Metric:
     """A named metric: one series, or a family of labelled series."""
 
     kind = ""
+    view = None  # how `vitals metrics` shows it (snapshot.View), set by the registry
 
     def __init__(self, hooks: Hooks, name: str, help: str, unit: str, labels: Sequence[str],
                  group: str, max_series: int, **options: Any) -> None:

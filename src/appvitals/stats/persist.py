@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from appvitals.stats import collect as _collect
-from appvitals.stats.store import HistoryPolicy, Store, encode_labels, encode_series
+from appvitals.stats.store import HistoryPolicy, Store, encode_labels, encode_series, encode_view
 
 if TYPE_CHECKING:  # pragma: no cover
     from appvitals.stats.registry import Registry
@@ -193,7 +193,8 @@ class Persister:
         for metric, data in collected.entries:
             d = (metric.name, metric.kind, metric.help, metric.unit, metric.group,
                  msgspec.json.encode(list(metric.label_names)).decode(),
-                 getattr(metric, "capacity", None) or getattr(metric, "history_size", None))
+                 getattr(metric, "capacity", None) or getattr(metric, "history_size", None),
+                 encode_view(metric.view))
             if self._defs_written.get(metric.name) != d:
                 defs.append(d)
                 pending["__def__" + metric.name] = d

@@ -160,11 +160,15 @@ def apply(snap: _snap.Snapshot, q: Query, current: set[tuple[str, tuple]] | None
     `current`: the (metric, label items) of the series used in this session, for `keys`."""
     if q.where:
         check_where(snap, q.where)
+        snap = _snap.filter_snapshot(snap, where=q.where)
     if q.keys != "all":
         snap = select_keys(snap, q.keys, current)
-    if not (q.where or q.metrics or q.groups):
+    # ratios and status are derived over the series the filters kept, before --metric/--group
+    # drop the metrics they refer to
+    snap = _snap.derive(snap)
+    if not (q.metrics or q.groups):
         return snap
-    return _snap.filter_snapshot(snap, where=q.where, metrics=q.metrics, groups=q.groups)
+    return _snap.filter_snapshot(snap, metrics=q.metrics, groups=q.groups)
 
 
 def without_distinct_sketches(snap: _snap.Snapshot) -> _snap.Snapshot:

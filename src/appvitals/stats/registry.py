@@ -9,6 +9,8 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from appvitals.stats import collect as _collect
 from appvitals.stats import hll as _hll
 from appvitals.stats import snapshot as _snap
@@ -57,39 +59,44 @@ class Registry:
 
     # ------------------------------------------------------------ factories
 
+    # Every factory also takes the view options of `snapshot.View` (how `vitals metrics` shows the
+    # metric): share_of="other" / per="other" (+ ratio_unit), status="other_gauge" (+ status_text),
+    # display={"A": "Device A (MacBook)"}, local="self". Sections and lines follow declaration order.
+
     def counter(self, name: str, help: str = "", labels: Sequence[str] = (), unit: str = "", group: str = "",
-                max_series: int | None = None) -> Counter:
+                max_series: int | None = None, **view: Any) -> Counter:
         """A counter (labelled when `labels` are given)."""
-        return self._define(Counter, name, help, unit, labels, group, max_series)
+        return self._define(Counter, name, help, unit, labels, group, max_series, view=view)
 
     def gauge(self, name: str, help: str = "", labels: Sequence[str] = (), unit: str = "", group: str = "",
-              max_series: int | None = None) -> Gauge:
-        """A gauge."""
-        return self._define(Gauge, name, help, unit, labels, group, max_series)
+              max_series: int | None = None, **view: Any) -> Gauge:
+        """A gauge; `unit="timestamp"` holds a moment (epoch seconds), shown as "2m 5s ago"."""
+        return self._define(Gauge, name, help, unit, labels, group, max_series, view=view)
 
     def histogram(self, name: str, help: str = "", unit: str = "", labels: Sequence[str] = (), group: str = "",
-                  max_series: int | None = None) -> Histogram:
+                  max_series: int | None = None, **view: Any) -> Histogram:
         """A histogram with count, sum, min, max and p50/p90/p99 (1 % relative error)."""
-        return self._define(Histogram, name, help, unit, labels, group, max_series)
+        return self._define(Histogram, name, help, unit, labels, group, max_series, view=view)
 
     def state(self, name: str, help: str = "", states: Iterable[str] = (), labels: Sequence[str] = (),
-              history: int = 20, group: str = "", max_series: int | None = None) -> State:
+              history: int = 20, group: str = "", max_series: int | None = None, **view: Any) -> State:
         """A state machine; the first of `states` is the initial state."""
-        return self._define(State, name, help, "", labels, group, max_series, states=tuple(states), history=history)
+        return self._define(State, name, help, "", labels, group, max_series, view=view, states=tuple(states),
+                            history=history)
 
-    def events(self, name: str, help: str = "", capacity: int = 100, group: str = "") -> Events:
+    def events(self, name: str, help: str = "", capacity: int = 100, group: str = "", **view: Any) -> Events:
         """A ring buffer of the last `capacity` records with totals per type."""
-        return self._define(Events, name, help, "", (), group, None, capacity=capacity)
+        return self._define(Events, name, help, "", (), group, None, view=view, capacity=capacity)
 
     def distinct(self, name: str, help: str = "", labels: Sequence[str] = (), group: str = "",
-                 max_series: int | None = None) -> Distinct:
+                 max_series: int | None = None, **view: Any) -> Distinct:
         """Distinct active ids (`.add(id)`, str or bytes) per UTC day, ISO week, month and all time.
 
         Only a keyed hash of each id is kept (the key lives in the attached store); counts are
         HyperLogLog estimates with at most 2 % relative error."""
-        return self._define(Distinct, name, help, "", labels, group, max_series, key=self._distinct_key)
+        return self._define(Distinct, name, help, "", labels, group, max_series, view=view, key=self._distinct_key)
 
-    def _define(self, cls, name, help, unit, labels, group, max_series, **options):
+    def _define(self, cls, name, help, unit, labels, group, max_series, view=None, **options):
         if not self.enabled:
             return NOOP
         with self._define_lock:
@@ -100,7 +107,9 @@ class Registry:
                         f"metric {name!r} is already registered as a {existing.kind} with labels {list(existing.label_names)}"
                     )
                 return existing
+            declared = _view_of(name, labels, view or {}, len(self._metrics) + 1)
             metric = cls(self._hooks, name, help, unit, labels, group, max_series or self.max_series, **options)
+            metric.view = declared
             self._metrics[name] = metric
             return metric
 
@@ -235,12 +244,15 @@ class Registry:
     # ------------------------------------------------------------ persistence
 
     def attach(self, store: Store, interval: float = 15.0, history: Any = None, log: str | None = None,
-               log_every: str = "day") -> None:
+               log_every: str = "day", namespace: str = "") -> None:
         """Restore earlier sessions from `store`, then flush to it every `interval` seconds and at exit.
 
         With `log="stats.csv"`, one CSV row per closed `log_every` period ("hour", "day", "week",
         "month", UTC) is appended to that file, on start for periods that closed while the app was
-        down (see appvitals.period_rows)."""
+        down (see appvitals.period_rows).
+
+        `namespace`: keep this registry apart from others in the same store (one per library, say);
+        detaching then leaves the store open for the others."""
         from appvitals.stats.periods import PeriodLog
         from appvitals.stats.persist import Persister
 
@@ -250,6 +262,8 @@ class Registry:
             raise ValueError("interval must be between 1 and 300 seconds")
         if self._store is not None:
             raise RuntimeError("this registry is already attached to a store")
+        if namespace:
+            store = store.namespace(namespace)
         period_log = PeriodLog(log, log_every) if log is not None else None
         persister = Persister(self, store, interval, history, period_log)
         for want, keep_totals in self._pending_forgets:  # before the past is read back: it never returns
@@ -353,6 +367,29 @@ class Registry:
             for m in self._metrics.values():
                 if isinstance(m, Distinct):
                     m.rekey_locked()
+
+
+def _view_of(name: str, labels: Sequence[str], options: dict[str, Any], order: int) -> _snap.View:
+    """The declared view of a metric, checked: a clear error for an unknown or ill-typed option."""
+    known = [f for f in _snap.View.__struct_fields__ if f != "order"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"metric {name!r}: unknown option {unknown[0]!r} (view options: {', '.join(known)})")
+    if options.get("share_of") and options.get("per"):
+        raise ValueError(f"metric {name!r}: give share_of or per, not both")
+    if name in (options.get("share_of"), options.get("per"), options.get("status")):
+        raise ValueError(f"metric {name!r} cannot refer to itself")
+    if options.get("status") and not labels:
+        raise ValueError(f"metric {name!r}: status= needs a labelled metric (the status is per label value)")
+    for words in ("status_text", "display"):  # label values are strings: {1: "online"} means {"1": ...}
+        if options.get(words) is not None:
+            options = {**options, words: {str(k): str(v) for k, v in dict(options[words]).items()}}
+    if options.get("local") is not None:
+        options = {**options, "local": str(options["local"])}
+    try:
+        return msgspec.convert({**options, "order": order}, _snap.View)
+    except msgspec.ValidationError as exc:
+        raise TypeError(f"metric {name!r}: {exc}") from None
 
 
 def value_of(snapshot: _snap.Snapshot, name: str, **labels: Any) -> float:

@@ -29,6 +29,16 @@ def to_datetime(ts: float) -> dt.datetime:
     return _EPOCH + dt.timedelta(seconds=ts)
 
 
+def moment(ts: float | None) -> dt.datetime | None:
+    """A timestamp gauge's value as a datetime: None when unset (0) or not a time (out of range)."""
+    if not ts or ts != ts:
+        return None
+    try:
+        return to_datetime(ts)
+    except (OverflowError, ValueError):
+        return None
+
+
 def to_epoch(value: dt.datetime) -> float:
     """An aware datetime as Unix epoch seconds."""
     return (value - _EPOCH).total_seconds()
@@ -78,6 +88,23 @@ class Series(msgspec.Struct, omit_defaults=True, gc=False):
     hll: _hll.DistinctData | None = None
     # events: {"user=5": {type: count}}, so that forgetting a user takes its records off total and by_type
     by_field: dict[str, dict[str, int]] | None = None
+    # derived by `derive()` for the view: a unit="timestamp" gauge's moment, and the word its
+    # metric's status metric gives this series' label value ("online")
+    at: dt.datetime | None = None
+    status: str | None = None
+
+
+class View(msgspec.Struct, omit_defaults=True, frozen=True, gc=False):
+    """How a metric wants to be shown, as the app declared it (`reg.counter(..., share_of=...)`)."""
+
+    order: int = 0  # declaration order in the registry, from 1 (0: unknown, e.g. an older store)
+    share_of: str = ""  # this metric's total as a share of that metric's total: "(99.8%)"
+    per: str = ""  # that metric's total per one of this: "(avg 53.7 items/batch)"
+    ratio_unit: str = ""  # the unit of the `per` ratio ("items/batch", "s")
+    status: str = ""  # a gauge or state machine with the same label: its value beside each line
+    status_text: dict[str, str] = {}  # status values as words ({"1": "online", "0": "offline"})
+    display: dict[str, str] = {}  # label values as display names ({"A": "Device A (MacBook)"})
+    local: str = ""  # the label value that is this device: shown as "This device", without status
 
 
 class MetricSnapshot(msgspec.Struct):
@@ -91,6 +118,8 @@ class MetricSnapshot(msgspec.Struct):
     label_names: list[str] = []
     capacity: int | None = None  # events: ring size; state: history size
     series: list[Series] = []
+    view: View | None = None  # how the app wants it shown (declaration order, ratios, status)
+    ratio: float | None = None  # derived: the share (share_of) or the average (per), see `derive()`
 
     def total(self) -> float:
         """The metric's aggregate, derived from its series (never kept as a second count)."""
@@ -374,6 +403,63 @@ def window(later: Snapshot, earlier: Snapshot | None) -> Snapshot:
     )
 
 
+# ---------------------------------------------------------------- derived values
+
+DEFAULT_STATUS_TEXT = {"0": "offline", "1": "online"}
+
+
+def status_word(m: MetricSnapshot, s: Series, words: Mapping[str, str]) -> str | None:
+    """A state's current state, or a gauge's value as a word (its text when `words` has none)."""
+    if m.kind == "state":
+        return s.current
+    if m.kind == "gauge" and s.value is not None:
+        key = str(int(s.value)) if float(s.value).is_integer() else str(s.value)
+        return words.get(key, key)
+    return None
+
+
+def derive(snap: Snapshot) -> Snapshot:
+    """Fill in what the view declarations imply: ratios (`share_of`, `per`), a timestamp gauge's
+    moment (`at`) and each series' status word. Pure and idempotent: a ratio or status whose
+    other metric is not in `snap` (filtered out) keeps the value it had."""
+    by_name = {m.name: m for m in snap.metrics}
+    out = []
+    for m in snap.metrics:
+        view = m.view
+        changes: dict[str, Any] = {}
+        if view is not None and (view.share_of or view.per):
+            other = by_name.get(view.share_of or view.per)
+            if other is not None and other.kind == m.kind == "histogram":
+                pass  # ratios between counts of samples say little; not offered
+            elif other is not None:
+                mine, theirs = m.total(), other.total()
+                if view.share_of:
+                    changes["ratio"] = mine / theirs if theirs else None
+                else:
+                    changes["ratio"] = theirs / mine if mine else None
+        series = m.series
+        if m.unit == "timestamp" and m.kind == "gauge":
+            series = [msgspec.structs.replace(s, at=moment(s.value)) for s in series]
+        if view is not None and view.status and view.status in by_name and m.label_names:
+            source = by_name[view.status]
+            words = view.status_text or DEFAULT_STATUS_TEXT
+            status_of: dict[tuple, str | None] = {}
+            for s in source.series:
+                status_of[_key(s.labels)] = status_word(source, s, words)
+            series = [msgspec.structs.replace(s, status=None if view.local and view.local in s.labels.values()
+                                              else _status_for(s.labels, source.label_names, status_of))
+                      for s in series]
+        if series is not m.series:
+            changes["series"] = series
+        out.append(msgspec.structs.replace(m, **changes) if changes else m)
+    return msgspec.structs.replace(snap, metrics=out)
+
+
+def _status_for(labels: Mapping[str, str], names: Iterable[str], status_of: Mapping[tuple, str | None]) -> str | None:
+    """The status of the status metric's series whose labels this series shares."""
+    return status_of.get(_key({n: labels[n] for n in names if n in labels}))
+
+
 # ---------------------------------------------------------------- filters
 
 
@@ -391,7 +477,7 @@ def filter_snapshot(
     for m in snap.metrics:
         if patterns and not any(fnmatch.fnmatchcase(m.name, p) for p in patterns):
             continue
-        if group_set and m.group not in group_set:
+        if group_set and m.group not in group_set and m.group.split("/", 1)[0] not in group_set:  # a section's blocks too
             continue
         if where:
             if m.kind == "events":

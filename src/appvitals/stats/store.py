@@ -14,6 +14,10 @@ Guarantees:
   the forgotten label values are gone from disk, not just unlinked from the b-tree;
 - one writer: a second process attaching the same file gets StoreLockedError.
 
+Several registries can share one store (one per Spacedrive library, say): each attaches under
+its own namespace (`reg.attach(store, namespace="library-7f3a")`) and gets tables of its own
+(runs, metrics, series, history, meta) in the same file, under the same key and lock.
+
 Format evolution: `meta.format` is the format version. Rows are JSON objects decoded
 leniently (unknown fields ignored, missing ones zero), unknown metric kinds are skipped,
 and a run only ever rewrites its own rows, so an older appvitals never destroys what a
@@ -23,6 +27,7 @@ newer one wrote.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import fcntl
 import os
@@ -47,7 +52,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, started_at REAL NOT NULL, flushed_at REAL);
 CREATE TABLE IF NOT EXISTS metrics(
     name TEXT PRIMARY KEY, kind TEXT NOT NULL, help TEXT NOT NULL DEFAULT '', unit TEXT NOT NULL DEFAULT '',
-    grp TEXT NOT NULL DEFAULT '', label_names TEXT NOT NULL DEFAULT '[]', capacity INTEGER);
+    grp TEXT NOT NULL DEFAULT '', label_names TEXT NOT NULL DEFAULT '[]', capacity INTEGER, view TEXT);
 CREATE TABLE IF NOT EXISTS series(
     run INTEGER NOT NULL, metric TEXT NOT NULL, labels TEXT NOT NULL, value REAL, data BLOB,
     PRIMARY KEY(run, metric, labels)) WITHOUT ROWID;
@@ -70,6 +75,18 @@ class StoreLockedError(StoreError):
 class StoreDamagedError(StoreError):
     """The file is a damaged SQLite database (bytes flipped, truncated). It is left as it is;
     `Store(path, recover=True)` moves it aside and starts a new store."""
+
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def namespace_prefix(namespace: str) -> str:
+    """The prefix of a namespace's table names, after the store's table_prefix (checked: 1-64
+    letters, digits, '_', '.', '-'): every table of the store is the namespace's own."""
+    if not _NAMESPACE.match(namespace or ""):
+        raise ValueError(f"namespace must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter "
+                         f"or digit), not {namespace!r}")
+    return f"ns:{namespace}:"
 
 
 class HistoryPolicy(msgspec.Struct, frozen=True):
@@ -120,6 +137,8 @@ class Store:
         self.readonly = readonly
         self.history = history or HistoryPolicy()
         self.moved_aside: str | None = None  # where recover=True put a damaged file
+        self.namespace_name = ""  # "" is the store's own registry; see namespace()
+        self._owner: Store | None = None  # a namespace's store, when the namespace opened it
         self._lock_fd: int | None = None
         self._db_fd: int | None = None
         self._db_lock = threading.RLock()
@@ -140,9 +159,50 @@ class Store:
             raise
 
     @classmethod
-    def open_readonly(cls, path: str | os.PathLike, key: str | None = None, table_prefix: str = "") -> Store:
-        """Open for reading while an application may hold the store (no lock, no writes)."""
-        return cls(path, key, readonly=True, table_prefix=table_prefix)
+    def open_readonly(cls, path: str | os.PathLike, key: str | None = None, table_prefix: str = "",
+                      namespace: str = "") -> Store:
+        """Open for reading while an application may hold the store (no lock, no writes);
+        `namespace`: one of several registries kept in it (StoreError naming the known ones)."""
+        store = cls(path, key, readonly=True, table_prefix=table_prefix)
+        if not namespace:
+            return store
+        try:
+            known = store.namespaces()
+            if namespace not in known:
+                listed = ", ".join(known) if known else "none"
+                raise StoreError(f"no namespace {namespace!r} in {store.path} (namespaces: {listed})")
+            view = store.namespace(namespace)
+        except BaseException:
+            store.close()
+            raise
+        view._owner = store
+        return view
+
+    def namespace(self, name: str) -> Store:
+        """The registry `name` of this file: its own tables beside the others', sharing this store's
+        connection, key and writer lock (closing it leaves this store open). "" is this store."""
+        if not name:
+            return self
+        if self.namespace_name:
+            raise ValueError("namespaces do not nest: call namespace() on the store itself")
+        namespace_prefix(name)  # checks the name before anything is made
+        view = copy.copy(self)  # path, key, the lock (_db_lock) and the connection are shared ...
+        view.history = HistoryPolicy()  # ... not what is the registry's own
+        view.namespace_name = name
+        view._owner = None
+        view._lock_fd = view._db_fd = None  # the store holds (and releases) the file's locks
+        view._conn = _PrefixedConnection(_raw(self._conn), self.table_prefix + namespace_prefix(name))
+        if not self.readonly:
+            with self._db_lock:
+                _create_schema(view._conn)
+        return view
+
+    def namespaces(self) -> list[str]:
+        """The names of the registries kept in this file under a namespace, sorted."""
+        start = self.table_prefix + "ns:"
+        with self._db_lock:
+            names = [r[0] for r in _raw(self._conn).execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return sorted(n[len(start):-len(":meta")] for n in names if n.startswith(start) and n.endswith(":meta"))
 
     # ------------------------------------------------------------ opening
 
@@ -270,16 +330,7 @@ class Store:
                 # cut may roll back to an earlier completed flush. forget()/reset() checkpoint with a sync.
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA secure_delete=ON")
-                now = repr(time.time())
-                conn.executescript(
-                    "BEGIN IMMEDIATE;" + _SCHEMA
-                    + f"INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');"
-                    + f"INSERT OR IGNORE INTO meta VALUES ('tracking_since', '{now}');"
-                    + f"INSERT OR IGNORE INTO meta VALUES ('created_at', '{now}');"
-                    + "COMMIT;"
-                )
-                if int(self._meta(conn, "format", "1")) < FORMAT:
-                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),))
+                _create_schema(conn)
             return conn
         except BaseException:
             try:
@@ -313,7 +364,11 @@ class Store:
         return row[0] if row else default
 
     def close(self) -> None:
-        """Close the file and release the writer lock."""
+        """Close the file and release the writer lock (a namespace: only what it opened itself)."""
+        if self.namespace_name:
+            if self._owner is not None:
+                self._owner.close()
+            return
         with self._db_lock:
             try:
                 self._conn.close()
@@ -341,9 +396,10 @@ class Store:
             return float(self._meta(self._conn, "tracking_since", "0"))
 
     def _metric_defs(self) -> dict[str, dict[str, Any]]:
-        rows = self._conn.execute("SELECT name, kind, help, unit, grp, label_names, capacity FROM metrics").fetchall()
+        view = "view" if _has_column(self._conn, "metrics", "view") else "NULL"
+        rows = self._conn.execute(f"SELECT name, kind, help, unit, grp, label_names, capacity, {view} FROM metrics").fetchall()
         return {r[0]: {"kind": r[1], "help": r[2], "unit": r[3], "group": r[4], "label_names": r[5],
-                       "capacity": r[6]} for r in rows if r[1] in KINDS}
+                       "capacity": r[6], "view": _decode_view(r[7])} for r in rows if r[1] in KINDS}
 
     def distinct_key(self, proposed: bytes) -> bytes:
         """The key of the keyed hash of distinct ids kept in this store (`proposed` when it has none yet)."""
@@ -439,8 +495,9 @@ class Store:
             merged = _snap.merge(current, snap, scope="past")
             with self._transaction():
                 conn.execute("INSERT OR IGNORE INTO runs(id, started_at) VALUES (0, 0)")
-                conn.executemany("INSERT OR IGNORE INTO metrics(name, kind, help, unit, grp, label_names, capacity) VALUES (?, ?, ?, ?, ?, ?, ?)", [
-                    (m.name, m.kind, m.help, m.unit, m.group, msgspec.json.encode(m.label_names).decode(), m.capacity)
+                conn.executemany("INSERT OR IGNORE INTO metrics(name, kind, help, unit, grp, label_names, capacity, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+                    (m.name, m.kind, m.help, m.unit, m.group, msgspec.json.encode(m.label_names).decode(), m.capacity,
+                     encode_view(m.view))
                     for m in snap.metrics])
                 conn.execute("DELETE FROM series WHERE run = 0")
                 conn.executemany("INSERT INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)", list(self._rows_for(merged, run=0)))
@@ -454,7 +511,8 @@ class Store:
             conn = self._conn
             with self._transaction():
                 if metric_defs:
-                    conn.executemany("INSERT OR REPLACE INTO metrics(name, kind, help, unit, grp, label_names, capacity) VALUES (?, ?, ?, ?, ?, ?, ?)", metric_defs)
+                    conn.executemany("INSERT OR REPLACE INTO metrics(name, kind, help, unit, grp, label_names, capacity, view) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                     [(*d, None) if len(d) == 7 else d for d in metric_defs])
                 if rows:
                     conn.executemany("INSERT OR REPLACE INTO series(run, metric, labels, value, data) VALUES (?, ?, ?, ?, ?)", rows)
                 conn.execute("UPDATE runs SET flushed_at = ? WHERE id = ?", (now, run))
@@ -614,7 +672,7 @@ class Store:
                 label_names = []
             metrics.append(_snap.MetricSnapshot(name=name, kind=d["kind"], help=d["help"], unit=d["unit"],
                                                 group=d["group"], label_names=label_names, capacity=d["capacity"],
-                                                series=by_metric[name]))
+                                                series=by_metric[name], view=d["view"]))
         return _snap.Snapshot(taken_at=_snap.to_datetime(flushed), tracking_since=_snap.to_datetime(tracking),
                               session_started_at=_snap.to_datetime(started), scope="all", metrics=metrics)
 
@@ -706,6 +764,43 @@ class Store:
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
 
+def _create_schema(conn) -> None:
+    """The tables of a store (or of one namespace), created when missing, and brought up to date."""
+    now = repr(time.time())
+    conn.executescript(
+        "BEGIN IMMEDIATE;" + _SCHEMA
+        + f"INSERT OR IGNORE INTO meta VALUES ('format', '{FORMAT}');"
+        + f"INSERT OR IGNORE INTO meta VALUES ('tracking_since', '{now}');"
+        + f"INSERT OR IGNORE INTO meta VALUES ('created_at', '{now}');"
+        + "COMMIT;"
+    )
+    if int(Store._meta(conn, "format", "1")) < FORMAT:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),))
+    if not _has_column(conn, "metrics", "view"):  # a file from before declared views
+        conn.execute("ALTER TABLE metrics ADD COLUMN view TEXT")
+
+
+def _has_column(conn, table: str, column: str) -> bool:
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+_view_decoder = msgspec.json.Decoder(_snap.View)
+
+
+def encode_view(view: _snap.View | None) -> str | None:
+    """A metric's declared view as stored (JSON), or None."""
+    return _encoder.encode(view).decode() if view is not None else None
+
+
+def _decode_view(text: str | None) -> _snap.View | None:
+    if not text:
+        return None
+    try:
+        return _view_decoder.decode(text)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # an unreadable view only costs the layout hints
+
+
 class _Stamp(msgspec.Struct):
     updated_at: dt.datetime | None = None
 
@@ -739,7 +834,7 @@ class _PrefixedConnection:
     def _rewrite(self, sql: str) -> str:
         out = self._sql.get(sql)
         if out is None:
-            out = _TABLES.sub(lambda m: self._prefix + m.group(1), sql)
+            out = _TABLES.sub(lambda m: _quoted(self._prefix + m.group(1)), sql)
             if len(self._sql) < 1000:
                 self._sql[sql] = out
         return out
@@ -759,6 +854,16 @@ class _PrefixedConnection:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _quoted(table: str) -> str:
+    """A table name as SQL: quoted unless a plain identifier (a namespace's names hold ':' and '-')."""
+    return table if _PREFIX.match(table) else '"' + table + '"'
+
+
+def _raw(conn):
+    """The SQLite connection under a prefixed one."""
+    return conn._conn if isinstance(conn, _PrefixedConnection) else conn
 
 
 def _looks_like_sqlite(path: str) -> bool:
