@@ -18,15 +18,31 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
 from appvitals.stats import collect as _collect
 from appvitals.stats.store import HistoryPolicy, Store, encode_labels, encode_series, encode_view
 
-if TYPE_CHECKING:  # pragma: no cover
-    from appvitals.stats.registry import Registry
+
+class Persistable(Protocol):
+    """What the persister needs of a registry: its collected form, its past and its key.
+
+    A Protocol, so that persistence depends on this narrow surface and not on the Registry
+    class (which creates the persister in `attach()`)."""
+
+    session_started_at: float
+
+    def collect(self) -> _collect.Collected: ...
+
+    def restore_past(self, past: Any, tracking_since: float) -> None: ...
+
+    def distinct_key(self) -> bytes: ...
+
+    def use_distinct_key(self, key: bytes) -> None: ...
+
+    def snapshot(self, scope: str = "all", since: Any = None, until: Any = None) -> Any: ...
 
 
 def _snapshot_time(now: float):
@@ -49,7 +65,7 @@ def _stamp(now: float) -> bytes:
 class Persister:
     """Keeps one registry's session flushed into one store."""
 
-    def __init__(self, registry: Registry, store: Store, interval: float, history: HistoryPolicy | None = None,
+    def __init__(self, registry: Persistable, store: Store, interval: float, history: HistoryPolicy | None = None,
                  period_log=None) -> None:
         self.registry = registry
         self.period_log = period_log
