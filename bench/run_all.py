@@ -20,12 +20,16 @@ BENCHES = [
     ("agent", ["bench_agent.py"], {}),
     ("ingest", ["bench_ingest.py"], {}),
     ("report", ["bench_report.py"], {}),
+    ("report_wide", ["bench_report_wide.py"], {}),
+    ("distinct", ["bench_distinct.py"], {}),
 ]
 QUICK = {
     "core": {"BENCH_N": "100000"},
     "store": {"BENCH_SERIES": "20000"},
     "ingest": ["--samples", "200000"],
     "report": ["--sessions", "10000"],
+    "report_wide": ["--sessions", "20000", "--repeat", "1"],
+    "distinct": {"BENCH_N": "100000"},
 }
 
 
