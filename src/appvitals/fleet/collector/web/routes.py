@@ -13,21 +13,18 @@ _require_extra('collector')
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from appvitals.fleet.analysis.report import ReportError, build_report, session_detail
+from appvitals.httpauth import json_error
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 INDEX = HERE / "templates" / "index.html"
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger("appvitals.collector")
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status)
 
 
 def _float(request: Request, name: str, default: float | None) -> float | None:
@@ -81,14 +78,14 @@ def read_routes(warehouse_getter: Callable, check_read: Callable) -> list:
             params = report_params(request)
             result = await asyncio.to_thread(build_report, warehouse_getter(), **params)
         except ReportError as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         except Exception as exc:  # a warehouse failure: one JSON line, details in the log
             if "OutOfMemory" in type(exc).__name__:  # the collector's memory limit, not a bug: say what to do
                 log.warning("report ran out of memory: %s", str(exc).splitlines()[0] if str(exc) else exc)
-                return _error(503, "the report needs more memory than the collector's limit: ask for a shorter "
+                return json_error(503, "the report needs more memory than the collector's limit: ask for a shorter "
                                    "window (since/until), max_order=2, or a drill path (where=)")
             log.exception("report failed")
-            return _error(500, f"report failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return json_error(500, f"report failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return Response(_encoder.encode(result), media_type="application/json")
 
     async def session(request: Request) -> Response:
@@ -97,10 +94,10 @@ def read_routes(warehouse_getter: Callable, check_read: Callable) -> list:
             return denied
         sid = request.path_params["session_id"]
         if not 1 <= len(sid) <= 128:
-            return _error(400, "session_id: must be 1-128 characters")
+            return json_error(400, "session_id: must be 1-128 characters")
         detail = await asyncio.to_thread(session_detail, warehouse_getter(), sid)
         if detail is None:
-            return _error(404, f"no session {sid!r}")
+            return json_error(404, f"no session {sid!r}")
         return Response(_encoder.encode(detail), media_type="application/json")
 
     async def index(request: Request) -> Response:
