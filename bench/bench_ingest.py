@@ -491,7 +491,10 @@ def bench_victoria(bodies: list[bytes], tmp: Path, samples: int, now_ms: int) ->
     log = open(tmp / "victoria.log", "wb")
     proc = subprocess.Popen([binary, f"-storageDataPath={data}", f"-httpListenAddr=127.0.0.1:{port}",
                              "-retentionPeriod=1y", "-search.latencyOffset=0s", "-loggerLevel=ERROR",
-                             "-search.disableCache"], stdout=log, stderr=subprocess.STDOUT)
+                             "-search.disableCache",
+                             # the wide shape holds millions of series: a user would raise the default
+                             # limit of 300,000 series per query, so the bench does too
+                             "-search.maxUniqueTimeseries=100000000"], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
         rss = PeakRSS(proc.pid)
@@ -558,18 +561,24 @@ def run_shape(shape: str, samples: int, skip: set[str]) -> dict:
     now_ms = int(time.time() * 1000) - 2 * 3_600_000
     tmp = Path(tempfile.mkdtemp(prefix="vitals-bench-"))
     peers: dict[str, dict | None] = {}
+    failed: dict[str, str] = {}
     try:
         print(f"[{shape}] collector (vitals serve, DuckDB) ...", file=sys.stderr)
         collector = bench_collector(work["collector"], tmp, samples)
-        if "influxdb" not in skip:
-            print(f"[{shape}] InfluxDB 1.6 ...", file=sys.stderr)
-            peers["influxdb"] = bench_influx(work["influx"], tmp, samples)
-        if "clickhouse" not in skip:
-            print(f"[{shape}] ClickHouse ...", file=sys.stderr)
-            peers["clickhouse"] = bench_clickhouse(work["flat"], samples, shape == "wide")
-        if "victoriametrics" not in skip:
-            print(f"[{shape}] VictoriaMetrics ...", file=sys.stderr)
-            peers["victoriametrics"] = bench_victoria(work["influx"], tmp, samples, now_ms)
+        runs = {
+            "influxdb": ("InfluxDB 1.6", lambda: bench_influx(work["influx"], tmp, samples)),
+            "clickhouse": ("ClickHouse", lambda: bench_clickhouse(work["flat"], samples, shape == "wide")),
+            "victoriametrics": ("VictoriaMetrics", lambda: bench_victoria(work["influx"], tmp, samples, now_ms)),
+        }
+        for name, (title, run) in runs.items():
+            if name in skip:
+                continue
+            print(f"[{shape}] {title} ...", file=sys.stderr)
+            try:
+                peers[name] = run()
+            except Exception as exc:  # one peer that fails must not lose the others' figures
+                print(f"[{shape}] {title} failed: {exc}", file=sys.stderr)
+                failed[name] = str(exc)[:500]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
@@ -577,6 +586,7 @@ def run_shape(shape: str, samples: int, skip: set[str]) -> dict:
         "sessions": work["sessions"],
         "collector": collector,
         **peers,
+        "failed": failed,
         "collector_vs": {name: ratios(collector, peer) for name, peer in peers.items()},
     }
 
