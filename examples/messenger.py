@@ -1,4 +1,4 @@
-"""A messaging client instrumented like seed 000 (SimpleX agent stats), simulated.
+"""A messaging client instrumented like SimpleX Chat's agent stats, simulated.
 
 Per user and per server it counts SMP traffic (messages sent, received, subscriptions,
 connection errors) and XFTP file traffic (chunks and bytes uploaded and downloaded), with

@@ -1,6 +1,6 @@
 """A human-readable text backup of stats: one `key=value` a line.
 
-The sturdier form of seed 001's backup file: the parser looks keys up by name, so lines may
+The sturdier form of the SimpleX servers' backup file: the parser looks keys up by name, so lines may
 come in any order, a missing key counts as zero, and keys it does not know are kept (and
 written back by `dump`) rather than rejected, so old and new versions can both read the file.
 

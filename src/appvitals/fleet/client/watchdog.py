@@ -1,6 +1,6 @@
 """An external watchdog: measures another process's CPU from outside and reports it.
 
-Seed 002's preferred design: the app does not measure itself (a starved app cannot
+FilesForYou's preferred design: the app does not measure itself (a starved app cannot
 report that it is starved); a small separate process samples its CPU with psutil and
 takes the app's events and stage changes over a local socket.
 

@@ -12,7 +12,7 @@ Format: segment files `<n>.log` in one directory, each a sequence of records
     b"AVL1" | crc32 (u32 LE) | payload length (u64 LE) | payload
 
 where the payload is a msgpack array of maps {table name: Arrow IPC stream bytes} (a record
-written before stop 12: one such map). The collector logs the IPC bytes its decode workers
+written by older collectors: one such map). The collector logs the IPC bytes its decode workers
 sent as they are, one map per block, instead of serializing the write's tables again. A
 record is appended with one writev() and the file fdatasync()ed before the lines are
 acknowledged.
@@ -139,7 +139,7 @@ class IngestLog:
 
 
 def _tables(parts: list[dict[str, bytes]] | dict[str, bytes]) -> dict[str, pa.Table]:
-    if isinstance(parts, dict):  # a record written before stop 12
+    if isinstance(parts, dict):  # a record written by an older collector
         return tables_from_ipc(parts)
     pieces: dict[str, list[pa.Table]] = {}
     for part in parts:
