@@ -15,9 +15,9 @@ Layout of a spool directory:
   every earlier line survives, because segments only ever grow by whole lines.
 - Bounded: past `max_bytes`, whole oldest segments are dropped and their unsent lines
   counted in `dropped_total`; the agent reports the count to the collector later. A
-  `session` line is never dropped while lines of its session remain, nor while it is the
-  newest one (its session is being recorded): it moves to the end of the spool (the
-  collector applies a session's attrs whenever they arrive).
+  `session` line is never dropped: it moves to the end of the spool, because lines of its
+  session may remain or may have been delivered already (the collector applies a session's
+  attrs whenever they arrive). Session lines are one small line per app run.
 """
 
 from __future__ import annotations
@@ -269,17 +269,13 @@ class Spool:
             self._delete_segment(oldest)
             self.committed = max(self.committed, Position(min(self._sizes), 0))
         if carried:
-            # kept: the session lines of sessions with lines left, and the newest session line
-            # when no other is left (the session being recorded now: its samples come next)
-            keep = [line for line in carried if self._holds_session(_session_id(line))]  # type: ignore[arg-type]
-            if carried[-1] not in keep and not self._holds_session(None):
-                keep.append(carried[-1])
-            dropped += len(carried) - len(keep)
-            if keep:
-                data = b"".join(line + b"\n" for line in keep)
-                os.write(self._fd, data)  # type: ignore[arg-type]
-                self._sizes[self._active] += len(data)
-                self._sync_locked()
+            # every session line is kept: samples of its session may still be in the spool, or may
+            # have been delivered already, and the collector applies a session's attrs to its
+            # lines whenever the session line arrives; one small line per app run
+            data = b"".join(line + b"\n" for line in carried)
+            os.write(self._fd, data)  # type: ignore[arg-type]
+            self._sizes[self._active] += len(data)
+            self._sync_locked()
         if dropped:
             self.dropped_total += dropped
             self._write_state()
@@ -288,23 +284,6 @@ class Spool:
         with open(self._segment_path(n), "rb") as f:
             f.seek(start)
             return f.read().split(b"\n")[:-1]
-
-    def _holds_session(self, session_id: str | None) -> bool:
-        """True when an uncommitted line of `session_id` is in the spool (None: a session line)."""
-        if session_id is None:
-            needles: tuple[bytes, ...] = (b'"kind":"session"', b'"kind": "session"')
-        else:
-            key = json.dumps(session_id).encode()
-            needles = (b'"session_id":' + key, b'"session_id": ' + key)
-        for n in sorted(self._sizes):
-            if n < self.committed.segment:
-                continue
-            with open(self._segment_path(n), "rb") as f:
-                f.seek(self.committed.offset if n == self.committed.segment else 0)
-                data = f.read()
-            if any(needle in data for needle in needles):
-                return True
-        return False
 
     def _count_lines(self, n: int, start: int) -> int:
         with open(self._segment_path(n), "rb") as f:
