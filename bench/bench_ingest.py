@@ -394,20 +394,7 @@ def bench_influx(bodies: list[bytes], tmp: Path, samples: int) -> dict | None:
         log.close()
     if stored != samples:
         raise RuntimeError(f"influx stored {stored} samples, expected {samples}")
-    return {
-        "seconds": round(elapsed, 3),
-        "lines": samples,
-        "lines_per_second": round(samples / elapsed),
-        "samples_per_second": round(samples / elapsed),
-        "megabytes_per_second": round(sum(map(len, bodies)) / elapsed / 1e6, 2),
-        "retries_503": retries,
-        "server_cpu_seconds": round(cpu, 2),
-        "cores_busy": round(cpu / elapsed, 2),
-        "cpu_us_per_line": round(cpu / samples * 1e6, 2),
-        "peak_rss_mib": round(peak / 2**20, 1),
-        "drill_down_seconds": round(query_seconds, 4),
-        "drill_down_groups": groups,
-    }
+    return _figures(elapsed, samples, bodies, retries, cpu, peak, query_seconds, groups)
 
 
 def _figures(elapsed: float, samples: int, bodies: list[bytes], retries: int, cpu: float, peak: int,

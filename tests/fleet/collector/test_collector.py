@@ -40,22 +40,6 @@ def body(*lines: bytes) -> bytes:
     return b"\n".join(lines) + b"\n"
 
 
-@pytest.fixture(params=[True, False], ids=["log", "nolog"])
-def warehouse(tmp_path, request):
-    # with the ingest log (what `vitals serve` opens) and without (--no-ingest-log)
-    wh = DuckDBWarehouse(tmp_path / "fleet.duckdb", ingest_log=request.param)
-    yield wh
-    wh.close()
-
-
-@pytest.fixture(params=[0, 2], ids=["inline", "workers"])
-def url(warehouse, request):
-    # every test against `url` runs twice: lines parsed in the server process, and in two
-    # decode worker processes (what `vitals serve` does on a multi-core machine)
-    with running_app(create_app(warehouse, decode_workers=request.param)) as base:
-        yield base
-
-
 def post(url, data, headers=None, **kw):
     return httpx.post(url + "/v1/ingest", content=data, headers={"Content-Type": "application/x-ndjson", **(headers or {})},
                       timeout=30, **kw)

@@ -18,7 +18,6 @@ from support.collector import running_app, spawn_serve
 
 from appvitals.fleet.collector.app import create_app
 from appvitals.fleet.collector.runner import header_guard
-from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 from appvitals.httpauth import TokenError
 
 T0 = 1764000000000
@@ -42,19 +41,6 @@ def post(url, data, headers=None, **kw):
 def stored(wh, sid_prefix: str = "") -> set[tuple[str, int]]:
     rows = wh.query("SELECT session_id, seq FROM samples UNION ALL SELECT session_id, seq FROM sessions")
     return {(s, q) for s, q in rows if s.startswith(sid_prefix)}
-
-
-@pytest.fixture(params=[True, False], ids=["log", "nolog"])
-def warehouse(tmp_path, request):
-    wh = DuckDBWarehouse(tmp_path / "fleet.duckdb", ingest_log=request.param)
-    yield wh
-    wh.close()
-
-
-@pytest.fixture(params=[0, 2], ids=["inline", "workers"])
-def url(warehouse, request):
-    with running_app(create_app(warehouse, decode_workers=request.param)) as base:
-        yield base
 
 
 # ---- one bad line never costs other lines ---------------------------------------------------
