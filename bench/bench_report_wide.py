@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def main() -> None:
     ap.add_argument("--samples-per-session", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "report_wide.json"))
+    ap.add_argument("--keep", metavar="PATH", help="keep the ingested DuckDB file there (to profile the report)")
     a = ap.parse_args()
     bodies, n_lines = workload(a.sessions, a.samples_per_session)
     with tempfile.TemporaryDirectory(prefix="bench-report-wide-") as tmp:
@@ -160,6 +162,8 @@ def main() -> None:
                 raise
             floor_limit = "2GB"
             floor_s, floor_groups = floor_grouping_sets(db, memory_limit=floor_limit)
+        if a.keep:
+            shutil.copyfile(db, a.keep)
     report_s = statistics.median(runs) if runs else first_s
     result = {
         "bench": "report_wide",

@@ -262,11 +262,15 @@ class Counter:
             raise KeyError(unknown[0])
         self.population = population_sql(self.d, keys, window, self.where)
         self._args = (keys, window, metric, threshold, rollup, self.population)
-        self.base = self.base_for(None)
+        # set: the report's lean tables (search.LeanTables, on the reader `wh`), which hold the
+        # phase rows already; else each statement reads the samples again
+        self.lean = None
 
     def base_for(self, attrs: set[str] | None) -> str:
         """The phase rows, carrying only the session and event attrs named (None: all), and a
         64-bit session key: the per-session groupings hash an integer, not the id string."""
+        if self.lean is not None:
+            return self.lean.phase_rows(attrs)
         rows = phase_rows_sql(self.d, *self._args, only=attrs)
         return f"SELECT *, {self.d.hash_of(['session_id'])} AS sk FROM ({rows})"
 
@@ -323,9 +327,13 @@ class Counter:
         # the phase rows are kept when they are small enough, else read again by each part (they
         # can be millions); the per-session rows (two bit masks and a few numbers each) are kept
         width = 9 + len(self.keys.sample) + len(self.keys.sample_numeric) + len(needed)
-        keep = phases is not None and phases * width * BYTES_PER_VALUE * KEEP_SHARE <= self._memory_bytes()
-        base = (f"SELECT * EXCLUDE (session_id, ph_n, ph_sum), {d.hash_of(['session_id'])} AS sk "
-                f"FROM ({phase_rows_sql(d, *self._args, only=needed)})")
+        if self.lean is not None:  # kept in the lean tables already
+            keep = False
+            base = f"SELECT * EXCLUDE (ph_n, ph_sum) FROM ({self.lean.phase_rows(needed)})"
+        else:
+            keep = phases is not None and phases * width * BYTES_PER_VALUE * KEEP_SHARE <= self._memory_bytes()
+            base = (f"SELECT * EXCLUDE (session_id, ph_n, ph_sum), {d.hash_of(['session_id'])} AS sk "
+                    f"FROM ({phase_rows_sql(d, *self._args, only=needed)})")
 
         def statement(kept: bool) -> str:
             return (f"WITH b AS {'' if kept else 'NOT '}MATERIALIZED ({q.masked(f'({base})')}), "
@@ -410,9 +418,9 @@ class Counter:
         d = self.d
         since = int(self.window.since_ms)
         ver = self.levels[version_key].column if version_key in self.levels else "''"
-        per_session = (f"SELECT session_id, min(ph_t0) AS t0, max(ph_t1) AS t1, max(ph_hi) AS hi, "
+        per_session = (f"SELECT sk, min(ph_t0) AS t0, max(ph_t1) AS t1, max(ph_hi) AS hi, "
                        f"{d.any_value(ver)} AS ver FROM ({self.base_for({version_key} if version_key else set())}) "
-                       "GROUP BY session_id")
+                       "GROUP BY sk")
         return [
             (int(b0), int(b1), str(v), int(n), int(h or 0)) for b0, b1, v, n, h in self.wh.query(
                 f"SELECT {d.idiv(f't0 - {since}', int(bucket_ms))} AS b0, {d.idiv(f't1 - {since}', int(bucket_ms))} AS b1, "

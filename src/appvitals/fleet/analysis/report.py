@@ -20,6 +20,7 @@ import msgspec
 from appvitals.fleet.analysis import exact as _exact
 from appvitals.fleet.analysis import explain as _explain
 from appvitals.fleet.analysis import facts as _facts
+from appvitals.fleet.analysis import search as _search
 from appvitals.fleet.analysis.explain import Explanation, Settings
 from appvitals.fleet.analysis.facts import Combo, Counts, Window
 from appvitals.fleet.warehouse.base import Warehouse
@@ -308,11 +309,33 @@ def build_report(
     if keys.max_order < settings.max_order:
         notes.append(f"combinations of more than {keys.max_order} values were not searched: this window has too many "
                      f"attribute values for them (the report counts about {_facts.GROUP_BUDGET:,} combinations at most)")
-    counter = _exact.Counter(wh, keys, window, metric, threshold, path, rollup)
+    # one connection for the whole report: on DuckDB the samples are read once, into the
+    # report's temporary tables (search.py), which the search and the exact recount share
+    with wh.scratch() as rd:
+        report = _build(wh, rd, keys, window, rw, metric, threshold, settings, path, rollup, bucket_ms, notes, compare)
+    report.took_ms = round((time.perf_counter() - t0) * 1000, 1)
+    return report
+
+
+
+def _build(wh: Warehouse, rd: Warehouse, keys: _facts.Keys, window: Window, rw: ReportWindow, metric: str,
+           threshold: float, settings: Settings, path: tuple[tuple[str, str], ...], rollup, bucket_ms: int,
+           notes: list[str], compare: Sequence[str] | None) -> Report:
+    """build_report's work once the window, keys and settings are known; `rd`: the report's
+    scratch reader (Warehouse.scratch)."""
+    lean = None
+    if _search.usable(keys, wh.dialect):
+        counter = _exact.Counter(rd, keys, window, metric, threshold, path, rollup)
+        lean = counter.lean = _search.LeanTables(rd, keys, window, metric, threshold, rollup, counter.population)
+    else:
+        counter = _exact.Counter(wh, keys, window, metric, threshold, path, rollup)
     while True:
         try:
-            facts = _facts.fetch_facts(wh, window, metric, threshold, bucket_ms, VERSION_KEYS, keys=keys,
-                                       population=counter.population, rollup=rollup)
+            if lean is not None:
+                facts = lean.facts(metric, threshold, counter.population, rollup)
+            else:
+                facts = _facts.fetch_facts(wh, window, metric, threshold, bucket_ms, VERSION_KEYS, keys=keys,
+                                           population=counter.population, rollup=rollup)
             break
         except Exception as exc:  # the warehouse's memory limit: search fewer values at once
             if "OutOfMemory" not in type(exc).__name__ or keys.max_order <= 1:
@@ -385,7 +408,6 @@ def build_report(
     )
     for e in {id(e): e for e in report.explanations + tree_nodes}.values():
         e.examples = [f.session_id for f in facts.worst if _explain.matches(e.attrs, f.items, f.phases, numeric)][:5]
-    report.took_ms = round((time.perf_counter() - t0) * 1000, 1)
     return report
 
 

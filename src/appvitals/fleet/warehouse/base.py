@@ -28,7 +28,8 @@ abstract methods and passing tests/fleet/warehouse/test_conformance.py.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Union
 
 import msgspec
@@ -108,3 +109,11 @@ class Warehouse(abc.ABC):
     def sync(self, timeout: float = 10.0) -> bool:
         """Wait until every acknowledged line is readable; False after `timeout` seconds."""
         return True
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Warehouse]:
+        """A reader for several statements in a row that share temporary tables (`CREATE TEMP
+        TABLE`), gone when the block ends; it has this warehouse's `dialect` and `query`. The
+        report keeps its per-report tables there. This default (a backend without private
+        temporary tables) is the warehouse itself."""
+        yield self

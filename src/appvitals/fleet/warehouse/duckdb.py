@@ -67,6 +67,22 @@ def _ddl() -> list[str]:
     ]
 
 
+class _Scratch:
+    """One connection's reads (DuckDBWarehouse.scratch)."""
+
+    dialect: ClassVar[str] = "duckdb"
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection):
+        self._cursor = cursor
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return self._cursor.execute(sql, params or {}).fetchall() if params else self._cursor.execute(sql).fetchall()
+
+    def close(self) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self._cursor.close()  # its temporary tables go with it
+
+
 class DuckDBWarehouse(Warehouse):
     """The warehouse in one DuckDB file (or ":memory:")."""
 
@@ -203,6 +219,21 @@ class DuckDBWarehouse(Warehouse):
                 return cursor.execute(sql, params or {}).fetchall() if params else cursor.execute(sql).fetchall()
         finally:
             cursor.close()
+
+    @contextlib.contextmanager
+    def scratch(self):
+        """A reader on a connection of its own (see Warehouse.scratch): its temporary tables
+        are private to it, and dropped when the block ends, failing or not. DuckDB gets every
+        core meanwhile, as for `query`."""
+        if self._log is not None and self._log.busy() and not self._log.sync():
+            log.warning("query: DuckDB is behind the ingest log (%s); the answer may miss recent lines",
+                        self._log.drain_error)
+        reader = _Scratch(self._con.cursor())
+        try:
+            with self._reading():
+                yield reader
+        finally:
+            reader.close()
 
     @contextlib.contextmanager
     def _reading(self):
