@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--samples-per-session", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "report.json"))
+    ap.add_argument("--keep", metavar="PATH", help="keep the generated DuckDB file there (to profile the report)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
@@ -161,6 +163,8 @@ def main() -> None:
             report = build_report(wh, since="12h", threshold=30, now=now)
             runs.append(time.perf_counter() - t)
         wh.close()
+        if args.keep:
+            shutil.copyfile(path, args.keep)
     runs = runs[1:]
     result = {
         "bench": "report",

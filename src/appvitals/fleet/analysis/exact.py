@@ -329,7 +329,7 @@ class Counter:
         width = 9 + len(self.keys.sample) + len(self.keys.sample_numeric) + len(needed)
         if self.lean is not None:  # kept in the lean tables already
             keep = False
-            base = f"SELECT * EXCLUDE (ph_n, ph_sum) FROM ({self.lean.phase_rows(needed)})"
+            base = self.lean.phase_rows(needed)
         else:
             keep = phases is not None and phases * width * BYTES_PER_VALUE * KEEP_SHARE <= self._memory_bytes()
             base = (f"SELECT * EXCLUDE (session_id, ph_n, ph_sum), {d.hash_of(['session_id'])} AS sk "

@@ -40,6 +40,7 @@ from appvitals.fleet.analysis.model import (  # noqa: F401 - re-exported for the
     interval_bounds,
     interval_labels,
     nice_edges,
+    session_mean,
 )
 from appvitals.fleet.warehouse.base import Warehouse
 from appvitals.fleet.warehouse.dialects import Dialect, dialect_for
@@ -637,7 +638,7 @@ def _parts(d: Dialect, keys: Keys, window: Window, bucket_ms: int, version_alias
         )
     parts["T"] = _timeline_part(c, window, bucket_ms, version_alias)
     parts["W"] = (
-        "SELECT 'W' AS part, session_id AS k, n_samples AS a, s_hi AS b, 0 AS c, 0 AS e, "
+        "SELECT 'W' AS part, session_id AS k, n_samples AS a, s_hi AS b, m_sum AS c, 0 AS e, "
         f"m_sum / n_samples AS x, peak AS y FROM {sessions_src} ORDER BY x DESC, k LIMIT {WORST_LIMIT}"
     )
     if c.cols.phase and d.ctes:  # the worst sessions' phases in the same statement (else _fill_worst reads them)
@@ -780,7 +781,7 @@ PART_FIELDS: dict[str, dict[str, str]] = {
     "Q": {"a": "sessions", "b": "high_sessions", "c": "units", "e": "high_units"},
     "D": {"k": "value", "a": "code", "b": "column"},
     "T": {"k": "version", "a": "first_bucket", "b": "last_bucket", "c": "sessions", "e": "high_sessions"},
-    "W": {"k": "session_id", "a": "samples", "b": "high", "x": "mean", "y": "max"},
+    "W": {"k": "session_id", "a": "samples", "b": "high", "c": "metric_sum", "x": "mean", "y": "max"},
     "V": {"k": "phase", "a": "high", "x": "first_ts"},
 }
 
@@ -881,7 +882,8 @@ def fetch_facts(
             items = tuple((name, v) for name, v in (i.split(US, 1) for i in enc.split(RS)) if v)
             phases_of.setdefault(sid, []).append((float(row["first_ts"] or 0), items, bool(row["high"])))
         else:
-            worst.append(SessionFacts(session_id=str(k), samples=n(row["samples"]), mean=float(row["mean"] or 0.0),
+            worst.append(SessionFacts(session_id=str(k), samples=n(row["samples"]),
+                                      mean=session_mean(row["metric_sum"] or 0.0, n(row["samples"])),
                                       max=float(row["max"] or 0.0)))
     timeline = [TimelineRow(b, v, n, h) for (b, v), (n, h) in sorted(timeline_acc.items())]
     worst.sort(key=lambda f: (-f.mean, f.session_id))

@@ -103,6 +103,14 @@ class Facts(msgspec.Struct):
     worst: list[SessionFacts]
 
 
+def session_mean(metric_sum: float, samples: int) -> float:
+    """A session's mean metric from its sum and sample count. The sum is rounded to 6
+    decimals first: engines add the same samples in different orders, and a sum that is
+    547.39999999999998 in one and 547.40000000000003 in another must not show 9.77 in one
+    report and 9.78 in the next (metric values carry far fewer decimals)."""
+    return round(float(metric_sum), 6) / samples if samples else 0.0
+
+
 def fmt_number(x: float) -> str:
     """A number as short text: 40 rather than 40.0."""
     return str(int(x)) if float(x).is_integer() else f"{x:g}"

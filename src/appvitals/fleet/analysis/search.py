@@ -37,7 +37,16 @@ from appvitals.fleet.analysis.facts import (
     metric_expr,
     rows_sql,
 )
-from appvitals.fleet.analysis.model import Combo, Counts, Facts, Keys, SessionFacts, Window, interval_labels
+from appvitals.fleet.analysis.model import (
+    Combo,
+    Counts,
+    Facts,
+    Keys,
+    SessionFacts,
+    Window,
+    interval_labels,
+    session_mean,
+)
 from appvitals.fleet.warehouse.dialects import dialect_for
 
 MAX_CODED_VALUES = 250  # session attr values coded in one byte (the report keeps at most 50 per attr)
@@ -93,41 +102,48 @@ class LeanTables:
                       f"{''.join(', ' + c for c in xs + cs + cn)} FROM _rpm")
         self.pm = self.rd.query(f"SELECT pid, qid{''.join(', ' + c for c in xs + cs + cn)} FROM {self.spm}")
         thr = float(threshold)
-        samples = rows_sql(d, window, metric, rollup, population)
-        self._run(
-            "CREATE OR REPLACE TEMP TABLE _rph AS SELECT hash(session_id) AS sk, pid, sum(n)::BIGINT AS ph_n, "
-            "sum(s) AS ph_sum, max(mx) AS ph_max, min(t0) AS ph_t0, max(t1) AS ph_t1, "
-            f"CASE WHEN sum(s) > {thr!r} * sum(n) THEN 1 ELSE 0 END::UTINYINT AS ph_hi "
-            f"FROM ({samples}) AS r JOIN (SELECT attrs, pid FROM _rpm) AS pm USING (attrs) GROUP BY sk, pid"
-        )
+        samples = (f"SELECT * FROM ({rows_sql(d, window, metric, rollup, population)}) AS r "
+                   f"JOIN (SELECT attrs, pid, cpid FROM _rpm) AS pm USING (attrs)")
+        # the phases: only what is high, by an integer key each (11 bytes a phase); the
+        # sessions' sums come from the samples themselves below, so no wide per-phase row
+        # has to be kept (at a million sessions that would fill the collector's memory)
+        high = f"CASE WHEN sum(s) > {thr!r} * sum(n) THEN 1 ELSE 0 END::UTINYINT AS ph_hi"
+        self._run(f"CREATE OR REPLACE TEMP TABLE _rph AS SELECT hash(session_id) AS sk, pid, {high} "
+                  f"FROM ({samples}) GROUP BY sk, pid")
         if xn:
-            self._run(
-                "CREATE OR REPLACE TEMP TABLE _rpc AS SELECT sk, cpid AS pid, sum(ph_n)::BIGINT AS ph_n, "
-                "sum(ph_sum) AS ph_sum, max(ph_max) AS ph_max, min(ph_t0) AS ph_t0, max(ph_t1) AS ph_t1, "
-                f"CASE WHEN sum(ph_sum) > {thr!r} * sum(ph_n) THEN 1 ELSE 0 END::UTINYINT AS ph_hi "
-                "FROM _rph JOIN (SELECT pid, cpid FROM _rpm) AS pm USING (pid) GROUP BY sk, cpid")
-        # sessions: their (search) phases summed, their attrs (raw and coded) and their event attrs
-        s_raw = [f"min({d.attr(k)}) AS xa_{i}" for i, k in enumerate(keys.session)]
-        s_out = [f"coalesce(xa_{i}, '') AS xa_{i}" for i in range(len(keys.session))]
-        s_out += [f"coalesce(list_position([{', '.join(d.lit(v) for v in vs[:MAX_CODED_VALUES])}], xa_{i}), 0)"
-                  f"::UTINYINT AS ca_{i}" for i, vs in enumerate(keys.session.values())]
+            self._run(f"CREATE OR REPLACE TEMP TABLE _rpc AS SELECT hash(session_id) AS sk, cpid AS pid, {high} "
+                      f"FROM ({samples}) GROUP BY sk, cpid")
+        # sessions: their (search) phases counted, their samples summed, their attrs coded (the
+        # place of the value in the report's list of kept values; 0: none), a 64-bit key of
+        # their client, and their event attrs
+        s_codes = [f"coalesce(list_position([{', '.join(d.lit(v) for v in vs[:MAX_CODED_VALUES])}], "
+                   f"min({d.attr(k)})), 0)::UTINYINT AS ca_{i}" for i, (k, vs) in enumerate(keys.session.items())]
         e_raw = [f"max({d.attr_number(nk.key)}) AS xen_{i}" for i, nk in enumerate(keys.event_numeric)]
         e_raw += [f"max({d.attr(k)}) AS xet_{i}" for i, k in enumerate(keys.event_text)]
         e_out = [f"xen_{i}" for i in range(len(keys.event_numeric))]
         e_out += [f"{_interval_code(f'xen_{i}', nk.edges)}::UTINYINT AS cen_{i}" for i, nk in enumerate(keys.event_numeric)]
         e_out += [f"coalesce(xet_{i}, '') AS xet_{i}" for i in range(len(keys.event_text))]
-        per_session = ("SELECT sk, count(*)::INTEGER AS n_ph, sum(ph_hi)::INTEGER AS n_hi, max(ph_hi) AS s_hi, "
-                       "sum(ph_n)::BIGINT AS n_samples, sum(ph_sum) AS m_sum, max(ph_max) AS peak, min(ph_t0) AS t0, "
-                       f"max(ph_t1) AS t1 FROM {self.sph} GROUP BY sk")
-        sql = (f"SELECT p.*, sa.session_id, coalesce(sa.client_id, '') AS client_id{''.join(', ' + c for c in s_out)} "
-               f"FROM ({per_session}) AS p LEFT JOIN (SELECT hash(session_id) AS sk, min(session_id) AS session_id, "
-               f"min(client_id) AS client_id{''.join(', ' + c for c in s_raw)} FROM {d.table('sessions')} GROUP BY sk) "
-               "AS sa USING (sk)")
+        per_session = (f"SELECT sk, count(*)::INTEGER AS n_ph, sum(ph_hi)::INTEGER AS n_hi, max(ph_hi) AS s_hi "
+                       f"FROM {self.sph} GROUP BY sk")
+        sums = ("SELECT hash(session_id) AS sk, sum(n)::BIGINT AS n_samples, sum(s) AS m_sum, max(mx) AS peak, "
+                f"min(t0) AS t0, max(t1) AS t1 FROM ({samples}) GROUP BY sk")
+        no_client = "hash('')"  # sessions without a session line: one client '', as elsewhere in the report
+        # each part of the sessions' row its own statement: one large hash table at a time stays
+        # within the memory limit, where three at once spilled (3 s against 1 s at a million)
+        self._run(f"CREATE OR REPLACE TEMP TABLE _rsd AS {sums}")
+        self._run(f"CREATE OR REPLACE TEMP TABLE _rsa AS SELECT hash(session_id) AS sk, hash(min(client_id)) AS ck"
+                  f"{''.join(', ' + c for c in s_codes)} FROM {d.table('sessions')} GROUP BY sk")
+        self._run(f"CREATE OR REPLACE TEMP TABLE _rsp AS {per_session}")
+        sql = (f"SELECT p.*, sd.* EXCLUDE (sk), coalesce(sa.ck, {no_client}) AS ck"
+               f"{''.join(f', coalesce(ca_{i}, 0) AS ca_{i}' for i in range(len(keys.session)))} "
+               "FROM _rsp AS p JOIN _rsd AS sd USING (sk) LEFT JOIN _rsa AS sa USING (sk)")
         if e_raw:
-            sql = (f"SELECT ps.*{''.join(', ' + c for c in e_out)} FROM ({sql}) AS ps LEFT JOIN "
-                   f"(SELECT hash(session_id) AS sk{''.join(', ' + c for c in e_raw)} FROM {d.table('events')} "
-                   f"WHERE {ts} GROUP BY sk) AS ev USING (sk)")
+            self._run(f"CREATE OR REPLACE TEMP TABLE _rev AS SELECT hash(session_id) AS sk"
+                      f"{''.join(', ' + c for c in e_raw)} FROM {d.table('events')} WHERE {ts} GROUP BY sk")
+            sql = (f"SELECT ps.*{''.join(', ' + c for c in e_out)} FROM ({sql}) AS ps LEFT JOIN _rev AS ev USING (sk)")
         self._run(f"CREATE OR REPLACE TEMP TABLE _rse AS {sql}")
+        for table in ("_rsd", "_rsa", "_rsp", "_rev"):
+            self._run(f"DROP TABLE IF EXISTS {table}")
 
     def _run(self, sql: str) -> None:
         self.rd.query(sql)
@@ -139,16 +155,19 @@ class LeanTables:
     # -- what the exact recount reads --
 
     def phase_rows(self, only: set[str] | None = None) -> str:
-        """The phase rows as exact.phase_rows_sql gives them, with the session key `sk` and
-        without session_id: (sk, ph_n, ph_sum, ph_t0, ph_t1, ph_hi, xs_i, xn_i, client_id,
-        and the named session and event attr columns)."""
+        """The phase rows as exact.phase_rows_sql gives them, keyed by session (`sk`) instead
+        of session_id: (sk, ph_hi, ph_t0, ph_t1, xs_i, xn_i, client_id, and the named session
+        and event attr columns). ph_t0 and ph_t1 are the session's (all the recount reads of
+        them); client_id is a 64-bit key of the client; a session attr holds its value when the
+        report keeps it ('' otherwise), which is every value a shown group names."""
         keys = self.keys
         cols = [f"xs_{i}" for i in range(len(keys.sample))] + [f"xn_{i}" for i in range(len(keys.sample_numeric))]
-        cols.append("client_id")
-        cols += [f"xa_{i}" for i, k in enumerate(keys.session) if only is None or k in only]
+        cols.append("ck AS client_id")
+        cols += [f"([''{''.join(', ' + self.d.lit(v) for v in vs[:MAX_CODED_VALUES])}])[ca_{i} + 1] AS xa_{i}"
+                 for i, (k, vs) in enumerate(keys.session.items()) if only is None or k in only]
         cols += [f"xen_{i}" for i, nk in enumerate(keys.event_numeric) if only is None or nk.key in only]
         cols += [f"xet_{i}" for i, k in enumerate(keys.event_text) if only is None or k in only]
-        return (f"SELECT sk, ph_n, ph_sum, ph_t0, ph_t1, ph_hi{''.join(', ' + c for c in cols)} "
+        return (f"SELECT sk, ph_hi, t0 AS ph_t0, t1 AS ph_t1{''.join(', ' + c for c in cols)} "
                 "FROM _rph JOIN _rpm USING (pid) JOIN _rse USING (sk)")
 
     # -- the search --
@@ -243,42 +262,31 @@ class LeanTables:
         return Facts(keys=keys, counts=counts, total=total, timeline=[], worst=worst)
 
     def _worst(self, metric: str, threshold: float, population: str, rollup) -> list[SessionFacts]:
-        """The sessions with the highest mean, with their phases, attrs and event items."""
+        """The sessions with the highest mean (ties at the cut all read, then ordered by id as
+        on ClickHouse), with their phases, attrs and event items."""
+        mean = "m_sum / n_samples"
         rows = self.rd.query(
-            "SELECT sk, session_id, n_samples, s_hi, m_sum / n_samples AS mean, peak FROM _rse "
-            f"ORDER BY mean DESC, session_id LIMIT {WORST_LIMIT}")
+            f"SELECT sk, n_samples, m_sum, peak FROM _rse WHERE {mean} >= (SELECT min(x) FROM "
+            f"(SELECT {mean} AS x FROM _rse ORDER BY x DESC LIMIT {WORST_LIMIT}))")
         if not rows:
             return []
         d, keys = self.d, self.keys
-        ids = {int(r[0]): r[1] for r in rows}
-        missing = [sk for sk, sid in ids.items() if sid is None]
-        if missing:  # sessions with samples but no session line: their ids from the samples
-            _, cond = metric_expr(d, metric)
+        ids: dict[int, str] = {}
+        listed = ", ".join(str(int(r[0])) for r in rows)
+        for table in ("sessions", "samples"):  # a session's id from its session line, else from its samples
+            missing = [str(int(r[0])) for r in rows if int(r[0]) not in ids]
+            if not missing:
+                break
+            cond = "1 = 1" if table == "sessions" else metric_expr(d, metric)[1]
+            window = f"ts >= {int(self.window.since_ms)} AND ts < {int(self.window.until_ms)} AND " if table == "samples" else ""
             for sk, sid in self.rd.query(
-                    f"SELECT DISTINCT hash(session_id) AS sk, session_id FROM {d.table('samples')} "
-                    f"WHERE ts >= {int(self.window.since_ms)} AND ts < {int(self.window.until_ms)} AND {cond} "
-                    f"AND hash(session_id) IN ({', '.join(map(str, missing))})"):
+                    f"SELECT DISTINCT hash(session_id) AS sk, session_id FROM {d.table(table)} "
+                    f"WHERE {window}{cond} AND hash(session_id) IN ({', '.join(missing) if missing else listed})"):
                 ids[int(sk)] = sid
-        n_xs = len(keys.sample)
-        labels = [interval_labels(nk.edges) for nk in keys.sample_numeric]
-        items_of = {}
-        for row in self.pm:  # the search's phase items: categorical values and numeric intervals
-            items = [(k, str(row[2 + i])) for i, k in enumerate(keys.sample) if row[2 + i]]
-            items += [(nk.key, labels[i][row[2 + 2 * n_xs + i] - 1]) for i, nk in enumerate(keys.sample_numeric)
-                      if row[2 + 2 * n_xs + i]]
-            items_of[row[0]] = tuple(items)
-        phases: dict[int, list] = {}
-        for sk, pid, hi, _t0 in self.rd.query(
-                f"SELECT sk, pid, ph_hi, ph_t0 FROM {self.sph} WHERE sk IN ({', '.join(str(int(r[0])) for r in rows)}) "
-                "ORDER BY sk, ph_t0, pid"):
-            phases.setdefault(int(sk), []).append((items_of.get(pid, ()), bool(hi)))
-        worst = []
-        for sk, _sid, n, _hi, mean, peak in rows:
-            sid = ids.get(int(sk))
-            if sid is None:
-                continue
-            worst.append(SessionFacts(session_id=str(sid), samples=int(n), mean=float(mean or 0.0),
-                                      max=float(peak or 0.0), phases=phases.get(int(sk), [])))
+        worst = [SessionFacts(session_id=str(ids[int(sk)]), samples=int(n), mean=session_mean(m or 0.0, int(n)),
+                          max=float(peak or 0.0)) for sk, n, m, peak in rows if int(sk) in ids]
         worst.sort(key=lambda f: (-f.mean, f.session_id))
+        worst = worst[:WORST_LIMIT]
+        # their phases (the search's, as on ClickHouse), attrs and event items: small reads by id
         _fill_worst(self.rd, d, keys, self.window, metric, threshold, worst, population)
         return worst

@@ -1,0 +1,100 @@
+"""The DuckDB search (search.py: GROUPING SETS over per-report tables) against the exploding
+search it replaced there (facts.fetch_facts, still ClickHouse's), and its per-report tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import msgspec
+import pytest
+
+from appvitals.fleet.analysis import exact, facts, search
+from appvitals.fleet.analysis.model import Window
+from appvitals.fleet.analysis.report import build_report
+from appvitals.fleet.sim.simulate import generate_lines
+from appvitals.fleet.wire.protocol import EventLine
+from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
+
+START_MS = 1_764_000_000_000
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    wh = DuckDBWarehouse(":memory:")
+    # the default scenario: session attrs, a stage, numeric sample attrs split into
+    # intervals (file_name_length), numeric event attrs
+    lines = list(generate_lines(None, clients=60, minutes=60, seed=11, start_ms=START_MS))
+    sessions = sorted({x.session_id for x in lines if type(x).__name__ == "SessionLine"})
+    # numeric and text event attrs too: an upload size and a server per session (some none)
+    lines += [EventLine(session_id=sid, ts=START_MS + 60_000 + i, seq=10_000_000 + i, name="upload",
+                        attrs={"payload_kb": (i * 37) % 900, "server": f"s{i % 3}"})
+              for i, sid in enumerate(sessions) if i % 5]
+    wh.insert(lines)
+    yield wh
+    wh.close()
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_grouping_sets_count_what_the_exploding_search_counts(fleet, order):
+    window = Window(START_MS, START_MS + 60 * 60_000)
+    keys = facts.discover_keys(fleet, window, "cpu")
+    assert keys.sample and keys.sample_numeric and keys.event_numeric and keys.event_text, "every kind of attr"
+    keys.max_order = order
+    old = facts.fetch_facts(fleet, window, "cpu", 30.0, 60_000, ("app_version",), keys=keys)
+    with fleet.scratch() as rd:
+        new = search.LeanTables(rd, keys, window, "cpu", 30.0).facts("cpu", 30.0)
+    def same(a, b) -> bool:  # sums of floats differ in the last bits with the order they are added in
+        return msgspec.structs.astuple(a)[:5] == msgspec.structs.astuple(b)[:5] and \
+            round(a.metric_sum, 6) == round(b.metric_sum, 6)
+
+    assert same(new.total, old.total)
+    assert new.counts.keys() == old.counts.keys()
+    diff = [c for c in old.counts if not same(new.counts[c], old.counts[c])]
+    assert not diff, (diff[:3], [(old.counts[c], new.counts[c]) for c in diff[:3]])
+    assert [(w.session_id, w.samples, w.mean, w.max, w.phases) for w in new.worst] == \
+        [(w.session_id, w.samples, w.mean, w.max, w.phases) for w in old.worst]
+
+
+def test_the_recount_reads_the_same_phases_from_the_report_tables(fleet):
+    window = Window(START_MS, START_MS + 60 * 60_000)
+    keys = facts.discover_keys(fleet, window, "cpu")
+    groups = [(), (("app_version", "7.0.0"),), (("file_name_length", ">=40"), ("stage", "receiving")),
+              (("app_version", "7.0.0"), ("stage", "login"))]
+    plain = exact.Counter(fleet, keys, window, "cpu", 30.0).count(groups)
+    with fleet.scratch() as rd:
+        counter = exact.Counter(rd, keys, window, "cpu", 30.0)
+        counter.lean = search.LeanTables(rd, keys, window, "cpu", 30.0)
+        assert counter.count(groups) == plain
+        assert plain[()].sessions > 50 and plain[groups[1]].high_sessions > 0
+
+
+def test_reports_at_once_keep_their_tables_apart(tmp_path):
+    wh = DuckDBWarehouse(tmp_path / "f.duckdb")
+    wh.insert(list(generate_lines(None, clients=40, minutes=45, seed=3, start_ms=START_MS)))
+    now = dt.datetime.fromtimestamp(START_MS / 1000 + 45 * 60, dt.timezone.utc)
+    expected = msgspec.to_builtins(build_report(wh, since="45m", threshold=30.0, now=now))
+    out, errors = [], []
+
+    def one(threshold: float) -> None:
+        try:
+            out.append((threshold, msgspec.to_builtins(build_report(wh, since="45m", threshold=threshold, now=now))))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in (30.0, 50.0, 30.0, 50.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    other = msgspec.to_builtins(build_report(wh, since="45m", threshold=50.0, now=now))
+    for threshold, got in out:
+        got.pop("took_ms")
+        want = dict(expected if threshold == 30.0 else other)
+        want.pop("took_ms", None)
+        assert got == want
+    # the tables went with each report's connection: a new one sees none
+    with wh.scratch() as rd:
+        assert rd.query("SELECT count(*) FROM duckdb_tables() WHERE temporary")[0][0] == 0
+    wh.close()
