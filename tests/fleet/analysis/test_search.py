@@ -13,8 +13,8 @@ from appvitals.fleet.analysis import exact, facts, search
 from appvitals.fleet.analysis.model import Window
 from appvitals.fleet.analysis.report import build_report
 from appvitals.fleet.sim.simulate import generate_lines
-from appvitals.fleet.wire.protocol import EventLine
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
+from appvitals.fleet.wire.protocol import EventLine
 
 START_MS = 1_764_000_000_000
 
@@ -97,4 +97,55 @@ def test_reports_at_once_keep_their_tables_apart(tmp_path):
     # the tables went with each report's connection: a new one sees none
     with wh.scratch() as rd:
         assert rd.query("SELECT count(*) FROM duckdb_tables() WHERE temporary")[0][0] == 0
+    wh.close()
+
+
+def _stage_only_fleet(wh: DuckDBWarehouse, sessions: int = 400, seed: int = 7) -> None:
+    """Sessions with four attrs, samples with a stage only (few phase keys: the masked recount),
+    an upload size event, some sessions without a session line or with two of them."""
+    import random
+
+    from appvitals.fleet.wire.protocol import SampleLine, SessionLine
+
+    rng = random.Random(seed)
+    lines: list = []
+    for s in range(sessions):
+        sid, t = f"s{s}", START_MS + rng.randrange(0, 40 * 60_000)
+        attrs = {"app_version": rng.choice(["6.03", "6.04", "7.0"]), "os": rng.choice(["mac", "win", "linux"]),
+                 "net": rng.choice(["wifi", "vpn"]), "tier": rng.choice(["a", "b", "c", "d", "e"])}
+        if s % 17:
+            lines.append(SessionLine(session_id=sid, client_id=f"c{s // 4}", ts=t, seq=0, attrs=attrs))
+        if s % 23 == 0:  # a second session line, another version: the session's is the smallest
+            lines.append(SessionLine(session_id=sid, client_id=f"c{s // 4}", ts=t + 5, seq=1,
+                                     attrs=dict(attrs, app_version="5.9")))
+        lines.append(EventLine(session_id=sid, ts=t + 1, seq=2, name="upload", attrs={"kb": rng.randint(1, 900)}))
+        for i in range(rng.randint(1, 12)):
+            stage = rng.choice(["idle", "sync", "index"])
+            cpu = rng.uniform(0, 25) + (50 if attrs["app_version"] == "6.04" and stage == "index" else 0)
+            lines.append(SampleLine(session_id=sid, ts=t + 10_000 * (i + 1), seq=i + 3, cpu=round(cpu, 2),
+                                    attrs={"stage": stage}))
+    wh.insert(lines)
+
+
+def test_the_masked_recount_counts_what_the_phase_rows_count():
+    wh = DuckDBWarehouse(":memory:")
+    _stage_only_fleet(wh)
+    window = Window(START_MS, START_MS + 60 * 60_000)
+    keys = facts.discover_keys(wh, window, "cpu")
+    assert keys.event_numeric and not keys.sample_numeric
+    groups = [(), (("app_version", "6.04"),), (("app_version", "6.04"), ("stage", "index")),
+              (("stage", "sync"),), (("kb", ">=450"), ("os", "mac")), (("kb", "<100"), ("stage", "idle")),
+              (("app_version", "5.9"),), (("net", "vpn"), ("os", "win"), ("stage", "index"))]
+    want = exact.Counter(wh, keys, window, "cpu", 30.0).count_all(groups, "app_version", "stage", 600_000,
+                                                                  "app_version")
+    with wh.scratch() as rd:
+        counter = exact.Counter(rd, keys, window, "cpu", 30.0)
+        counter.lean = search.LeanTables(rd, keys, window, "cpu", 30.0)
+        assert counter.lean.masked
+        got = counter.count_all(groups, "app_version", "stage", 600_000, "app_version")
+        assert counter.count(groups[1:3]) == {g: want[0][g] for g in groups[1:3]}
+    assert got[0] == want[0]
+    assert want[0][groups[2]].high_sessions > 10 and want[0][groups[1]].clients > 10
+    assert got[1] == want[1]
+    assert sorted(got[2]) == sorted(want[2])
     wh.close()

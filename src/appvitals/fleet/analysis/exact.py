@@ -284,6 +284,8 @@ class Counter:
         return out
 
     def _count(self, groups: Sequence[Group]) -> dict[Group, ExactCounts]:
+        if self._can_mask(None, None):
+            return self._count_all_masked(groups, None, None, 1, None)[0]
         base = f"({self.base_for({k for g in groups for k, _ in g})})"
         q = self._count_sql(groups)
         masked = f"({q.masked(base)})"
@@ -310,6 +312,11 @@ class Counter:
             return (self.count(todo), self.cells(row_key, col_key) if row_key else {},
                     self.timeline(bucket_ms, version_key))
         first, rest = todo[:GROUPS_PER_STATEMENT], todo[GROUPS_PER_STATEMENT:]
+        if self._can_mask(row_key, col_key):
+            counts, cells, timeline = self._count_all_masked(first, row_key, col_key, bucket_ms, version_key)
+            if rest:
+                counts.update(self.count(rest))
+            return counts, cells, timeline
         d = self.d
         ver = self.levels[version_key].column if version_key in self.levels else "''"
         extra = ["min(ph_t0) AS t0", "max(ph_t1) AS t1", "max(ph_hi) AS hi", f"{d.any_value(ver)} AS ver"]
@@ -346,21 +353,76 @@ class Counter:
             if not keep or "OutOfMemory" not in type(exc).__name__:
                 raise
             rows = self.wh.query(statement(False))
-        read = q.read
-        counts: dict[Group, ExactCounts] = {}
-        cells: dict[Group, ExactCounts] = {}
-        timeline = []
-        for part, k1, k2, v in rows:
-            if part == "G":
-                counts = read(v)
-            elif part == "T":
-                timeline.append((int(v[0]), int(v[1]), str(k1), int(v[2]), int(v[3] or 0)))
-            elif k1 is not None:
-                group = tuple(sorted({row_key: str(k1), **({col_key: str(k2)} if k2 is not None else {})}.items()))
-                cells[group] = ExactCounts(int(v[0]), int(v[1] or 0), int(v[2] or 0), int(v[3] or 0))
+        counts, cells, timeline = _read_parts(rows, q, row_key, col_key)
         if rest:
             counts.update(self.count(rest))
         return counts, cells, timeline
+
+    def _can_mask(self, row_key: str | None, col_key: str | None) -> bool:
+        """True when the lean tables hold each session's phases as masks (see search.py) and the
+        cells asked for are (session attr) x (categorical sample attr)."""
+        lean, lv = self.lean, self.levels
+        return (lean is not None and lean.masked and (row_key is None or not lv[row_key].on_sample)
+                and (col_key is None or (lv[col_key].on_sample and not lv[col_key].numeric)))
+
+    def _session_predicate(self, item: Item) -> str:
+        """An item on a session or event attr, as SQL on the lean sessions' table: a session
+        attr compares its one-byte code (a value the report does not keep matches no session
+        there: every group the report shows names kept values)."""
+        key, value = item
+        level = self.levels[key]
+        if level.column.startswith("xa_"):
+            values = self.keys.session[key]
+            return f"ca_{level.column[3:]} = {values.index(value) + 1}" if value in values else "false"
+        return predicate(self.d, self.levels, item)
+
+    def _count_all_masked(self, groups: Sequence[Group], row_key: str | None, col_key: str | None,
+                          bucket_ms: int, version_key: str | None):
+        """count_all from one row per session: a group's phase items become a mask of the phase
+        keys they hold for (read from the few phase map rows), and a session is in the group when
+        its session items match and its phase mask meets that mask; its phases in the group are
+        the bits they share (bit_count), its high ones those of its high-phase mask."""
+        d, lean, lv = self.d, self.lean, self.levels
+        q = self._count_sql(groups)
+        s_conds, p_conds = [], []
+        for g in groups:
+            s_conds.append(" AND ".join(self._session_predicate(i) for i in g if not lv[i[0]].on_sample) or "true")
+            p_conds.append(" AND ".join(predicate(d, lv, i) for i in g if lv[i[0]].on_sample) or "true")
+        masks = lean.pid_masks(p_conds)
+        cols: list[str] = []
+        im, hm = [], []
+        for j, (sc, m) in enumerate(zip(s_conds, masks, strict=True)):
+            cols += [f"CASE WHEN {sc} THEN bit_count(pmask & {m}::UBIGINT) ELSE 0 END AS n_{j}",
+                     f"CASE WHEN {sc} THEN bit_count(hmask & {m}::UBIGINT) ELSE 0 END AS nh_{j}"]
+            im.append(f"CASE WHEN {sc} AND (pmask & {m}::UBIGINT) != 0 THEN {1 << j} ELSE 0 END")
+            hm.append(f"CASE WHEN {sc} AND (hmask & {m}::UBIGINT) != 0 THEN {1 << j} ELSE 0 END")
+        ver = lean.session_column(version_key, lv[version_key].column) if version_key in lv else "''"
+        row = lean.session_column(row_key, lv[row_key].column) if row_key else "''"
+        ps = (f"(SELECT sk, ck AS client_id, {d.as_mask(' + '.join(im) or '0')} AS im, "
+              f"{d.as_mask(' + '.join(hm) or '0')} AS hm, t0, t1, (hmask != 0)::INTEGER AS hi, {ver} AS ver, "
+              f"{row} AS rv, pmask, hmask{''.join(', ' + c for c in cols)} FROM _rse)")
+        since = int(self.window.since_ms)
+        units = ", ".join(f"sum({c}_{j}) AS {c}_{j}" for j in range(len(groups)) for c in ("n", "nh"))
+        parts = [f"SELECT 'G' AS part, NULL AS k1, NULL AS k2, [{', '.join(f'{c}::BIGINT' for c in q.columns)}] AS v "
+                 f"FROM (SELECT {units or '0 AS none'} FROM ps) AS u CROSS JOIN ({q.sessions('ps')}) AS s "
+                 f"CROSS JOIN ({q.clients('ps')}) AS c",
+                 f"SELECT 'T' AS part, ver AS k1, NULL AS k2, [b0, b1, count(*), sum(hi)::BIGINT] AS v FROM "
+                 f"(SELECT {d.idiv(f't0 - {since}', int(bucket_ms))} AS b0, {d.idiv(f't1 - {since}', int(bucket_ms))} AS b1, "
+                 "ver, hi FROM ps) GROUP BY b0, b1, ver"]
+        if row_key:
+            parts.append("SELECT 'C' AS part, rv AS k1, NULL AS k2, [count(*), sum(hi), sum(bit_count(pmask)), "
+                         "sum(bit_count(hmask))]::BIGINT[] AS v FROM ps GROUP BY rv")
+            if col_key:
+                column = lv[col_key].column
+                values = [r[0] for r in lean.rd.query(f"SELECT DISTINCT {column} FROM _rpm ORDER BY 1")]
+                for v, m in zip(values, lean.pid_masks([f"{column} = {d.lit(v)}" for v in values]), strict=True):
+                    parts.append(
+                        f"SELECT 'C' AS part, rv AS k1, {d.lit(v)} AS k2, v FROM (SELECT rv, "
+                        f"[sum(((pmask & {m}::UBIGINT) != 0)::INTEGER), sum(((hmask & {m}::UBIGINT) != 0)::INTEGER), "
+                        f"sum(bit_count(pmask & {m}::UBIGINT)), sum(bit_count(hmask & {m}::UBIGINT))]::BIGINT[] AS v "
+                        "FROM ps GROUP BY rv) WHERE v[1] > 0")
+        rows = self.wh.query(f"WITH ps AS MATERIALIZED {ps} " + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
+        return _read_parts(rows, q, row_key, col_key)
 
     def _memory_bytes(self) -> float:
         """The warehouse's memory limit in bytes (0 when it does not say)."""
@@ -427,6 +489,22 @@ class Counter:
                 f"ver, count(*) AS n, sum(hi) AS h FROM ({per_session}) GROUP BY b0, b1, ver"
             )
         ]
+
+
+def _read_parts(rows, q: _CountSql, row_key: str | None, col_key: str | None):
+    """The rows of a count_all statement: (counts of the groups, cells, timeline)."""
+    counts: dict[Group, ExactCounts] = {}
+    cells: dict[Group, ExactCounts] = {}
+    timeline = []
+    for part, k1, k2, v in rows:
+        if part == "G":
+            counts = q.read(v)
+        elif part == "T":
+            timeline.append((int(v[0]), int(v[1]), str(k1), int(v[2]), int(v[3] or 0)))
+        elif k1 is not None:
+            group = tuple(sorted({row_key: str(k1), **({col_key: str(k2)} if k2 is not None else {})}.items()))
+            cells[group] = ExactCounts(int(v[0]), int(v[1] or 0), int(v[2] or 0), int(v[3] or 0))
+    return counts, cells, timeline
 
 
 def parse_bytes(text: str) -> float:

@@ -49,6 +49,7 @@ from appvitals.fleet.analysis.model import (
 )
 from appvitals.fleet.warehouse.dialects import dialect_for
 
+MAX_MASKED_PHASES = 64  # phase keys a session's two masks hold
 MAX_CODED_VALUES = 250  # session attr values coded in one byte (the report keeps at most 50 per attr)
 
 
@@ -125,6 +126,14 @@ class LeanTables:
         e_out += [f"coalesce(xet_{i}, '') AS xet_{i}" for i in range(len(keys.event_text))]
         per_session = (f"SELECT sk, count(*)::INTEGER AS n_ph, sum(ph_hi)::INTEGER AS n_hi, max(ph_hi) AS s_hi "
                        f"FROM {self.sph} GROUP BY sk")
+        # at most 64 phase keys: each session also carries the set of its phases and of its high
+        # phases as two 64-bit masks, and the exact recount reads sessions, not phases (masked())
+        self.pids = int(self.rd.query("SELECT coalesce(max(pid), 0) FROM _rpm")[0][0])
+        self.masked = 0 < self.pids <= MAX_MASKED_PHASES
+        masks = ("bit_or(1::UBIGINT << (pid - 1)) AS pmask, "
+                 "bit_or(CASE WHEN ph_hi = 1 THEN 1::UBIGINT << (pid - 1) ELSE 0::UBIGINT END) AS hmask")
+        if self.masked and not xn:
+            per_session = per_session.replace(" AS s_hi ", f" AS s_hi, {masks} ")
         sums = ("SELECT hash(session_id) AS sk, sum(n)::BIGINT AS n_samples, sum(s) AS m_sum, max(mx) AS peak, "
                 f"min(t0) AS t0, max(t1) AS t1 FROM ({samples}) GROUP BY sk")
         no_client = "hash('')"  # sessions without a session line: one client '', as elsewhere in the report
@@ -137,12 +146,15 @@ class LeanTables:
         sql = (f"SELECT p.*, sd.* EXCLUDE (sk), coalesce(sa.ck, {no_client}) AS ck"
                f"{''.join(f', coalesce(ca_{i}, 0) AS ca_{i}' for i in range(len(keys.session)))} "
                "FROM _rsp AS p JOIN _rsd AS sd USING (sk) LEFT JOIN _rsa AS sa USING (sk)")
+        if self.masked and xn:  # the masks of the exact phases (the search's are coarser)
+            self._run(f"CREATE OR REPLACE TEMP TABLE _rsm AS SELECT sk, {masks} FROM _rph GROUP BY sk")
+            sql = f"SELECT pp.*, pmask, hmask FROM ({sql}) AS pp JOIN _rsm USING (sk)"
         if e_raw:
             self._run(f"CREATE OR REPLACE TEMP TABLE _rev AS SELECT hash(session_id) AS sk"
                       f"{''.join(', ' + c for c in e_raw)} FROM {d.table('events')} WHERE {ts} GROUP BY sk")
             sql = (f"SELECT ps.*{''.join(', ' + c for c in e_out)} FROM ({sql}) AS ps LEFT JOIN _rev AS ev USING (sk)")
         self._run(f"CREATE OR REPLACE TEMP TABLE _rse AS {sql}")
-        for table in ("_rsd", "_rsa", "_rsp", "_rev"):
+        for table in ("_rsd", "_rsa", "_rsp", "_rsm", "_rev"):
             self._run(f"DROP TABLE IF EXISTS {table}")
 
     def _run(self, sql: str) -> None:
@@ -169,6 +181,25 @@ class LeanTables:
         cols += [f"xet_{i}" for i, k in enumerate(keys.event_text) if only is None or k in only]
         return (f"SELECT sk, ph_hi, t0 AS ph_t0, t1 AS ph_t1{''.join(', ' + c for c in cols)} "
                 "FROM _rph JOIN _rpm USING (pid) JOIN _rse USING (sk)")
+
+    def session_column(self, key: str, level_column: str) -> str:
+        """A session or event attr's column on `_rse` (session attrs decoded from their codes)."""
+        if level_column.startswith("xa_"):
+            i = int(level_column[3:])
+            vs = list(self.keys.session.values())[i][:MAX_CODED_VALUES]
+            return f"([''{''.join(', ' + self.d.lit(v) for v in vs)}])[ca_{i} + 1]"
+        return level_column
+
+    def pid_masks(self, conditions: Sequence[str]) -> list[int]:
+        """For each SQL condition on phase items (xs_i, xn_i), the mask of the phase keys it holds for."""
+        if not conditions:
+            return []
+        masks = [0] * len(conditions)
+        for row in self.rd.query(f"SELECT pid, [{', '.join(f'coalesce({c}, false)' for c in conditions)}] FROM _rpm"):
+            for j, ok in enumerate(row[1]):
+                if ok:
+                    masks[j] |= 1 << (int(row[0]) - 1)
+        return masks
 
     # -- the search --
 
