@@ -127,6 +127,34 @@ def _stage_only_fleet(wh: DuckDBWarehouse, sessions: int = 400, seed: int = 7) -
     wh.insert(lines)
 
 
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_the_masked_search_counts_what_the_exploding_search_counts(order):
+    wh = DuckDBWarehouse(":memory:")
+    _stage_only_fleet(wh)
+    window = Window(START_MS, START_MS + 60 * 60_000)
+    keys = facts.discover_keys(wh, window, "cpu")
+    keys.max_order = order
+    old = facts.fetch_facts(wh, window, "cpu", 30.0, 60_000, ("app_version",), keys=keys)
+    with wh.scratch() as rd:
+        lean = search.LeanTables(rd, keys, window, "cpu", 30.0)
+        assert lean.masked  # stages counted from the sessions' phase masks
+        new = lean.facts("cpu", 30.0)
+        # an event attr's observed values come from the sessions' table
+        counter = exact.Counter(rd, keys, window, "cpu", 30.0)
+        counter.lean = lean
+        assert counter.distinct_numbers("kb", 100, 200) == [float(x) for x in range(101, 201)
+                                                            if x in _kb_values(wh)]
+    assert msgspec.structs.astuple(new.total)[:5] == msgspec.structs.astuple(old.total)[:5]
+    assert {c: msgspec.structs.astuple(n)[:5] for c, n in new.counts.items()} == \
+        {c: msgspec.structs.astuple(n)[:5] for c, n in old.counts.items()}
+    assert len(new.counts) > 25 * order
+    wh.close()
+
+
+def _kb_values(wh: DuckDBWarehouse) -> set[int]:
+    return {int(r[0]) for r in wh.query("SELECT DISTINCT attr_values[1] FROM events")}
+
+
 def test_the_masked_recount_counts_what_the_phase_rows_count():
     wh = DuckDBWarehouse(":memory:")
     _stage_only_fleet(wh)

@@ -468,10 +468,14 @@ class Counter:
                     found.add(x)
             return sorted(found)[:limit]
         col = level.column
+        if self.lean is not None and not level.on_sample:  # a session's value: one row per session will do
+            col, source = self.lean.session_column(key, col), "_rse"
+        else:
+            source = f"({self.base_for({key})})"
         lo = f" AND {col} > {low!r}" if math.isfinite(low) else ""
         hi = f" AND {col} <= {high!r}" if math.isfinite(high) else ""
         rows = self.wh.query(
-            f"SELECT DISTINCT {col} AS x FROM ({self.base_for({key})}) WHERE {col} IS NOT NULL{lo}{hi} ORDER BY x LIMIT {int(limit)}"
+            f"SELECT DISTINCT {col} AS x FROM {source} WHERE {col} IS NOT NULL{lo}{hi} ORDER BY x LIMIT {int(limit)}"
         )
         return [float(r[0]) for r in rows if r[0] is not None and math.isfinite(float(r[0]))]
 

@@ -1,25 +1,29 @@
 """The report's search on DuckDB: every combination counted by GROUPING SETS over lean tables.
 
-The samples are read once per report, into three temporary tables on the report's own
-connection (`Warehouse.scratch`), which both the search and the exact recount
-(`exact.Counter`) then read:
+The samples are read once per report into temporary tables on the report's own connection
+(`Warehouse.scratch`, private to it and gone when the report ends), which both the search
+and the exact recount (`exact.Counter`) then read:
 
-- `_rpm`, one row per distinct sample attrs text (a few hundred): its phase key `pid`, its
-  stage key `qid` (the categorical sample items alone), the raw sample items (`xs_i`,
-  `xn_i`) and their small integer codes (`cs_i`; `cn_i` the numeric interval);
-- `_rph`, one row per phase (session, pid): samples, metric sum, peak, first and last ts,
-  high or not. Sessions are keyed by a 64-bit hash of their id (`sk`), so every grouping
-  hashes integers, not id strings;
-- `_rse`, one row per session: its phase counts, its session attrs (raw `xa_i` and coded
-  `ca_i`: the place of the value in the report's list of kept values, 0 for none), its
+- `_rpm`, one row per distinct sample attrs text (a few hundred): its phase key `pid` (the
+  exact values), the search's coarser `cpid` (numeric values by interval, as ClickHouse's
+  search has them), its stage key `qid`, the raw sample items (`xs_i`, `xn_i`) and their
+  small integer codes (`cs_i`; `cn_i` the numeric interval);
+- `_rph` (and `_rpc` by cpid, with numeric sample attrs), one row per phase: the session's
+  64-bit key `sk` (a hash of its id), the phase key and whether it is high: 11 bytes a
+  phase, so a million sessions' phases fit the collector's 256 MB;
+- `_rse`, one row per session: its phases counted (and, with at most 64 phase keys, the
+  set of its phases and of its high phases as two 64-bit masks), its samples summed (mean,
+  peak, first and last ts), its client's 64-bit key, its session attrs as one-byte codes
+  (`ca_i`: the place of the value in the report's list of kept values, 0 for none), its
   largest numeric event attrs (`xen_i`, interval code `cen_i`) and event texts (`xet_i`).
+  Each part is grouped in a statement of its own, so one large hash table is alive at a time.
 
-The search then counts every combination of up to `Keys.max_order` items in three
-statements, one per kind (S: session items; Q: with a categorical sample item; P: with a
-numeric sample item), each one `GROUP BY GROUPING SETS` over small integer codes: no row is
-exploded into its combinations, and no combination key is built as a string. A grouping
-set's rows name the combination by which columns are not NULL; a code 0 (no value) drops
-the row.
+The search counts every combination of up to `Keys.max_order` items in three statements,
+one per kind (S: session items; Q: with a categorical sample item; P: with a numeric sample
+item), each one `GROUP BY GROUPING SETS` over small integer codes: no row is exploded into
+its combinations, and no combination key is built as text. A grouping set's rows name the
+combination by which columns are not NULL; a code 0 (no value) drops the row. With phase
+masks and one stage attr, Q reads the sessions' masks instead of the phases.
 
 Two sessions whose ids hash alike would be counted as one; with 64 bits the odds are about
 one in 37 million at a million sessions (see docs/report.md).
@@ -103,52 +107,41 @@ class LeanTables:
                       f"{''.join(', ' + c for c in xs + cs + cn)} FROM _rpm")
         self.pm = self.rd.query(f"SELECT pid, qid{''.join(', ' + c for c in xs + cs + cn)} FROM {self.spm}")
         thr = float(threshold)
-        samples = (f"SELECT * FROM ({rows_sql(d, window, metric, rollup, population)}) AS r "
-                   f"JOIN (SELECT attrs, pid, cpid FROM _rpm) AS pm USING (attrs)")
-        # the phases: only what is high, by an integer key each (11 bytes a phase); the
-        # sessions' sums come from the samples themselves below, so no wide per-phase row
-        # has to be kept (at a million sessions that would fill the collector's memory)
-        high = f"CASE WHEN sum(s) > {thr!r} * sum(n) THEN 1 ELSE 0 END::UTINYINT AS ph_hi"
-        self._run(f"CREATE OR REPLACE TEMP TABLE _rph AS SELECT hash(session_id) AS sk, pid, {high} "
-                  f"FROM ({samples}) GROUP BY sk, pid")
-        if xn:
-            self._run(f"CREATE OR REPLACE TEMP TABLE _rpc AS SELECT hash(session_id) AS sk, cpid AS pid, {high} "
-                      f"FROM ({samples}) GROUP BY sk, cpid")
+        self._thr = thr
+        self._samples = samples = (f"SELECT * FROM ({rows_sql(d, window, metric, rollup, population)}) AS r "
+                                   f"JOIN (SELECT attrs, pid, cpid FROM _rpm) AS pm USING (attrs)")
+        # at most 64 phase keys: each session also carries the set of its phases and of its high
+        # phases as two 64-bit masks, and the exact recount reads sessions, not phases
+        self.pids = int(self.rd.query("SELECT coalesce(max(pid), 0) FROM _rpm")[0][0])
+        self.masked = 0 < self.pids <= MAX_MASKED_PHASES
+        self._make_phases()
         # sessions: their (search) phases counted, their samples summed, their attrs coded (the
         # place of the value in the report's list of kept values; 0: none), a 64-bit key of
         # their client, and their event attrs
-        s_codes = [f"coalesce(list_position([{', '.join(d.lit(v) for v in vs[:MAX_CODED_VALUES])}], "
-                   f"min({d.attr(k)})), 0)::UTINYINT AS ca_{i}" for i, (k, vs) in enumerate(keys.session.items())]
         e_raw = [f"max({d.attr_number(nk.key)}) AS xen_{i}" for i, nk in enumerate(keys.event_numeric)]
         e_raw += [f"max({d.attr(k)}) AS xet_{i}" for i, k in enumerate(keys.event_text)]
         e_out = [f"xen_{i}" for i in range(len(keys.event_numeric))]
         e_out += [f"{_interval_code(f'xen_{i}', nk.edges)}::UTINYINT AS cen_{i}" for i, nk in enumerate(keys.event_numeric)]
         e_out += [f"coalesce(xet_{i}, '') AS xet_{i}" for i in range(len(keys.event_text))]
-        per_session = (f"SELECT sk, count(*)::INTEGER AS n_ph, sum(ph_hi)::INTEGER AS n_hi, max(ph_hi) AS s_hi "
-                       f"FROM {self.sph} GROUP BY sk")
-        # at most 64 phase keys: each session also carries the set of its phases and of its high
-        # phases as two 64-bit masks, and the exact recount reads sessions, not phases (masked())
-        self.pids = int(self.rd.query("SELECT coalesce(max(pid), 0) FROM _rpm")[0][0])
-        self.masked = 0 < self.pids <= MAX_MASKED_PHASES
         masks = ("bit_or(1::UBIGINT << (pid - 1)) AS pmask, "
                  "bit_or(CASE WHEN ph_hi = 1 THEN 1::UBIGINT << (pid - 1) ELSE 0::UBIGINT END) AS hmask")
-        if self.masked and not xn:
-            per_session = per_session.replace(" AS s_hi ", f" AS s_hi, {masks} ")
-        sums = ("SELECT hash(session_id) AS sk, sum(n)::BIGINT AS n_samples, sum(s) AS m_sum, max(mx) AS peak, "
-                f"min(t0) AS t0, max(t1) AS t1 FROM ({samples}) GROUP BY sk")
-        no_client = "hash('')"  # sessions without a session line: one client '', as elsewhere in the report
+        sums = "sum(n)::BIGINT AS n_samples, sum(s) AS m_sum, max(mx) AS peak, min(t0) AS t0, max(t1) AS t1"
         # each part of the sessions' row its own statement: one large hash table at a time stays
         # within the memory limit, where three at once spilled (3 s against 1 s at a million)
-        self._run(f"CREATE OR REPLACE TEMP TABLE _rsd AS {sums}")
-        self._run(f"CREATE OR REPLACE TEMP TABLE _rsa AS SELECT hash(session_id) AS sk, hash(min(client_id)) AS ck"
-                  f"{''.join(', ' + c for c in s_codes)} FROM {d.table('sessions')} GROUP BY sk")
+        self._run(f"CREATE OR REPLACE TEMP TABLE _rsd AS SELECT hash(session_id) AS sk, {sums} FROM ({samples}) "
+                  "GROUP BY sk")
+        per_session = (f"SELECT sk, count(*)::INTEGER AS n_ph, sum(ph_hi)::INTEGER AS n_hi, max(ph_hi) AS s_hi"
+                       f"{', ' + masks if self.masked and not xn else ''} FROM {self.sph} GROUP BY sk")
         self._run(f"CREATE OR REPLACE TEMP TABLE _rsp AS {per_session}")
-        sql = (f"SELECT p.*, sd.* EXCLUDE (sk), coalesce(sa.ck, {no_client}) AS ck"
-               f"{''.join(f', coalesce(ca_{i}, 0) AS ca_{i}' for i in range(len(keys.session)))} "
-               "FROM _rsp AS p JOIN _rsd AS sd USING (sk) LEFT JOIN _rsa AS sa USING (sk)")
+        head = "SELECT p.*, sd.* EXCLUDE (sk) FROM _rsp AS p JOIN _rsd AS sd USING (sk)"
         if self.masked and xn:  # the masks of the exact phases (the search's are coarser)
             self._run(f"CREATE OR REPLACE TEMP TABLE _rsm AS SELECT sk, {masks} FROM _rph GROUP BY sk")
-            sql = f"SELECT pp.*, pmask, hmask FROM ({sql}) AS pp JOIN _rsm USING (sk)"
+            head = f"SELECT pp.*, pmask, hmask FROM ({head}) AS pp JOIN _rsm USING (sk)"
+        self._run(f"CREATE OR REPLACE TEMP TABLE _rsa AS {self._session_attrs_sql()}")
+        no_client = "hash('')"  # sessions without a session line: one client '', as elsewhere in the report
+        sql = (f"SELECT h.*, coalesce(sa.ck, {no_client}) AS ck"
+               f"{''.join(f', coalesce(ca_{i}, 0) AS ca_{i}' for i in range(len(keys.session)))} "
+               f"FROM ({head}) AS h LEFT JOIN _rsa AS sa USING (sk)")
         if e_raw:
             self._run(f"CREATE OR REPLACE TEMP TABLE _rev AS SELECT hash(session_id) AS sk"
                       f"{''.join(', ' + c for c in e_raw)} FROM {d.table('events')} WHERE {ts} GROUP BY sk")
@@ -157,11 +150,36 @@ class LeanTables:
         for table in ("_rsd", "_rsa", "_rsp", "_rsm", "_rev"):
             self._run(f"DROP TABLE IF EXISTS {table}")
 
+    def _make_phases(self) -> None:
+        """The per-phase tables: `_rph` (exact phases) and, with numeric sample attrs, `_rpc` (the
+        search's coarser ones), 11 bytes a phase: the session key, the phase key, high or not."""
+        high = f"CASE WHEN sum(s) > {self._thr!r} * sum(n) THEN 1 ELSE 0 END::UTINYINT AS ph_hi"
+        self._run(f"CREATE OR REPLACE TEMP TABLE _rph AS SELECT hash(session_id) AS sk, pid, {high} "
+                  f"FROM ({self._samples}) GROUP BY sk, pid")
+        if self.keys.sample_numeric:
+            self._run(f"CREATE OR REPLACE TEMP TABLE _rpc AS SELECT hash(session_id) AS sk, cpid AS pid, {high} "
+                      f"FROM ({self._samples}) GROUP BY sk, cpid")
+
+    def _session_attrs_sql(self) -> str:
+        """Per session (`sk`): its client's key and its attrs' codes, the code of the smallest
+        value when it has several session lines (as on ClickHouse). Most sessions have one: they
+        are read line by line, and only the others grouped (twice as fast at a million)."""
+        d, keys = self.d, self.keys
+        code = [(f"coalesce(list_position([{', '.join(d.lit(v) for v in vs[:MAX_CODED_VALUES])}], ", f"), 0)::UTINYINT "
+                 f"AS ca_{i}", d.attr(k)) for i, (k, vs) in enumerate(keys.session.items())]
+        one = "".join(f", {a}{x}{b}" for a, b, x in code)
+        several = "".join(f", {a}min({x}){b}" for a, b, x in code)
+        sessions, sk = d.table("sessions"), "hash(session_id)"
+        return (f"WITH multi AS MATERIALIZED (SELECT {sk} AS sk FROM {sessions} GROUP BY sk HAVING count(*) > 1) "
+                f"SELECT {sk} AS sk, hash(client_id) AS ck{one} FROM {sessions} WHERE {sk} NOT IN (SELECT sk FROM multi) "
+                f"UNION ALL SELECT {sk} AS sk, hash(min(client_id)) AS ck{several} FROM {sessions} "
+                f"WHERE {sk} IN (SELECT sk FROM multi) GROUP BY {sk}")
+
     def _run(self, sql: str) -> None:
         self.rd.query(sql)
 
     def drop(self) -> None:
-        for table in ("_rse", "_rpc", "_rph", "_rpmc", "_rpm"):
+        for table in ("_rse", "_rpc", "_rph", "_rpmc", "_rpm"):  # (the phase tables may not exist)
             self._run(f"DROP TABLE IF EXISTS {table}")
 
     # -- what the exact recount reads --
@@ -262,7 +280,31 @@ class LeanTables:
                               float(v[5] or 0.0)))
         s_codes = ", ".join(s_cols)
         se = f"(SELECT sk{', ' + s_codes if s_codes else ''} FROM _rse)"
-        if specs["Q"]:
+        if specs["Q"] and self.masked and not n_xn and n_xs == 1:
+            # Q from the sessions' phase masks: one stage value is one phase key here, so a
+            # session is in (items, stage = v) when its items match and its mask holds v's bit
+            stage = [(int(r[0]), r[2 + n_xs]) for r in self.pm if r[2 + n_xs]]  # (pid, stage code)
+            s_specs = [[(a, k) for a, k in spec if a != "sp_0"] for spec in specs["Q"]]
+            used = [c for c in s_cols if any(alias[a] == c for spec in s_specs for a, _ in spec)]
+            grouping = ", ".join("(" + ", ".join(alias[a] for a, _ in spec) + ")" for spec in s_specs)
+            bits = [f"sum(((pmask >> {p - 1}) & 1)::INTEGER), sum(((hmask >> {p - 1}) & 1)::INTEGER)" for p, _ in stage]
+            rows = self.rd.query(f"SELECT {''.join(c + ', ' for c in used)}{', '.join(bits)} FROM _rse "
+                                 f"GROUP BY GROUPING SETS ({grouping})")
+            width = len(used)
+            for row in rows:
+                items = []
+                for c, v in zip(used, row[:width], strict=True):
+                    if v is None:
+                        continue
+                    if v == 0 or v == "":
+                        break
+                    items.append((names[c], decode[c][v] if c in decode else str(v)))
+                else:
+                    for j, (_, code) in enumerate(stage):
+                        n, h = int(row[width + 2 * j] or 0), int(row[width + 2 * j + 1] or 0)
+                        if n:
+                            counts[tuple(sorted([*items, (names["cs_0"], decode["cs_0"][code])]))] = Counts(n, h, n, h)
+        elif specs["Q"]:
             # Q: per (session, stage): sessions are exact; phases inside it counted too
             used, grouping = sets("Q")
             cs = [f"cs_{i}" for i in range(n_xs)]
