@@ -100,9 +100,10 @@ def test_reports_at_once_keep_their_tables_apart(tmp_path):
     wh.close()
 
 
-def _stage_only_fleet(wh: DuckDBWarehouse, sessions: int = 400, seed: int = 7) -> None:
+def _stage_only_fleet(wh: DuckDBWarehouse, sessions: int = 400, seed: int = 7, sizes: bool = False) -> None:
     """Sessions with four attrs, samples with a stage only (few phase keys: the masked recount),
-    an upload size event, some sessions without a session line or with two of them."""
+    an upload size event, some sessions without a session line or with two of them. `sizes`:
+    sync samples also carry a file size of 1-90 (about a hundred phase keys: masks of two words)."""
     import random
 
     from appvitals.fleet.wire.protocol import SampleLine, SessionLine
@@ -122,15 +123,19 @@ def _stage_only_fleet(wh: DuckDBWarehouse, sessions: int = 400, seed: int = 7) -
         for i in range(rng.randint(1, 12)):
             stage = rng.choice(["idle", "sync", "index"])
             cpu = rng.uniform(0, 25) + (50 if attrs["app_version"] == "6.04" and stage == "index" else 0)
+            sample_attrs: dict = {"stage": stage}
+            if sizes and stage == "sync":
+                sample_attrs["size"] = rng.randint(1, 90)
+                cpu += 45 if sample_attrs["size"] >= 63 else 0
             lines.append(SampleLine(session_id=sid, ts=t + 10_000 * (i + 1), seq=i + 3, cpu=round(cpu, 2),
-                                    attrs={"stage": stage}))
+                                    attrs=sample_attrs))
     wh.insert(lines)
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
-def test_the_masked_search_counts_what_the_exploding_search_counts(order):
+@pytest.mark.parametrize("order,sizes", [(1, False), (2, False), (3, False), (2, True), (3, True)])
+def test_the_masked_search_counts_what_the_exploding_search_counts(order, sizes):
     wh = DuckDBWarehouse(":memory:")
-    _stage_only_fleet(wh)
+    _stage_only_fleet(wh, sizes=sizes)
     window = Window(START_MS, START_MS + 60 * 60_000)
     keys = facts.discover_keys(wh, window, "cpu")
     keys.max_order = order
@@ -155,21 +160,24 @@ def _kb_values(wh: DuckDBWarehouse) -> set[int]:
     return {int(r[0]) for r in wh.query("SELECT DISTINCT attr_values[1] FROM events")}
 
 
-def test_the_masked_recount_counts_what_the_phase_rows_count():
+@pytest.mark.parametrize("sizes", [False, True])
+def test_the_masked_recount_counts_what_the_phase_rows_count(sizes):
     wh = DuckDBWarehouse(":memory:")
-    _stage_only_fleet(wh)
+    _stage_only_fleet(wh, sizes=sizes)
     window = Window(START_MS, START_MS + 60 * 60_000)
     keys = facts.discover_keys(wh, window, "cpu")
-    assert keys.event_numeric and not keys.sample_numeric
+    assert keys.event_numeric and bool(keys.sample_numeric) == sizes
     groups = [(), (("app_version", "6.04"),), (("app_version", "6.04"), ("stage", "index")),
               (("stage", "sync"),), (("kb", ">=450"), ("os", "mac")), (("kb", "<100"), ("stage", "idle")),
               (("app_version", "5.9"),), (("net", "vpn"), ("os", "win"), ("stage", "index"))]
+    if sizes:
+        groups += [(("size", ">=63"),), (("size", ">=63"), ("stage", "sync")), (("os", "mac"), ("size", "<20"))]
     want = exact.Counter(wh, keys, window, "cpu", 30.0).count_all(groups, "app_version", "stage", 600_000,
                                                                   "app_version")
     with wh.scratch() as rd:
         counter = exact.Counter(rd, keys, window, "cpu", 30.0)
         counter.lean = search.LeanTables(rd, keys, window, "cpu", 30.0)
-        assert counter.lean.masked
+        assert counter.lean.masked and counter.lean.words["pmask"] == (2 if sizes else 1)
         got = counter.count_all(groups, "app_version", "stage", 600_000, "app_version")
         assert counter.count(groups[1:3]) == {g: want[0][g] for g in groups[1:3]}
     assert got[0] == want[0]

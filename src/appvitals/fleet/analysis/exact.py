@@ -392,15 +392,16 @@ class Counter:
         cols: list[str] = []
         im, hm = [], []
         for j, (sc, m) in enumerate(zip(s_conds, masks, strict=True)):
-            cols += [f"CASE WHEN {sc} THEN bit_count(pmask & {m}::UBIGINT) ELSE 0 END AS n_{j}",
-                     f"CASE WHEN {sc} THEN bit_count(hmask & {m}::UBIGINT) ELSE 0 END AS nh_{j}"]
-            im.append(f"CASE WHEN {sc} AND (pmask & {m}::UBIGINT) != 0 THEN {1 << j} ELSE 0 END")
-            hm.append(f"CASE WHEN {sc} AND (hmask & {m}::UBIGINT) != 0 THEN {1 << j} ELSE 0 END")
+            cols += [f"CASE WHEN {sc} THEN {lean.shared('pmask', m)} ELSE 0 END AS n_{j}",
+                     f"CASE WHEN {sc} THEN {lean.shared('hmask', m)} ELSE 0 END AS nh_{j}"]
+            im.append(f"CASE WHEN {sc} AND ({lean.meets('pmask', m)}) THEN {1 << j} ELSE 0 END")
+            hm.append(f"CASE WHEN {sc} AND ({lean.meets('hmask', m)}) THEN {1 << j} ELSE 0 END")
         ver = lean.session_column(version_key, lv[version_key].column) if version_key in lv else "''"
         row = lean.session_column(row_key, lv[row_key].column) if row_key else "''"
         ps = (f"(SELECT sk, ck AS client_id, {d.as_mask(' + '.join(im) or '0')} AS im, "
-              f"{d.as_mask(' + '.join(hm) or '0')} AS hm, t0, t1, (hmask != 0)::INTEGER AS hi, {ver} AS ver, "
-              f"{row} AS rv, pmask, hmask{''.join(', ' + c for c in cols)} FROM _rse)")
+              f"{d.as_mask(' + '.join(hm) or '0')} AS hm, t0, t1, ({lean.shared('hmask')} > 0)::INTEGER AS hi, "
+              f"{ver} AS ver, {row} AS rv, {', '.join(lean.mask_columns('pmask') + lean.mask_columns('hmask'))}"
+              f"{''.join(', ' + c for c in cols)} FROM _rse)")
         since = int(self.window.since_ms)
         units = ", ".join(f"sum({c}_{j}) AS {c}_{j}" for j in range(len(groups)) for c in ("n", "nh"))
         parts = [f"SELECT 'G' AS part, NULL AS k1, NULL AS k2, [{', '.join(f'{c}::BIGINT' for c in q.columns)}] AS v "
@@ -410,16 +411,16 @@ class Counter:
                  f"(SELECT {d.idiv(f't0 - {since}', int(bucket_ms))} AS b0, {d.idiv(f't1 - {since}', int(bucket_ms))} AS b1, "
                  "ver, hi FROM ps) GROUP BY b0, b1, ver"]
         if row_key:
-            parts.append("SELECT 'C' AS part, rv AS k1, NULL AS k2, [count(*), sum(hi), sum(bit_count(pmask)), "
-                         "sum(bit_count(hmask))]::BIGINT[] AS v FROM ps GROUP BY rv")
+            parts.append(f"SELECT 'C' AS part, rv AS k1, NULL AS k2, [count(*), sum(hi), sum({lean.shared('pmask')}), "
+                         f"sum({lean.shared('hmask')})]::BIGINT[] AS v FROM ps GROUP BY rv")
             if col_key:
                 column = lv[col_key].column
                 values = [r[0] for r in lean.rd.query(f"SELECT DISTINCT {column} FROM _rpm ORDER BY 1")]
                 for v, m in zip(values, lean.pid_masks([f"{column} = {d.lit(v)}" for v in values]), strict=True):
                     parts.append(
                         f"SELECT 'C' AS part, rv AS k1, {d.lit(v)} AS k2, v FROM (SELECT rv, "
-                        f"[sum(((pmask & {m}::UBIGINT) != 0)::INTEGER), sum(((hmask & {m}::UBIGINT) != 0)::INTEGER), "
-                        f"sum(bit_count(pmask & {m}::UBIGINT)), sum(bit_count(hmask & {m}::UBIGINT))]::BIGINT[] AS v "
+                        f"[sum(({lean.meets('pmask', m)})::INTEGER), sum(({lean.meets('hmask', m)})::INTEGER), "
+                        f"sum({lean.shared('pmask', m)}), sum({lean.shared('hmask', m)})]::BIGINT[] AS v "
                         "FROM ps GROUP BY rv) WHERE v[1] > 0")
         rows = self.wh.query(f"WITH ps AS MATERIALIZED {ps} " + " UNION ALL ".join(f"SELECT * FROM ({p})" for p in parts))
         return _read_parts(rows, q, row_key, col_key)

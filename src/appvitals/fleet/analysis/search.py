@@ -53,7 +53,8 @@ from appvitals.fleet.analysis.model import (
 )
 from appvitals.fleet.warehouse.dialects import dialect_for
 
-MAX_MASKED_PHASES = 64  # phase keys a session's two masks hold
+MAX_MASKED_PHASES = 256  # phase keys a session's masks hold (four 64-bit words each)
+WORD = 64
 MAX_CODED_VALUES = 250  # session attr values coded in one byte (the report keeps at most 50 per attr)
 
 
@@ -114,6 +115,8 @@ class LeanTables:
         # phases as two 64-bit masks, and the exact recount reads sessions, not phases
         self.pids = int(self.rd.query("SELECT coalesce(max(pid), 0) FROM _rpm")[0][0])
         self.masked = 0 < self.pids <= MAX_MASKED_PHASES
+        w = -(-self.pids // WORD) if self.masked else 0
+        self.words = {"pmask": w, "hmask": w}
         self._make_phases()
         # sessions: their (search) phases counted, their samples summed, their attrs coded (the
         # place of the value in the report's list of kept values; 0: none), a 64-bit key of
@@ -123,20 +126,20 @@ class LeanTables:
         e_out = [f"xen_{i}" for i in range(len(keys.event_numeric))]
         e_out += [f"{_interval_code(f'xen_{i}', nk.edges)}::UTINYINT AS cen_{i}" for i, nk in enumerate(keys.event_numeric)]
         e_out += [f"coalesce(xet_{i}, '') AS xet_{i}" for i in range(len(keys.event_text))]
-        masks = ("bit_or(1::UBIGINT << (pid - 1)) AS pmask, "
-                 "bit_or(CASE WHEN ph_hi = 1 THEN 1::UBIGINT << (pid - 1) ELSE 0::UBIGINT END) AS hmask")
         sums = "sum(n)::BIGINT AS n_samples, sum(s) AS m_sum, max(mx) AS peak, min(t0) AS t0, max(t1) AS t1"
         # each part of the sessions' row its own statement: one large hash table at a time stays
         # within the memory limit, where three at once spilled (3 s against 1 s at a million)
         self._run(f"CREATE OR REPLACE TEMP TABLE _rsd AS SELECT hash(session_id) AS sk, {sums} FROM ({samples}) "
                   "GROUP BY sk")
+        masks = self._mask_aggs("pmask", "hmask") if self.masked and not xn else ""  # (else from _rph below)
         per_session = (f"SELECT sk, count(*)::INTEGER AS n_ph, sum(ph_hi)::INTEGER AS n_hi, max(ph_hi) AS s_hi"
-                       f"{', ' + masks if self.masked and not xn else ''} FROM {self.sph} GROUP BY sk")
+                       f"{', ' + masks if masks else ''} FROM {self.sph} GROUP BY sk")
         self._run(f"CREATE OR REPLACE TEMP TABLE _rsp AS {per_session}")
         head = "SELECT p.*, sd.* EXCLUDE (sk) FROM _rsp AS p JOIN _rsd AS sd USING (sk)"
         if self.masked and xn:  # the masks of the exact phases (the search's are coarser)
-            self._run(f"CREATE OR REPLACE TEMP TABLE _rsm AS SELECT sk, {masks} FROM _rph GROUP BY sk")
-            head = f"SELECT pp.*, pmask, hmask FROM ({head}) AS pp JOIN _rsm USING (sk)"
+            self._run(f"CREATE OR REPLACE TEMP TABLE _rsm AS SELECT sk, {self._mask_aggs('pmask', 'hmask')} "
+                      "FROM _rph GROUP BY sk")
+            head = f"SELECT pp.*, _rsm.* EXCLUDE (sk) FROM ({head}) AS pp JOIN _rsm USING (sk)"
         self._run(f"CREATE OR REPLACE TEMP TABLE _rsa AS {self._session_attrs_sql()}")
         no_client = "hash('')"  # sessions without a session line: one client '', as elsewhere in the report
         sql = (f"SELECT h.*, coalesce(sa.ck, {no_client}) AS ck"
@@ -149,6 +152,34 @@ class LeanTables:
         self._run(f"CREATE OR REPLACE TEMP TABLE _rse AS {sql}")
         for table in ("_rsd", "_rsa", "_rsp", "_rsm", "_rev"):
             self._run(f"DROP TABLE IF EXISTS {table}")
+
+    def _mask_aggs(self, phases: str, high: str) -> str:
+        """Aggregates over phase rows (pid, ph_hi): a session's phases and high phases as words
+        of 64 bits (`{phases}_0`, ...), bit pid-1 set when it has that phase."""
+        out = []
+        for w in range(self.words[phases]):
+            bit = f"1::UBIGINT << ((pid - 1) % {WORD})"
+            inside = f"(pid - 1) // {WORD} = {w}"
+            out += [f"bit_or(CASE WHEN {inside} THEN {bit} ELSE 0::UBIGINT END) AS {phases}_{w}",
+                    f"bit_or(CASE WHEN {inside} AND ph_hi = 1 THEN {bit} ELSE 0::UBIGINT END) AS {high}_{w}"]
+        return ", ".join(out)
+
+    def _split(self, column: str, mask: int) -> list[tuple[int, int]]:
+        return [(w, (mask >> (WORD * w)) & ((1 << WORD) - 1)) for w in range(self.words[column])
+                if (mask >> (WORD * w)) & ((1 << WORD) - 1)]
+
+    def meets(self, column: str, mask: int) -> str:
+        """SQL: the session's `column` masks (pmask or hmask) share a bit with `mask`."""
+        return " OR ".join(f"({column}_{w} & {m}::UBIGINT) != 0" for w, m in self._split(column, mask)) or "false"
+
+    def shared(self, column: str, mask: int | None = None) -> str:
+        """SQL: how many bits the session's `column` masks share with `mask` (None: all of them)."""
+        if mask is None:
+            return " + ".join(f"bit_count({column}_{w})" for w in range(self.words[column])) or "0"
+        return " + ".join(f"bit_count({column}_{w} & {m}::UBIGINT)" for w, m in self._split(column, mask)) or "0"
+
+    def mask_columns(self, column: str) -> list[str]:
+        return [f"{column}_{w}" for w in range(self.words[column])]
 
     def _make_phases(self) -> None:
         """The per-phase tables: `_rph` (exact phases) and, with numeric sample attrs, `_rpc` (the
@@ -280,14 +311,24 @@ class LeanTables:
                               float(v[5] or 0.0)))
         s_codes = ", ".join(s_cols)
         se = f"(SELECT sk{', ' + s_codes if s_codes else ''} FROM _rse)"
-        if specs["Q"] and self.masked and not n_xn and n_xs == 1:
-            # Q from the sessions' phase masks: one stage value is one phase key here, so a
-            # session is in (items, stage = v) when its items match and its mask holds v's bit
-            stage = [(int(r[0]), r[2 + n_xs]) for r in self.pm if r[2 + n_xs]]  # (pid, stage code)
+        qp, qh = "pmask", "hmask"
+        if specs["Q"] and n_xs == 1 and not n_xn and self.masked:
+            # (with numeric sample attrs, a stage spans several phase keys, and reading the
+            # per-(session, stage) rows costs less than testing several bits per stage)
+            # Q from the sessions' phase masks: a session is in (items, stage = v) when its items
+            # match and its mask meets v's phases (one phase key here); its phases there are the
+            # bits they share, its high ones those of its high-phase mask
+            stage_of = {}
+            for r in self.pm:  # (pid, qid, xs_0, cs_0, ...): the stage code of each search phase
+                if r[2 + n_xs]:
+                    stage_of.setdefault(r[2 + n_xs], 0)
+                    stage_of[r[2 + n_xs]] |= 1 << (int(r[0]) - 1)
+            stage = sorted(stage_of.items())
             s_specs = [[(a, k) for a, k in spec if a != "sp_0"] for spec in specs["Q"]]
             used = [c for c in s_cols if any(alias[a] == c for spec in s_specs for a, _ in spec)]
             grouping = ", ".join("(" + ", ".join(alias[a] for a, _ in spec) + ")" for spec in s_specs)
-            bits = [f"sum(((pmask >> {p - 1}) & 1)::INTEGER), sum(((hmask >> {p - 1}) & 1)::INTEGER)" for p, _ in stage]
+            bits = [f"sum(({self.meets(qp, m)})::INTEGER), sum(({self.meets(qh, m)})::INTEGER), "
+                    f"sum({self.shared(qp, m)}), sum({self.shared(qh, m)})" for _, m in stage]
             rows = self.rd.query(f"SELECT {''.join(c + ', ' for c in used)}{', '.join(bits)} FROM _rse "
                                  f"GROUP BY GROUPING SETS ({grouping})")
             width = len(used)
@@ -300,10 +341,10 @@ class LeanTables:
                         break
                     items.append((names[c], decode[c][v] if c in decode else str(v)))
                 else:
-                    for j, (_, code) in enumerate(stage):
-                        n, h = int(row[width + 2 * j] or 0), int(row[width + 2 * j + 1] or 0)
+                    for j, (code, _) in enumerate(stage):
+                        n, h, u, uh = (int(x or 0) for x in row[width + 4 * j:width + 4 * j + 4])
                         if n:
-                            counts[tuple(sorted([*items, (names["cs_0"], decode["cs_0"][code])]))] = Counts(n, h, n, h)
+                            counts[tuple(sorted([*items, (names["cs_0"], decode["cs_0"][code])]))] = Counts(n, h, u, uh)
         elif specs["Q"]:
             # Q: per (session, stage): sessions are exact; phases inside it counted too
             used, grouping = sets("Q")
