@@ -183,13 +183,18 @@ class LeanTables:
 
     def _make_phases(self) -> None:
         """The per-phase tables: `_rph` (exact phases) and, with numeric sample attrs, `_rpc` (the
-        search's coarser ones), 11 bytes a phase: the session key, the phase key, high or not."""
+        search's coarser ones), 11 bytes a phase: the session key, the phase key, high or not;
+        the search's also the phase's first ts (from the window's start, 4 bytes when the window
+        is under 49 days), which orders the worst sessions' phases."""
         high = f"CASE WHEN sum(s) > {self._thr!r} * sum(n) THEN 1 ELSE 0 END::UTINYINT AS ph_hi"
-        self._run(f"CREATE OR REPLACE TEMP TABLE _rph AS SELECT hash(session_id) AS sk, pid, {high} "
-                  f"FROM ({self._samples}) GROUP BY sk, pid")
-        if self.keys.sample_numeric:
-            self._run(f"CREATE OR REPLACE TEMP TABLE _rpc AS SELECT hash(session_id) AS sk, cpid AS pid, {high} "
-                      f"FROM ({self._samples}) GROUP BY sk, cpid")
+        since, span = int(self.window.since_ms), int(self.window.until_ms) - int(self.window.since_ms)
+        first = f"(min(t0) - {since})::{'UINTEGER' if span < 2 ** 32 else 'BIGINT'} AS ph_t0"
+        xn = bool(self.keys.sample_numeric)
+        self._run(f"CREATE OR REPLACE TEMP TABLE _rph AS SELECT hash(session_id) AS sk, pid, {high}"
+                  f"{'' if xn else ', ' + first} FROM ({self._samples}) GROUP BY sk, pid")
+        if xn:
+            self._run(f"CREATE OR REPLACE TEMP TABLE _rpc AS SELECT hash(session_id) AS sk, cpid AS pid, {high}, "
+                      f"{first} FROM ({self._samples}) GROUP BY sk, cpid")
 
     def _session_attrs_sql(self) -> str:
         """Per session (`sk`): its client's key and its attrs' codes, the code of the smallest
@@ -399,8 +404,24 @@ class LeanTables:
                 ids[int(sk)] = sid
         worst = [SessionFacts(session_id=str(ids[int(sk)]), samples=int(n), mean=session_mean(m or 0.0, int(n)),
                           max=float(peak or 0.0)) for sk, n, m, peak in rows if int(sk) in ids]
+        sk_of = {str(ids[int(sk)]): int(sk) for sk, *_ in rows if int(sk) in ids}
         worst.sort(key=lambda f: (-f.mean, f.session_id))
         worst = worst[:WORST_LIMIT]
-        # their phases (the search's, as on ClickHouse), attrs and event items: small reads by id
+        # their phases (the search's, as on ClickHouse: in time order, named by their items)
+        n_xs = len(keys.sample)
+        labels = [interval_labels(nk.edges) for nk in keys.sample_numeric]
+        items_of = {}
+        for row in self.pm:  # (pid, qid, xs..., cs..., cn...)
+            items = [(k, str(row[2 + i])) for i, k in enumerate(keys.sample) if row[2 + i]]
+            items += [(nk.key, labels[i][row[2 + 2 * n_xs + i] - 1]) for i, nk in enumerate(keys.sample_numeric)
+                      if row[2 + 2 * n_xs + i]]
+            items_of[int(row[0])] = tuple(items)
+        if keys.sample or keys.sample_numeric:
+            by_sk = {sk_of[f.session_id]: f for f in worst}
+            for sk, pid, hi in self.rd.query(
+                    f"SELECT sk, pid, ph_hi FROM {self.sph} WHERE sk IN ({', '.join(map(str, by_sk))}) "
+                    "ORDER BY sk, ph_t0, pid"):
+                by_sk[int(sk)].phases.append((items_of.get(int(pid), ()), bool(hi)))
+        # their attrs and event items: small reads by id
         _fill_worst(self.rd, d, keys, self.window, metric, threshold, worst, population)
         return worst
