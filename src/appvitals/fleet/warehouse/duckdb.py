@@ -112,7 +112,10 @@ class DuckDBWarehouse(Warehouse):
             # while they run (`_reading`).
             config["threads"] = 1
             self._read_threads = os.cpu_count() or 1
+        self._config, self._logged = config, logged
         self._con = self._connect(config, logged)
+        self._invalid: BaseException | None = None  # set: a fatal error invalidated DuckDB (see _ensure_open)
+        self.reopened = 0  # times DuckDB was reopened after a fatal error
         self._write_lock = threading.Lock()
         for statement in _ddl():
             self._con.execute(statement)
@@ -182,6 +185,7 @@ class DuckDBWarehouse(Warehouse):
         `known_new`: the ingest log's thread inserts lines the log already checked)."""
         tables = write.tables
         stored: list[tuple] = []
+        self._ensure_open()
         with self._write_lock:
             script = ["BEGIN TRANSACTION"]
             span = None if known_new else self.keys.search_span(write.keys)
@@ -199,7 +203,8 @@ class DuckDBWarehouse(Warehouse):
             try:
                 cursor = run_sql(self._con, ";\n".join(script), tables)
                 stored = cursor.fetchall() if span is not None else []
-            except BaseException:
+            except BaseException as exc:
+                self.note_error(exc)
                 with contextlib.suppress(duckdb.Error):
                     self._con.execute("ROLLBACK")
                 raise
@@ -213,10 +218,14 @@ class DuckDBWarehouse(Warehouse):
         if self._log is not None and self._log.busy() and not self._log.sync():
             log.warning("query: DuckDB is behind the ingest log (%s); the answer may miss recent lines",
                         self._log.drain_error)
+        self._ensure_open()
         cursor = self._con.cursor()
         try:
             with self._reading():
                 return cursor.execute(sql, params or {}).fetchall() if params else cursor.execute(sql).fetchall()
+        except duckdb.Error as exc:
+            self.note_error(exc)
+            raise
         finally:
             cursor.close()
 
@@ -228,12 +237,64 @@ class DuckDBWarehouse(Warehouse):
         if self._log is not None and self._log.busy() and not self._log.sync():
             log.warning("query: DuckDB is behind the ingest log (%s); the answer may miss recent lines",
                         self._log.drain_error)
+        self._ensure_open()
         reader = _Scratch(self._con.cursor())
         try:
             with self._reading():
                 yield reader
+        except duckdb.Error as exc:
+            self.note_error(exc)
+            raise
         finally:
             reader.close()
+
+    # -- a fatal error --
+
+    def note_error(self, exc: BaseException) -> None:
+        """Remember a fatal error that invalidated DuckDB ("database has been invalidated ...
+        must be restarted": a checkpoint that could not write on a full disk, say). The
+        database is reopened before the next read or write (_ensure_open), so one failure
+        costs the requests in flight, not every later one."""
+        if isinstance(exc, duckdb.FatalException) or "database has been invalidated" in str(exc):
+            if self._invalid is None:
+                log.error("DuckDB failed fatally and is reopened before its next use: %s", str(exc).splitlines()[0])
+            self._invalid = exc
+
+    def _ensure_open(self) -> None:
+        """Reopen DuckDB if a fatal error invalidated it. Whatever was committed is kept (DuckDB
+        replays its WAL); lines the ingest log holds and DuckDB does not are inserted by the log's
+        thread as usual. Raises (and tries again next time) when reopening fails too."""
+        if self._invalid is None or self._closed:
+            return
+        with self._write_lock, self._reads_lock:
+            if self._invalid is None:
+                return
+            old = self._con
+            stale = [self._settings_con, old] + ([self._log.admit_con] if self._log is not None else [])
+            for con in stale:
+                with contextlib.suppress(Exception):
+                    con.close()
+            # every connection to the invalidated database is closed, so connecting opens it anew
+            # (DuckDB hands out a database still open elsewhere: the probe then fails, and the
+            # next use tries again)
+            con = self._connect(self._config, self._logged)
+            try:
+                con.execute("SELECT count(*) FROM sessions").fetchall()
+                con.execute("CREATE TEMP TABLE IF NOT EXISTS _stored (session_id VARCHAR, seq BIGINT)")
+                if self._log is not None:
+                    self._log.configure(con)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    con.close()
+                raise
+            self._con = con
+            self._rollup.use(con)
+            self._settings_con = con.cursor()
+            if self._reads and self._read_threads is not None:
+                self._settings_con.execute(f"SET threads = {self._read_threads}")
+            self._invalid = None
+            self.reopened += 1
+            log.warning("DuckDB reopened after a fatal error (%d time(s) so far)", self.reopened)
 
     @contextlib.contextmanager
     def _reading(self):
@@ -268,7 +329,12 @@ class DuckDBWarehouse(Warehouse):
         (a jump over buckets without samples counts 1); 0 when there is nothing to do. Bounded,
         so a writer thread that calls it never holds up writes for long: the collector calls it
         every minute, and again at once while it returns more than 0 (catching up on an old file)."""
-        return self._rollup.roll_up(now_ms, max_buckets)
+        self._ensure_open()
+        try:
+            return self._rollup.roll_up(now_ms, max_buckets)
+        except duckdb.Error as exc:
+            self.note_error(exc)
+            raise
 
     def catch_up(self, now_ms: int | None = None) -> int:
         """roll_up() until there is nothing left to do; the buckets dealt with."""
@@ -297,6 +363,7 @@ class DuckDBWarehouse(Warehouse):
         """Delete rows (and their dedup keys) with ts older than `days` days."""
         cutoff = int((time.time() - days * 86400) * 1000)
         self.sync()  # lines already acknowledged are deleted too, not inserted after
+        self._ensure_open()
         with self._write_lock:
             with transaction(self._con) as con:
                 for table in SCHEMA:

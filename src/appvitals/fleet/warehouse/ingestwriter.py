@@ -55,6 +55,10 @@ class TableStore(Protocol):
 
     def _insert(self, write: Write, known_new: bool = False) -> None: ...
 
+    def note_error(self, exc: BaseException) -> None: ...
+
+    def _ensure_open(self) -> None: ...
+
 
 class IngestLogFull(Exception):
     """The background insert is too far behind the ingest log (or the warehouse is closing)."""
@@ -79,15 +83,8 @@ class IngestLogWriter:
         self._store = store
         self._log = IngestLog(store.path + ".ingest")
         self._replay()
-        con = store._con
-        # The log makes lines durable, so DuckDB's own commits need not be: no fsync per commit
-        # (about 10 ms each here), and no automatic checkpoints (they would not be synced
-        # either). The background insert checkpoints with fsync itself (_checkpoint), and a
-        # segment of the log is deleted only once a synced checkpoint holds all its lines.
-        con.execute("SET checkpoint_threshold = '1TB'")
-        con.execute("SET fsync_mode = 'NONE'")
+        self.configure(store._con)
         self._unsynced = False  # commits since the last synced checkpoint
-        self._admit_con = con.cursor()  # the duplicate lookups read beside the inserts
         self._admit_lock = threading.Lock()  # one write is checked and logged at a time
         self._cond = threading.Condition()  # guards the fields below
         self._pending: list[_Pending] = []  # logged, not yet committed to DuckDB, oldest first
@@ -101,6 +98,16 @@ class IngestLogWriter:
         self.drain_error: BaseException | None = None  # the last failed insert, until one succeeds
         self._drainer = threading.Thread(target=self._drain_loop, name="vitals-ingest-log", daemon=True)
         self._drainer.start()
+
+    def configure(self, con) -> None:
+        """Set up a connection to the DuckDB file (at open, and when it is reopened)."""
+        # The log makes lines durable, so DuckDB's own commits need not be: no fsync per commit
+        # (about 10 ms each here), and no automatic checkpoints (they would not be synced
+        # either). The background insert checkpoints with fsync itself (_checkpoint), and a
+        # segment of the log is deleted only once a synced checkpoint holds all its lines.
+        con.execute("SET checkpoint_threshold = '1TB'")
+        con.execute("SET fsync_mode = 'NONE'")
+        self.admit_con = con.cursor()  # the duplicate lookups read beside the inserts
 
     # -- at open --
 
@@ -176,7 +183,7 @@ class IngestLogWriter:
             pending = [k for k in (key_rows(p.tables) for p in self._pending) if k is not None]
         keys = pending[0] if len(pending) == 1 else pa.concat_tables(pending) if pending else None
         sql = found_sql(list(write.tables), lo, hi, keys is not None)
-        found = set(run_sql(self._admit_con, sql, write.tables, keys).fetchall())
+        found = set(run_sql(self.admit_con, sql, write.tables, keys).fetchall())
         if found:
             write.count_found(found)
             write.tables = without(write.tables, found)
@@ -248,13 +255,18 @@ class IngestLogWriter:
 
     def _checkpoint(self) -> None:
         """Checkpoint DuckDB with fsync, then delete the log segments it made redundant."""
+        self._store._ensure_open()
         with self._store._write_lock:
             con = self._store._con
-            con.execute("SET fsync_mode = 'STANDARD'")
             try:
-                con.execute("CHECKPOINT")
-            finally:
-                con.execute("SET fsync_mode = 'NONE'")
+                con.execute("SET fsync_mode = 'STANDARD'")
+                try:
+                    con.execute("CHECKPOINT")
+                finally:
+                    con.execute("SET fsync_mode = 'NONE'")
+            except BaseException as exc:  # a failed checkpoint invalidates DuckDB: reopened next time
+                self._store.note_error(exc)
+                raise
             self._unsynced = False
         with self._cond:  # segments still holding a line not in that checkpoint stay
             live = {r.segment for r in self._pending}

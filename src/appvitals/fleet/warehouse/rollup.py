@@ -59,6 +59,10 @@ class SampleRollup:
         marks = con.execute("SELECT max(watermark) FROM rollup_mark").fetchall()
         self.watermark = int(marks[0][0] or 0)  # buckets below it are in sample_rollup
 
+    def use(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Go on with another connection (the file was reopened after a fatal error)."""
+        self._con = con
+
     def late_sql(self, samples_min_ts: int) -> str | None:
         """For a write whose samples start at `samples_min_ts`: the statement (run in the write's
         transaction) that marks the buckets it brings late samples to, or None."""

@@ -18,6 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from appvitals.fleet.analysis.report import ReportError, build_report, session_detail
+from appvitals.fleet.collector.writer import storage_failure
 from appvitals.httpauth import json_error
 
 HERE = Path(__file__).resolve().parent
@@ -84,6 +85,10 @@ def read_routes(warehouse_getter: Callable, check_read: Callable) -> list:
                 log.warning("report ran out of memory: %s", str(exc).splitlines()[0] if str(exc) else exc)
                 return json_error(503, "the report needs more memory than the collector's limit: ask for a shorter "
                                    "window (since/until), max_order=2, or a drill path (where=)")
+            if storage_failure(exc):  # the warehouse itself (DuckDB reopening after a fatal error, ...)
+                log.error("report: the warehouse failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                return json_error(503, f"the warehouse cannot be read right now, try again: {type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}", {"Retry-After": "5"})
             log.exception("report failed")
             return json_error(500, f"report failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return Response(_encoder.encode(result), media_type="application/json")
