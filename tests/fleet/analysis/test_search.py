@@ -185,3 +185,38 @@ def test_the_masked_recount_counts_what_the_phase_rows_count(sizes):
     assert got[1] == want[1]
     assert sorted(got[2]) == sorted(want[2])
     wh.close()
+
+
+def test_ingest_goes_on_while_a_report_is_computed(tmp_path, monkeypatch):
+    wh = DuckDBWarehouse(tmp_path / "f.duckdb", ingest_log=True)
+    _stage_only_fleet(wh, sessions=200)
+    reached, release = threading.Event(), threading.Event()
+    search_facts = search.LeanTables.facts
+
+    def paused(self, *args, **kwargs):  # the report holds its connection and tables here
+        reached.set()
+        assert release.wait(60)
+        return search_facts(self, *args, **kwargs)
+
+    monkeypatch.setattr(search.LeanTables, "facts", paused)
+    now = dt.datetime.fromtimestamp(START_MS / 1000 + 60 * 60, dt.timezone.utc)
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(build_report(wh, since="1h", threshold=30.0, now=now)))
+    thread.start()
+    try:
+        assert reached.wait(60)
+        before = wh.query("SELECT count(*) FROM samples")[0][0]
+        late = DuckDBWarehouse(tmp_path / "other.duckdb")  # another fleet's lines, written meanwhile
+        _stage_only_fleet(late, sessions=50, seed=9)
+        lines = late.query("SELECT session_id, ts, seq, cpu, attrs FROM samples")
+        late.close()
+        from appvitals.fleet.wire.protocol import SampleLine
+        result = wh.insert([SampleLine(session_id="n" + sid, ts=ts, seq=seq, cpu=cpu, attrs=msgspec.json.decode(a))
+                            for sid, ts, seq, cpu, a in lines])
+        assert result.accepted == len(lines) > 0 and wh.sync()
+        assert wh.query("SELECT count(*) FROM samples")[0][0] == before + len(lines)
+    finally:
+        release.set()
+        thread.join(60)
+    assert out and out[0].sessions == 200  # the report reads what was there when it began
+    wh.close()
