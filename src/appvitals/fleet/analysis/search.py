@@ -131,9 +131,13 @@ class LeanTables:
         # within the memory limit, where three at once spilled (3 s against 1 s at a million)
         self._run(f"CREATE OR REPLACE TEMP TABLE _rsd AS SELECT hash(session_id) AS sk, {sums} FROM ({samples}) "
                   "GROUP BY sk")
-        masks = self._mask_aggs("pmask", "hmask") if self.masked and not xn else ""  # (else from _rph below)
-        per_session = (f"SELECT sk, count(*)::INTEGER AS n_ph, sum(ph_hi)::INTEGER AS n_hi, max(ph_hi) AS s_hi"
-                       f"{', ' + masks if masks else ''} FROM {self.sph} GROUP BY sk")
+        if self.masked and not xn:  # the masks alone: a session's phases and high phases are their bits
+            per_session = (f"SELECT sk, ({self.shared('pmask')})::INTEGER AS n_ph, ({self.shared('hmask')})::INTEGER "
+                           f"AS n_hi, ({self.shared('hmask')} > 0)::UTINYINT AS s_hi, * EXCLUDE (sk) FROM "
+                           f"(SELECT sk, {self._mask_aggs('pmask', 'hmask')} FROM {self.sph} GROUP BY sk)")
+        else:  # (with numeric sample attrs, the masks of the exact phases are read from _rph below)
+            per_session = (f"SELECT sk, count(*)::INTEGER AS n_ph, sum(ph_hi)::INTEGER AS n_hi, max(ph_hi) AS s_hi "
+                           f"FROM {self.sph} GROUP BY sk")
         self._run(f"CREATE OR REPLACE TEMP TABLE _rsp AS {per_session}")
         head = "SELECT p.*, sd.* EXCLUDE (sk) FROM _rsp AS p JOIN _rsd AS sd USING (sk)"
         if self.masked and xn:  # the masks of the exact phases (the search's are coarser)
@@ -156,6 +160,9 @@ class LeanTables:
     def _mask_aggs(self, phases: str, high: str) -> str:
         """Aggregates over phase rows (pid, ph_hi): a session's phases and high phases as words
         of 64 bits (`{phases}_0`, ...), bit pid-1 set when it has that phase."""
+        if self.words[phases] == 1:  # the usual case: no word to pick
+            return (f"bit_or(1::UBIGINT << (pid - 1)) AS {phases}_0, "
+                    f"bit_or(ph_hi::UBIGINT << (pid - 1)) AS {high}_0")
         out = []
         for w in range(self.words[phases]):
             bit = f"1::UBIGINT << ((pid - 1) % {WORD})"
