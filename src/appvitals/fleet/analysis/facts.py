@@ -4,8 +4,11 @@ Nothing here ranks or decides; it only aggregates, so the heavy lifting (10M sam
 stays in the database and `explain.py` works on a few thousand rows of counts. The SQL
 is plain enough for ClickHouse 18.16 (no Map, no window functions, no CTE subqueries,
 one JOIN per SELECT) as well as current ClickHouse and DuckDB; every spelling that
-differs lives in `Dialect`. On DuckDB the whole report is one statement over one scan
-of the samples (a MATERIALIZED CTE); on ClickHouse it is a few statements.
+differs lives in `Dialect`. The report uses it on ClickHouse (a few statements), and on
+DuckDB only when a window has too many distinct sample attrs texts to list; otherwise
+DuckDB's search is `search.py` (GROUPING SETS over per-report tables), which counts the
+same (tests/fleet/analysis/test_search.py). Key discovery and the worst sessions' attrs
+(`discover_keys`, `_fill_worst`) serve both.
 
 Units: a *phase* is one session's samples that share their sample attrs (stage, and the
 bucket of numeric sample attrs such as file_name_length); it is high when its mean metric
