@@ -291,22 +291,27 @@ class LeanTables:
         counts: dict[Combo, Counts] = {}
         total = Counts()
 
+        def items_of(row, columns: list[str]) -> list | None:
+            """A grouping set's row as items (its columns that are not NULL); None when one of
+            them holds no value (code 0 or '')."""
+            items = []
+            for c, v in zip(columns, row[:len(columns)], strict=True):
+                if v is None:
+                    continue
+                if v == 0 or v == "":
+                    return None
+                items.append((names[c], decode[c][v] if c in decode else str(v)))
+            return items
+
         def read(rows, columns: list[str], make) -> None:
             nonlocal total
             width = len(columns)
             for row in rows:
-                items = []
-                for c, v in zip(columns, row[:width], strict=True):
-                    if v is None:
-                        continue
-                    if v == 0 or v == "":
-                        break
-                    items.append((names[c], decode[c][v] if c in decode else str(v)))
-                else:
-                    if items:
-                        counts[tuple(sorted(items))] = make(row[width:])
-                    else:
-                        total = make(row[width:])
+                items = items_of(row, columns)
+                if items:
+                    counts[tuple(sorted(items))] = make(row[width:])
+                elif items is not None:
+                    total = make(row[width:])
 
         def sets(part: str) -> tuple[list[str], str]:
             used = [c for c in alias.values() if any(alias[a] == c for spec in specs[part] for a, _ in spec)]
@@ -353,14 +358,8 @@ class LeanTables:
                                  f"GROUP BY GROUPING SETS ({grouping})")
             width = len(used)
             for row in rows:
-                items = []
-                for c, v in zip(used, row[:width], strict=True):
-                    if v is None:
-                        continue
-                    if v == 0 or v == "":
-                        break
-                    items.append((names[c], decode[c][v] if c in decode else str(v)))
-                else:
+                items = items_of(row, used)
+                if items is not None:
                     for j, (code, _) in enumerate(stage):
                         n, h, u, uh = (int(x or 0) for x in row[width + 4 * j:width + 4 * j + 4])
                         if n:
