@@ -4,6 +4,8 @@ per case, on a fixed start time."""
 from __future__ import annotations
 
 import datetime as dt
+import sys
+from pathlib import Path
 
 START_MS = 1_764_000_000_000
 MINUTES = 60
@@ -92,3 +94,23 @@ PLANTED = {
 
 def _now() -> dt.datetime:
     return dt.datetime.fromtimestamp(START_MS / 1000 + MINUTES * 60, dt.timezone.utc)
+
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def wide_fleet_lines(sessions: int, samples_per_session: int) -> list:
+    """The wide report bench's fleet (bench/bench_report_wide.py: ten attrs of 4-40 values, two
+    planted causes) as decoded wire lines, for tests that need its shape on a small scale."""
+    import msgspec
+
+    from appvitals.fleet.wire.protocol import AnyLine
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_report_wide import workload
+    finally:
+        sys.path.remove(str(BENCH))
+    bodies, _ = workload(sessions, samples_per_session)
+    dec = msgspec.json.Decoder(AnyLine)
+    return [dec.decode(line) for body in bodies for line in body.split(b"\n") if line]

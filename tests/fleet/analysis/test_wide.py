@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import msgspec
+from support.fleets import wide_fleet_lines
 
 from appvitals.fleet.analysis import facts
 from appvitals.fleet.analysis.model import Keys, NumericKey
 from appvitals.fleet.analysis.report import build_report
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
-from appvitals.fleet.wire.protocol import AnyLine
-
-BENCH = Path(__file__).resolve().parents[3] / "bench"
 
 
 def _keys(cards, sessions):
@@ -33,16 +28,9 @@ def test_search_order_drops_to_pairs_only_on_wide_fleets():
 
 
 def test_wide_fleet_report_finds_both_causes_and_says_what_it_left_out(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_report_wide import workload
-    finally:
-        sys.path.remove(str(BENCH))
-    bodies, _ = workload(3000, 4)
-    dec = msgspec.json.Decoder(AnyLine)
     wh = DuckDBWarehouse(str(tmp_path / "wide.duckdb"), memory_limit="256MB")
     try:
-        wh.insert([dec.decode(line) for body in bodies for line in body.split(b"\n") if line])
+        wh.insert(wide_fleet_lines(3000, 4))
         r = build_report(wh, since="6h", threshold=30)
     finally:
         wh.close()

@@ -17,7 +17,6 @@ from appvitals.fleet.sim.simulate import generate_lines
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 
 MINUTES = 90
-BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "bench")
 
 
 @pytest.fixture(scope="module")
@@ -232,19 +231,11 @@ def test_cli_report_drill_path(collector):
 def test_a_report_over_the_memory_limit_is_a_503_and_harms_nothing(tmp_path):
     """A wide fleet in a collector with little memory: the report may not fit, but it answers
     503 with what to ask instead (never a 500), and later reports and ingest still work."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        from bench_report_wide import workload
-    finally:
-        sys.path.remove(str(BENCH))
     import msgspec
+    from support.fleets import wide_fleet_lines
 
-    from appvitals.fleet.wire.protocol import AnyLine
-
-    bodies, _ = workload(3000, 4)
-    dec = msgspec.json.Decoder(AnyLine)
     wh = DuckDBWarehouse(str(tmp_path / "small.duckdb"), memory_limit="24MB")
-    wh.insert([dec.decode(line) for body in bodies for line in body.split(b"\n") if line])
+    wh.insert(wide_fleet_lines(3000, 4))
     try:
         with running_app(create_app(wh)) as url:
             r = httpx.get(url + "/v1/report", params={"since": "6h"}, timeout=120)
