@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 import time
+from pathlib import Path
 
 from appvitals.cli.demo import planted_findings
 from appvitals.fleet.analysis.report import build_report
@@ -23,54 +25,13 @@ from appvitals.fleet.sim.scenario import load_scenario, parse_scenario
 from appvitals.fleet.sim.simulate import generate_lines
 from appvitals.fleet.warehouse.duckdb import DuckDBWarehouse
 
-START_MS = 1_764_000_000_000
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 
-NULL_SCENARIO = """
-name = "no cause"
-sample_every = 10.0
-session_minutes = [8.0, 20.0]
-pause_minutes = [0.0, 2.0]
-versions = [{ version = "6.0.0", weight = 5 }, { version = "6.1.0", weight = 3 }, { version = "7.0.0", weight = 2 }]
-os = [{ name = "windows", version = "10", weight = 50 }, { name = "macos", version = "14.5", weight = 30 },
-      { name = "linux", version = "ubuntu-22.04", weight = 18.5 }, { name = "freebsd", version = "14.1", weight = 1.5 }]
+# the report tests' base fleet: its only load is random background load on 8 % of sessions
+from support.fleets import BASE, PLANTED, START_MS  # noqa: E402
 
-[[session_attrs]]
-name = "network"
-values = [{ value = "wifi", weight = 5 }, { value = "ethernet", weight = 3 }, { value = "vpn", weight = 2 }]
-[[session_attrs]]
-name = "sync_mode"
-values = [{ value = "on_demand", weight = 2 }, { value = "continuous", weight = 1 }]
-
-[[stages]]
-name = "login"
-once = true
-duration = [10.0, 30.0]
-cpu = { mean = 8.0, sd = 3.0 }
-[[stages]]
-name = "idle"
-weight = 3
-duration = [30.0, 120.0]
-cpu = { mean = 3.0, sd = 2.0 }
-[[stages]]
-name = "indexing"
-weight = 2
-duration = [30.0, 120.0]
-cpu = { mean = 14.0, sd = 5.0 }
-[[stages]]
-name = "receiving"
-weight = 2
-duration = [20.0, 60.0]
-cpu = { mean = 10.0, sd = 4.0 }
-event = "file_received"
-event_attrs = { file_name_length = { min = 5, max = 70 } }
-
-[[problems]]
-name = "background"
-when = { os = ["windows", "macos", "linux", "freebsd"] }
-cpu_add = 30.0
-chance = 0.08
-"""
-
+NULL_SCENARIO = BASE + PLANTED["none"]
 
 FDR: float | None = None
 
