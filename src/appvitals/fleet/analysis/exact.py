@@ -396,8 +396,8 @@ class Counter:
                      f"CASE WHEN {sc} THEN {lean.shared('hmask', m)} ELSE 0 END AS nh_{j}"]
             im.append(f"CASE WHEN {sc} AND ({lean.meets('pmask', m)}) THEN {1 << j} ELSE 0 END")
             hm.append(f"CASE WHEN {sc} AND ({lean.meets('hmask', m)}) THEN {1 << j} ELSE 0 END")
-        ver = lean.session_column(version_key, lv[version_key].column) if version_key in lv else "''"
-        row = lean.session_column(row_key, lv[row_key].column) if row_key else "''"
+        ver = lean.session_column(lv[version_key].column) if version_key in lv else "''"
+        row = lean.session_column(lv[row_key].column) if row_key else "''"
         ps = (f"(SELECT sk, ck AS client_id, {d.as_mask(' + '.join(im) or '0')} AS im, "
               f"{d.as_mask(' + '.join(hm) or '0')} AS hm, t0, t1, ({lean.shared('hmask')} > 0)::INTEGER AS hi, "
               f"{ver} AS ver, {row} AS rv, {', '.join(lean.mask_columns('pmask') + lean.mask_columns('hmask'))}"
@@ -470,7 +470,7 @@ class Counter:
             return sorted(found)[:limit]
         col = level.column
         if self.lean is not None and not level.on_sample:  # a session's value: one row per session will do
-            col, source = self.lean.session_column(key, col), "_rse"
+            col, source = self.lean.session_column(col), "_rse"
         else:
             source = f"({self.base_for({key})})"
         lo = f" AND {col} > {low!r}" if math.isfinite(low) else ""

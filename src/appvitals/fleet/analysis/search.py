@@ -221,10 +221,6 @@ class LeanTables:
     def _run(self, sql: str) -> None:
         self.rd.query(sql)
 
-    def drop(self) -> None:
-        for table in ("_rse", "_rpc", "_rph", "_rpmc", "_rpm"):  # (the phase tables may not exist)
-            self._run(f"DROP TABLE IF EXISTS {table}")
-
     # -- what the exact recount reads --
 
     def phase_rows(self, only: set[str] | None = None) -> str:
@@ -236,14 +232,14 @@ class LeanTables:
         keys = self.keys
         cols = [f"xs_{i}" for i in range(len(keys.sample))] + [f"xn_{i}" for i in range(len(keys.sample_numeric))]
         cols.append("ck AS client_id")
-        cols += [f"([''{''.join(', ' + self.d.lit(v) for v in vs[:MAX_CODED_VALUES])}])[ca_{i} + 1] AS xa_{i}"
-                 for i, (k, vs) in enumerate(keys.session.items()) if only is None or k in only]
+        cols += [f"{self.session_column(f'xa_{i}')} AS xa_{i}" for i, k in enumerate(keys.session)
+                 if only is None or k in only]
         cols += [f"xen_{i}" for i, nk in enumerate(keys.event_numeric) if only is None or nk.key in only]
         cols += [f"xet_{i}" for i, k in enumerate(keys.event_text) if only is None or k in only]
         return (f"SELECT sk, ph_hi, t0 AS ph_t0, t1 AS ph_t1{''.join(', ' + c for c in cols)} "
                 "FROM _rph JOIN _rpm USING (pid) JOIN _rse USING (sk)")
 
-    def session_column(self, key: str, level_column: str) -> str:
+    def session_column(self, level_column: str) -> str:
         """A session or event attr's column on `_rse` (session attrs decoded from their codes)."""
         if level_column.startswith("xa_"):
             i = int(level_column[3:])
@@ -405,7 +401,6 @@ class LeanTables:
             return []
         d, keys = self.d, self.keys
         ids: dict[int, str] = {}
-        listed = ", ".join(str(int(r[0])) for r in rows)
         for table in ("sessions", "samples"):  # a session's id from its session line, else from its samples
             missing = [str(int(r[0])) for r in rows if int(r[0]) not in ids]
             if not missing:
@@ -414,7 +409,7 @@ class LeanTables:
             window = f"ts >= {int(self.window.since_ms)} AND ts < {int(self.window.until_ms)} AND " if table == "samples" else ""
             for sk, sid in self.rd.query(
                     f"SELECT DISTINCT hash(session_id) AS sk, session_id FROM {d.table(table)} "
-                    f"WHERE {window}{cond} AND hash(session_id) IN ({', '.join(missing) if missing else listed})"):
+                    f"WHERE {window}{cond} AND hash(session_id) IN ({', '.join(missing)})"):
                 ids[int(sk)] = sid
         worst = [SessionFacts(session_id=str(ids[int(sk)]), samples=int(n), mean=session_mean(m or 0.0, int(n)),
                           max=float(peak or 0.0)) for sk, n, m, peak in rows if int(sk) in ids]
